@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// Config is the YAML config file (DESIGN §8).
+type Config struct {
+	Redis      RedisConfig                `yaml:"redis,omitempty"`
+	Locks      LocksConfig                `yaml:"locks,omitempty"`
+	Metrics    MetricsConfig              `yaml:"metrics,omitempty"`
+	Datastores map[string]DatastoreConfig `yaml:"datastores,omitempty"`
+
+	// path is where the config was read from ("" when none exists yet).
+	path string
+}
+
+// RedisConfig names the Redis connection; absent means `pbsq serve` runs
+// an in-process Redis.
+type RedisConfig struct {
+	Addr     string          `yaml:"addr,omitempty"`
+	DB       int             `yaml:"db,omitempty"`
+	Username string          `yaml:"username,omitempty"`
+	TLS      bool            `yaml:"tls,omitempty"`
+	Sentinel *SentinelConfig `yaml:"sentinel,omitempty"`
+	// Password only from PBSQ_REDIS_PASSWORD: secrets stay out of files
+	// that get copied around.
+	Password string `yaml:"-"`
+}
+
+// SentinelConfig is Redis Sentinel failover.
+type SentinelConfig struct {
+	Master string   `yaml:"master"`
+	Addrs  []string `yaml:"addrs"`
+}
+
+// Configured reports whether a Redis server is configured.
+func (r RedisConfig) Configured() bool { return r.Addr != "" || r.Sentinel != nil }
+
+// LocksConfig chooses the lock backend.
+type LocksConfig struct {
+	Backend string        `yaml:"backend,omitempty"`
+	Dir     string        `yaml:"dir,omitempty"`
+	Wait    time.Duration `yaml:"wait,omitempty"`
+	Lease   time.Duration `yaml:"lease,omitempty"`
+}
+
+// MetricsConfig is the /metrics listener.
+type MetricsConfig struct {
+	Listen string `yaml:"listen,omitempty"`
+}
+
+// DatastoreConfig is one datastore: a path or an S3 location.
+type DatastoreConfig struct {
+	Path string    `yaml:"path,omitempty"`
+	S3   *S3Config `yaml:"s3,omitempty"`
+}
+
+// S3Config is an S3 datastore; credentials come from the AWS chain.
+type S3Config struct {
+	Endpoint  string `yaml:"endpoint"`
+	Region    string `yaml:"region,omitempty"`
+	Bucket    string `yaml:"bucket"`
+	Prefix    string `yaml:"prefix,omitempty"`
+	PathStyle bool   `yaml:"path-style,omitempty"`
+}
+
+// Defaults of DESIGN §3 and §6.
+const (
+	defaultLocksDir  = "/run/pbsq/locks"
+	defaultLockWait  = 5 * time.Second
+	defaultLease     = 30 * time.Second
+	defaultMetrics   = "127.0.0.1:9464"
+	defaultLockStyle = "flock"
+)
+
+// defaultConfigPath is used when neither --config nor PBSQ_CONFIG is set.
+func defaultConfigPath() string {
+	if os.Geteuid() == 0 {
+		return "/etc/pbsq/pbsq.yaml"
+	}
+	if dir, err := os.UserConfigDir(); err == nil {
+		return filepath.Join(dir, "pbsq", "pbsq.yaml")
+	}
+	return "pbsq.yaml"
+}
+
+// parseConfig decodes strictly: unknown keys are errors naming the key.
+func parseConfig(data []byte, path string) (*Config, error) {
+	c := &Config{path: path}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// loadConfig reads path; a missing file gives an empty config that a later
+// `datastore create` writes there.
+func loadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		c := &Config{path: path}
+		c.applyDefaults()
+		return c, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := parseConfig(data, path)
+	if err != nil {
+		return nil, err
+	}
+	c.applyDefaults()
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	switch c.Locks.Backend {
+	case "", "flock", "redis":
+	default:
+		return fmt.Errorf("locks.backend %q: must be flock or redis", c.Locks.Backend)
+	}
+	if c.Locks.Wait < 0 || c.Locks.Lease < 0 {
+		return fmt.Errorf("locks.wait %s / locks.lease %s: must not be negative", c.Locks.Wait, c.Locks.Lease)
+	}
+	if c.Locks.Lease != 0 && c.Locks.Lease < time.Second {
+		return fmt.Errorf("locks.lease %s: must be at least 1s", c.Locks.Lease)
+	}
+	if s := c.Redis.Sentinel; s != nil && (s.Master == "" || len(s.Addrs) == 0) {
+		return fmt.Errorf("redis.sentinel: needs master and addrs")
+	}
+	if c.Redis.DB < 0 || c.Redis.DB > 15 {
+		return fmt.Errorf("redis.db %d: must be 0..15", c.Redis.DB)
+	}
+	for n, ds := range c.Datastores {
+		if err := name.ValidateStore(n); err != nil {
+			return fmt.Errorf("datastores: %w", err)
+		}
+		if err := ds.validate(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d DatastoreConfig) validate(store string) error {
+	switch {
+	case d.Path == "" && d.S3 == nil:
+		return fmt.Errorf("datastores.%s: needs path or s3", store)
+	case d.Path != "" && d.S3 != nil:
+		return fmt.Errorf("datastores.%s: path and s3 are exclusive", store)
+	case d.S3 != nil && (d.S3.Endpoint == "" || d.S3.Bucket == ""):
+		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
+	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:
+		return fmt.Errorf("datastores.%s.s3.prefix %q: must not start or end with '/'", store, d.S3.Prefix)
+	}
+	return nil
+}
+
+// applyDefaults fills defaults and then the PBSQ_* environment overrides.
+func (c *Config) applyDefaults() {
+	env := func(k string, dst *string) {
+		if v, ok := os.LookupEnv(k); ok {
+			*dst = v
+		}
+	}
+	env("PBSQ_REDIS_ADDR", &c.Redis.Addr)
+	env("PBSQ_REDIS_PASSWORD", &c.Redis.Password)
+	env("PBSQ_LOCKS_BACKEND", &c.Locks.Backend)
+	env("PBSQ_LOCKS_DIR", &c.Locks.Dir)
+	env("PBSQ_METRICS_LISTEN", &c.Metrics.Listen)
+	if c.Locks.Backend == "" {
+		c.Locks.Backend = defaultLockStyle
+	}
+	if c.Locks.Dir == "" {
+		c.Locks.Dir = defaultLocksDir
+	}
+	if c.Locks.Wait == 0 {
+		c.Locks.Wait = defaultLockWait
+	}
+	if c.Locks.Lease == 0 {
+		c.Locks.Lease = defaultLease
+	}
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = defaultMetrics
+	}
+	if c.Datastores == nil {
+		c.Datastores = map[string]DatastoreConfig{}
+	}
+	for n, ds := range c.Datastores {
+		if ds.Path != "" && !filepath.IsAbs(ds.Path) && c.path != "" {
+			ds.Path = filepath.Join(filepath.Dir(c.path), ds.Path)
+		}
+		if ds.S3 != nil && ds.S3.Prefix == "" {
+			s3 := *ds.S3
+			s3.Prefix = n
+			ds.S3 = &s3
+		}
+		c.Datastores[n] = ds
+	}
+}
+
+// storeNames lists the configured datastores for messages.
+func (c *Config) storeNames() string {
+	var ns []string
+	for n := range c.Datastores {
+		ns = append(ns, n)
+	}
+	sort.Strings(ns)
+	if len(ns) == 0 {
+		return "none configured"
+	}
+	return strings.Join(ns, ", ")
+}
+
+// addDatastore registers a datastore in the config file, keeping the rest of
+// the file (comments included) as it is.
+func addDatastore(path, store string, ds DatastoreConfig) error {
+	var doc yaml.Node
+	data, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return fmt.Errorf("config: %w", err)
+	default:
+		if _, err := parseConfig(data, path); err != nil {
+			return err
+		}
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			return fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	if doc.Kind == 0 {
+		doc = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode}}}
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("config %s: top level must be a mapping", path)
+	}
+	var stores *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "datastores" {
+			stores = root.Content[i+1]
+		}
+	}
+	if stores == nil || stores.Kind != yaml.MappingNode {
+		stores = &yaml.Node{Kind: yaml.MappingNode}
+		root.Content = append(root.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: "datastores"}, stores)
+	}
+	for i := 0; i+1 < len(stores.Content); i += 2 {
+		if stores.Content[i].Value == store {
+			return fmt.Errorf("datastore %q is already registered in %s", store, path)
+		}
+	}
+	var val yaml.Node
+	if err := val.Encode(ds); err != nil {
+		return err
+	}
+	stores.Content = append(stores.Content, &yaml.Node{Kind: yaml.ScalarNode, Value: store}, &val)
+	out, err := yaml.Marshal(&doc)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return os.Rename(tmp, path)
+}

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/backend"
+	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	s3backend "github.com/pbsq/pbsq/datastore/backend/s3"
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// openBackend opens the storage of a configured datastore.
+func openBackend(ctx context.Context, store string, ds DatastoreConfig) (backend.Backend, error) {
+	if ds.S3 != nil {
+		return s3backend.New(ctx, s3Config(ds.S3))
+	}
+	return fsbackend.New(ds.Path)
+}
+
+func s3Config(c *S3Config) s3backend.Config {
+	return s3backend.Config{
+		Endpoint:  c.Endpoint,
+		Region:    c.Region,
+		Bucket:    c.Bucket,
+		Prefix:    c.Prefix,
+		PathStyle: c.PathStyle,
+	}
+}
+
+// storeConfig finds a datastore in the config; an unknown one is bad input.
+func (a *app) storeConfig(store string) (DatastoreConfig, error) {
+	if store == "" {
+		return DatastoreConfig{}, usagef("--store is required (configured: %s)", a.cfg.storeNames())
+	}
+	if err := name.ValidateStore(store); err != nil {
+		return DatastoreConfig{}, err
+	}
+	ds, ok := a.cfg.Datastores[store]
+	if !ok {
+		return DatastoreConfig{}, usagef("unknown datastore %q in %s (configured: %s); register it with `pbsq datastore create` or `pbsq datastore add`", store, a.configPath, a.cfg.storeNames())
+	}
+	return ds, nil
+}
+
+// openStore opens a configured datastore with the configured locker.
+func (a *app) openStore(ctx context.Context, store string, lockWait *time.Duration) (*datastore.Store, error) {
+	ds, err := a.storeConfig(store)
+	if err != nil {
+		return nil, err
+	}
+	b, err := openBackend(ctx, store, ds)
+	if err != nil {
+		return nil, fmt.Errorf("datastore %q: %w", store, err)
+	}
+	locker, err := a.locker(ctx, lockWait)
+	if err != nil {
+		return nil, err
+	}
+	return datastore.Open(store, b, datastore.Options{Locker: locker, Logger: a.log})
+}

@@ -1,0 +1,137 @@
+// Package backend defines the storage a datastore lives on: a tree of files
+// addressed by slash-separated paths relative to the datastore base, with the
+// few atomic primitives the datastore needs. The fs and s3 sub-packages
+// implement it; backendtest is the conformance suite both pass.
+//
+// Paths are always relative ("ns/a/vm/100/owner", ".chunks/abcd/abcd…"),
+// never start or end with '/', and contain no "." or ".." components; callers
+// validate names before they build paths (see datastore/name).
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+	"time"
+)
+
+// Sentinels. Missing files are reported with fs.ErrNotExist so callers can use
+// errors.Is(err, fs.ErrNotExist) whatever the backend.
+var (
+	ErrNotEmpty     = errors.New("directory not empty")
+	ErrNotSupported = errors.New("not supported by this backend")
+	ErrInvalidPath  = errors.New("invalid path")
+)
+
+// FileInfo describes one entry of a listing.
+type FileInfo struct {
+	// Name is the entry's path relative to the backend root for Walk, and
+	// the base name for List and Stat.
+	Name    string
+	Dir     bool
+	Size    int64
+	ModTime time.Time
+	// AccessTime is what garbage collection compares against its cutoff:
+	// the atime on a filesystem, the last-modified time on S3.
+	AccessTime time.Time
+}
+
+// Features tells the datastore how to use a backend.
+type Features struct {
+	// AtomicRename: Rename moves a whole directory atomically (rename(2)).
+	AtomicRename bool
+	// ImplicitDirs: directories exist only while something is inside, so an
+	// empty namespace needs a marker object.
+	ImplicitDirs bool
+}
+
+// Backend is the storage of one datastore.
+type Backend interface {
+	// String names the location for messages; never contains secrets.
+	String() string
+	Features() Features
+
+	// ReadFile returns the whole file; fs.ErrNotExist when missing.
+	ReadFile(ctx context.Context, name string) ([]byte, error)
+	// WriteFile atomically creates or replaces name: readers see the old or
+	// the new content, never a part. Parent directories are created.
+	WriteFile(ctx context.Context, name string, data []byte) error
+	// CreateFile writes name only if it does not exist yet (atomically, as
+	// WriteFile) and reports whether it wrote it.
+	CreateFile(ctx context.Context, name string, data []byte) (created bool, err error)
+	// Stat describes name (a file or directory); fs.ErrNotExist when missing.
+	Stat(ctx context.Context, name string) (FileInfo, error)
+	// List returns the direct children of dir, sorted by name;
+	// fs.ErrNotExist when dir does not exist. "" is the root.
+	List(ctx context.Context, dir string) ([]FileInfo, error)
+	// Walk calls fn for every file (not directory) below dir, with Name
+	// relative to the backend root. The order is unspecified.
+	Walk(ctx context.Context, dir string, fn func(FileInfo) error) error
+	// Remove deletes a file; a missing file is not an error.
+	Remove(ctx context.Context, name string) error
+	// RemoveAll deletes dir and everything below it; missing is no error.
+	RemoveAll(ctx context.Context, dir string) error
+	// Mkdir creates dir and missing parents (a no-op with ImplicitDirs).
+	Mkdir(ctx context.Context, dir string) error
+	// RemoveDir removes an empty directory; ErrNotEmpty otherwise.
+	RemoveDir(ctx context.Context, dir string) error
+	// Rename moves a file or directory; the target must not exist (for a
+	// directory) — ErrNotSupported for directories without AtomicRename.
+	Rename(ctx context.Context, from, to string) error
+	// Copy copies one file (server-side where the backend can).
+	Copy(ctx context.Context, from, to string) error
+	// Touch updates name's AccessTime to now, so GC sees it as in use.
+	Touch(ctx context.Context, name string) error
+	// Close releases resources.
+	Close() error
+}
+
+// ValidPath reports an error when p is not a clean relative path.
+func ValidPath(p string) error {
+	if p == "" {
+		return nil
+	}
+	if strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") || path.Clean(p) != p ||
+		strings.Contains(p, "\x00") || p == ".." || strings.HasPrefix(p, "../") {
+		return fmt.Errorf("%w %q", ErrInvalidPath, p)
+	}
+	return nil
+}
+
+// Join joins path elements with '/', skipping empty ones.
+func Join(elem ...string) string {
+	var b strings.Builder
+	for _, e := range elem {
+		if e == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('/')
+		}
+		b.WriteString(e)
+	}
+	return b.String()
+}
+
+// NotExist wraps fs.ErrNotExist with the path, for backends to return.
+func NotExist(name string) error {
+	return &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+}
+
+// BufferedReader is implemented by backends that can read a file into the
+// caller's buffer, sparing an allocation per chunk on hot paths (verify).
+type BufferedReader interface {
+	ReadFileInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+}
+
+// ReadFileInto reads name into buf (grown as needed) when b supports it,
+// and falls back to ReadFile otherwise.
+func ReadFileInto(ctx context.Context, b Backend, name string, buf []byte) ([]byte, error) {
+	if br, ok := b.(BufferedReader); ok {
+		return br.ReadFileInto(ctx, name, buf)
+	}
+	return b.ReadFile(ctx, name)
+}

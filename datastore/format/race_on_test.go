@@ -1,0 +1,6 @@
+//go:build race
+
+package format
+
+// The race detector adds allocations, so allocation counts are not checked.
+const raceEnabled = true

@@ -1,0 +1,297 @@
+package lock
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// Backend makes single, non-blocking lock attempts. Implementations: flock
+// (one host) and redislock (cluster-wide leases).
+type Backend interface {
+	// TryLock makes one attempt, never sleeping or blocking on the lock.
+	// For a namespace it takes the whole Chain atomically, or nothing. A
+	// refusal wraps ErrBusy (usually as a *BusyError naming the holder when
+	// known).
+	TryLock(ctx context.Context, req Request, h Holder) (Lease, error)
+	// Holders lists the locks currently held, for `pbsq locks ls`.
+	Holders(ctx context.Context) ([]Held, error)
+	// Close releases what the backend still holds. Stop the work first.
+	Close() error
+}
+
+// Lease is one granted Request.
+type Lease interface {
+	// Release gives the locks back; calling it again does nothing.
+	Release() error
+	// Lost is closed when the lease can no longer be kept (a Redis lease
+	// that could not be refreshed in time); the protected work must stop.
+	// It may be nil, for backends whose locks cannot be lost (flock).
+	Lost() <-chan struct{}
+}
+
+const (
+	// DefaultWait is the retry window of a Locker when Options.Wait is 0.
+	DefaultWait = 5 * time.Second
+	// The backoff between tries starts at firstBackoff and doubles up to
+	// maxBackoff; tries are jittered so that competing waiters spread out.
+	firstBackoff = 50 * time.Millisecond
+	maxBackoff   = time.Second
+)
+
+// Options configure a Locker.
+type Options struct {
+	// Wait is the retry window: 0 means DefaultWait, negative a single try.
+	Wait time.Duration
+	// Holder is recorded with every lock; Host and PID default to this
+	// host and process.
+	Holder  Holder
+	Logger  *slog.Logger // nil: discard
+	Metrics *Metrics     // nil: none
+}
+
+// Locker takes locks through a Backend, retrying busy ones within its
+// window. It is safe for concurrent use; With* return adjusted copies.
+type Locker struct {
+	backend Backend
+	wait    time.Duration
+	holder  Holder
+	log     *slog.Logger
+	metrics *Metrics
+}
+
+// New builds a Locker on backend.
+func New(backend Backend, opts Options) *Locker {
+	l := &Locker{backend: backend, wait: opts.Wait, holder: opts.Holder, log: opts.Logger, metrics: opts.Metrics}
+	switch {
+	case l.wait == 0:
+		l.wait = DefaultWait
+	case l.wait < 0:
+		l.wait = 0
+	}
+	if l.holder.Host == "" {
+		l.holder.Host, _ = os.Hostname()
+	}
+	if l.holder.PID == 0 {
+		l.holder.PID = os.Getpid()
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	return l
+}
+
+// WithWait returns a copy with retry window d; d <= 0 means a single try.
+func (l *Locker) WithWait(d time.Duration) *Locker {
+	c := *l
+	c.wait = max(d, 0)
+	return &c
+}
+
+// WithTask returns a copy that records taskID as the holder's task.
+func (l *Locker) WithTask(taskID string) *Locker {
+	c := *l
+	c.holder.TaskID = taskID
+	return &c
+}
+
+// Holder is who this Locker's locks are recorded as held by.
+func (l *Locker) Holder() Holder { return l.holder }
+
+// Namespace locks ns (and its ancestors, shared). Locking the root in
+// shared mode is a no-op Guard, since root is never locked; exclusive root
+// is invalid.
+func (l *Locker) Namespace(ctx context.Context, store string, ns name.Namespace, mode Mode) (*Guard, error) {
+	return l.Acquire(ctx, NamespaceRequest(store, ns, mode))
+}
+
+// Group locks a backup group exclusively.
+func (l *Locker) Group(ctx context.Context, store string, g name.Group) (*Guard, error) {
+	return l.Acquire(ctx, GroupRequest(store, g))
+}
+
+// Snapshot locks a snapshot.
+func (l *Locker) Snapshot(ctx context.Context, store string, s name.Snapshot, mode Mode) (*Guard, error) {
+	return l.Acquire(ctx, SnapshotRequest(store, s, mode))
+}
+
+// Acquire takes req, retrying with jittered backoff while it is busy until
+// the window ends; then it returns a *BusyError (wrapping ErrBusy). When
+// ctx ends first it returns an error wrapping ctx's cause.
+func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
+	req = req.Normalize()
+	if req.Kind == Namespace && req.NS.IsRoot() && req.Mode == Shared {
+		// Root itself is never locked; shared "root" means no lock at all.
+		if err := name.ValidateStore(req.Store); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		}
+		return &Guard{req: req}, nil
+	}
+	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	deadline := start.Add(l.wait)
+	backoff := firstBackoff
+	for {
+		if err := context.Cause(ctx); err != nil {
+			return nil, l.fail(req, start, "busy", fmt.Errorf("%s: %w", req, err))
+		}
+		lease, err := l.backend.TryLock(ctx, req, l.holder)
+		if err == nil {
+			waited := time.Since(start)
+			l.metrics.observe(req, "ok", waited)
+			l.log.DebugContext(ctx, "lock acquired", "lock", req.String(), "waited", waited)
+			return &Guard{req: req, lease: lease, log: l.log}, nil
+		}
+		if !errors.Is(err, ErrBusy) {
+			return nil, l.fail(req, start, "error", fmt.Errorf("lock %s: %w", req, err))
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, l.fail(req, start, "busy", withWaited(req, err, time.Since(start)))
+		}
+		sleep := min(backoff/2+rand.N(backoff/2+1), remaining)
+		backoff = min(2*backoff, maxBackoff)
+		l.log.DebugContext(ctx, "lock busy, retrying", "lock", req.String(), "err", err, "retry_in", sleep)
+		t := time.NewTimer(sleep)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, l.fail(req, start, "busy",
+				fmt.Errorf("%s: gave up waiting (last try: %v): %w", req, err, context.Cause(ctx)))
+		case <-t.C:
+		}
+	}
+}
+
+func (l *Locker) fail(req Request, start time.Time, result string, err error) error {
+	waited := time.Since(start)
+	l.metrics.observe(req, result, waited)
+	l.log.Info("lock not acquired", "lock", req.String(), "waited", waited, "err", err)
+	return err
+}
+
+// withWaited records the wait in the backend's BusyError, keeping it the
+// error callers see.
+func withWaited(req Request, err error, waited time.Duration) error {
+	var be *BusyError
+	if errors.As(err, &be) {
+		c := *be
+		c.Request, c.Waited = req, waited
+		return &c
+	}
+	return fmt.Errorf("%s: busy for %s: %w", req, waited.Round(time.Millisecond), err)
+}
+
+// AcquireAll takes several locks in the deadlock-free order of SortRequests
+// and returns the guards in that order; on failure it releases what it took.
+func (l *Locker) AcquireAll(ctx context.Context, reqs ...Request) ([]*Guard, error) {
+	sorted := slices.Clone(reqs)
+	SortRequests(sorted)
+	guards := make([]*Guard, 0, len(sorted))
+	for _, r := range sorted {
+		g, err := l.Acquire(ctx, r)
+		if err != nil {
+			ReleaseAll(guards...)
+			return nil, err
+		}
+		guards = append(guards, g)
+	}
+	return guards, nil
+}
+
+// ReleaseAll releases guards in reverse order, returning the joined errors.
+func ReleaseAll(guards ...*Guard) error {
+	var errs []error
+	for i := len(guards) - 1; i >= 0; i-- {
+		errs = append(errs, guards[i].Release())
+	}
+	return errors.Join(errs...)
+}
+
+// Holders lists the backend's current lock holders.
+func (l *Locker) Holders(ctx context.Context) ([]Held, error) { return l.backend.Holders(ctx) }
+
+// SortRequests orders requests for taking them one after another: namespaces
+// first, shallowest first, then by store and path; then groups, then
+// snapshots. Tasks that take several locks in this order never hold one
+// while retrying another that a peer holds while retrying theirs, so
+// they cannot starve each other.
+func SortRequests(reqs []Request) {
+	slices.SortStableFunc(reqs, func(a, b Request) int {
+		a, b = a.Normalize(), b.Normalize()
+		return cmp.Or(
+			cmp.Compare(a.Kind, b.Kind),
+			cmp.Compare(a.NS.Depth(), b.NS.Depth()),
+			cmp.Compare(a.ID(), b.ID()),
+		)
+	})
+}
+
+// Guard is a held lock. Release it when done (defer g.Release()).
+type Guard struct {
+	req   Request
+	lease Lease // nil for the no-op root guard
+	log   *slog.Logger
+	once  sync.Once
+	err   error
+}
+
+// Request is what the guard holds.
+func (g *Guard) Request() Request { return g.req }
+
+// Release gives the lock back; later calls return the first call's result.
+// A nil Guard releases nothing.
+func (g *Guard) Release() error {
+	if g == nil || g.lease == nil {
+		return nil
+	}
+	g.once.Do(func() {
+		if err := g.lease.Release(); err != nil {
+			g.err = fmt.Errorf("release %s: %w", g.req, err)
+			g.log.Warn("lock release failed", "lock", g.req.String(), "err", err)
+		}
+	})
+	return g.err
+}
+
+// Lost is closed when the lease behind the guard is lost; nil (never
+// ready) when it cannot be lost.
+func (g *Guard) Lost() <-chan struct{} {
+	if g == nil || g.lease == nil {
+		return nil
+	}
+	return g.lease.Lost()
+}
+
+// Watch returns a context that is cancelled, with a cause wrapping
+// ErrLeaseLost, as soon as any guard's lease is lost: run the protected
+// operation under it so that it stops before the lease can run out and
+// another holder get in. Call the CancelFunc when done.
+func Watch(ctx context.Context, guards ...*Guard) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	for _, g := range guards {
+		lost := g.Lost()
+		if lost == nil {
+			continue
+		}
+		go func() {
+			select {
+			case <-lost:
+				cancel(fmt.Errorf("%s: %w", g.req, ErrLeaseLost))
+			case <-ctx.Done():
+			}
+		}()
+	}
+	return ctx, func() { cancel(context.Canceled) }
+}

@@ -1,0 +1,47 @@
+package datastore
+
+// Observer receives events for metrics; the worker implements it with
+// Prometheus counters so that this package stays free of them. Any field
+// may be nil.
+type Observer struct {
+	// ChunkVerified: result is ok, corrupt, missing or encrypted.
+	ChunkVerified func(result string, bytes int64)
+	// SnapshotPruned: action is keep, remove or protected.
+	SnapshotPruned func(action string)
+	// SnapshotMoved: backend is fs or s3; objects is the files moved.
+	SnapshotMoved func(backend string, objects int)
+	// SyncChunk: action is copied or present.
+	SyncChunk func(action string, bytes int64)
+	// Skipped: an item was set aside (reason: busy, ...).
+	Skipped func(op, reason string)
+}
+
+func (o *Observer) chunkVerified(result string, bytes int64) {
+	if o != nil && o.ChunkVerified != nil {
+		o.ChunkVerified(result, bytes)
+	}
+}
+
+func (o *Observer) snapshotPruned(action string) {
+	if o != nil && o.SnapshotPruned != nil {
+		o.SnapshotPruned(action)
+	}
+}
+
+func (o *Observer) snapshotMoved(backend string, objects int) {
+	if o != nil && o.SnapshotMoved != nil {
+		o.SnapshotMoved(backend, objects)
+	}
+}
+
+func (o *Observer) syncChunk(action string, bytes int64) {
+	if o != nil && o.SyncChunk != nil {
+		o.SyncChunk(action, bytes)
+	}
+}
+
+func (o *Observer) skipped(op, reason string) {
+	if o != nil && o.Skipped != nil {
+		o.Skipped(op, reason)
+	}
+}

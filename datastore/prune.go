@@ -1,0 +1,212 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/datastore/name"
+	"github.com/pbsq/pbsq/datastore/prune"
+)
+
+// PruneRequest selects groups and the keep rules.
+type PruneRequest struct {
+	Scope
+	Keep   prune.Options
+	DryRun bool
+	// Location for the calendar rules; nil means the worker's local zone.
+	Location *time.Location
+}
+
+// PruneDecision is the mark of one snapshot.
+type PruneDecision struct {
+	NS       string `json:"ns"`
+	Snapshot string `json:"snapshot"`
+	Mark     string `json:"mark"`
+	// Removed is set once a snapshot marked remove is gone.
+	Removed bool `json:"removed"`
+}
+
+// PruneResult is the outcome of Prune.
+type PruneResult struct {
+	DryRun    bool            `json:"dry-run"`
+	Groups    int             `json:"groups"`
+	Kept      int             `json:"kept"`
+	Removed   int             `json:"removed"`
+	Protected int             `json:"protected"`
+	Decisions []PruneDecision `json:"decisions"`
+	Skipped   []Skipped       `json:"skipped"`
+	Warnings  []string        `json:"warnings,omitempty"`
+	Seconds   float64         `json:"seconds"`
+}
+
+// Outcome folds the result into ok or skipped.
+func (r *PruneResult) Outcome() error {
+	if len(r.Skipped) > 0 {
+		return fmt.Errorf("prune: %d item(s) skipped: %w", len(r.Skipped), ErrSkipped)
+	}
+	return nil
+}
+
+// Prune applies PBS's keep rules to every group in scope. Each group is
+// handled under a shared namespace lock and its exclusive group lock; each
+// removal (oldest first) under the snapshot's exclusive lock. Busy groups
+// and snapshots are retried once at the end, then reported as skipped.
+func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFunc) (*PruneResult, error) {
+	if err := req.Keep.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if req.Snapshot != nil {
+		return nil, invalidf("prune works on groups or namespaces, not on one snapshot")
+	}
+	start := time.Now()
+	groups, err := s.scopeGroups(ctx, req.Scope)
+	if err != nil {
+		return nil, err
+	}
+	res := &PruneResult{DryRun: req.DryRun, Decisions: []PruneDecision{}, Skipped: []Skipped{}}
+	if !req.Keep.KeepsSomething() {
+		res.Warnings = append(res.Warnings, "no keep option set: keeping every snapshot")
+	}
+	loc := req.Location
+	if loc == nil {
+		loc = time.Local
+	}
+	rep := newReporter(progress, "prune", int64(len(groups)))
+	var aside []name.Group
+	var asideSnaps []pendingRemoval
+	for _, g := range groups {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
+		if errors.Is(err, lock.ErrBusy) {
+			aside = append(aside, g)
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		asideSnaps = append(asideSnaps, busySnaps...)
+		rep.add(1)
+	}
+	for _, g := range aside {
+		busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
+		if errors.Is(err, lock.ErrBusy) {
+			res.Skipped = append(res.Skipped, Skipped{Item: g.NS.String() + ":" + g.String(), Reason: err.Error()})
+			s.obs.skipped("prune", "busy")
+		} else if err != nil {
+			return res, err
+		}
+		asideSnaps = append(asideSnaps, busySnaps...)
+		rep.add(1)
+	}
+	for _, p := range asideSnaps {
+		if err := s.removeSnapshotLocked(ctx, p, true, res); err != nil {
+			if !errors.Is(err, lock.ErrBusy) {
+				return res, err
+			}
+			res.Skipped = append(res.Skipped, Skipped{Item: p.snap.NS.String() + ":" + p.snap.String(), Reason: err.Error()})
+			s.obs.skipped("prune", "busy")
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	rep.finish()
+	return res, nil
+}
+
+// pendingRemoval is a snapshot marked remove and its decision's index.
+type pendingRemoval struct {
+	snap     name.Snapshot
+	decision int
+}
+
+// pruneGroup marks and removes in one group; it returns the snapshots that
+// were busy so the caller can retry them once.
+func (s *Store) pruneGroup(ctx context.Context, g name.Group, req PruneRequest, loc *time.Location, res *PruneResult) ([]pendingRemoval, error) {
+	release, err := s.lockChain(ctx, []lock.Request{s.nsRequest(g.NS, lock.Shared), s.groupRequest(g)})
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	snaps, err := s.ListSnapshots(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	res.Groups++
+	in := make([]prune.Snapshot, len(snaps))
+	for i, sn := range snaps {
+		in[i] = prune.Snapshot{Time: sn.Time, Finished: sn.Finished, Protected: sn.Protected}
+	}
+	decisions := prune.Select(in, req.Keep, loc)
+	var remove []pendingRemoval
+	for _, d := range decisions {
+		sn := snaps[d.Index]
+		res.Decisions = append(res.Decisions, PruneDecision{NS: g.NS.String(), Snapshot: sn.Snapshot.String(), Mark: d.Mark.String()})
+		switch d.Mark {
+		case prune.Remove:
+			remove = append(remove, pendingRemoval{snap: sn.Snapshot, decision: len(res.Decisions) - 1})
+		case prune.Protected:
+			res.Protected++
+			s.obs.snapshotPruned("protected")
+		default:
+			res.Kept++
+			s.obs.snapshotPruned("keep")
+		}
+	}
+	if req.DryRun {
+		return nil, nil
+	}
+	// Oldest first, as PBS removes them.
+	sort.Slice(remove, func(i, j int) bool { return remove[i].snap.Time.Before(remove[j].snap.Time) })
+	var busy []pendingRemoval
+	for _, p := range remove {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		err := s.removeSnapshotLocked(ctx, p, false, res)
+		if errors.Is(err, lock.ErrBusy) {
+			busy = append(busy, p)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return busy, nil
+}
+
+// removeSnapshotLocked removes one snapshot under its exclusive lock (and,
+// when withParents, the namespace and group locks first).
+func (s *Store) removeSnapshotLocked(ctx context.Context, p pendingRemoval, withParents bool, res *PruneResult) error {
+	sn := p.snap
+	reqs := []lock.Request{s.snapshotRequest(sn, lock.Exclusive)}
+	if withParents {
+		reqs = []lock.Request{s.nsRequest(sn.NS, lock.Shared), s.groupRequest(sn.Group), reqs[0]}
+	}
+	release, err := s.lockChain(ctx, reqs)
+	if err != nil {
+		return err
+	}
+	defer release()
+	info, err := s.SnapshotInfo(ctx, sn)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if info.Protected {
+		return nil // protected since it was marked: never removed
+	}
+	if err := s.removeSnapshotFiles(ctx, sn); err != nil {
+		return err
+	}
+	res.Removed++
+	s.obs.snapshotPruned("remove")
+	res.Decisions[p.decision].Removed = true
+	return nil
+}

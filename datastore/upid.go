@@ -1,0 +1,60 @@
+package datastore
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// UPID builds a PBS task id for verify_state. PBS parses the upid of a
+// manifest's verify_state, so it must have PBS's shape:
+// UPID:node:pid:pstart:task_id:starttime:type:worker_id:auth_id:
+// The pbsq task id travels in worker_id (systemd-escaped, as PBS does).
+func UPID(workerType, store, taskID string, start time.Time) string {
+	host, _ := os.Hostname()
+	host = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' {
+			return r
+		}
+		return '-'
+	}, host)
+	if host == "" {
+		host = "localhost"
+	}
+	worker := escapeWorkerID(store + ":" + taskID)
+	return fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%08X:%s:%s:root@pam:",
+		host, os.Getpid(), 0, 0, start.Unix(), workerType, worker)
+}
+
+// escapeWorkerID escapes like systemd-escape, which PBS uses for worker ids.
+func escapeWorkerID(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_', c == '.' && i > 0:
+			b.WriteByte(c)
+		case c == '/':
+			b.WriteByte('-')
+		default:
+			fmt.Fprintf(&b, `\x%02x`, c)
+		}
+	}
+	return b.String()
+}
+
+// upidStart extracts the start time of a PBS UPID; ok is false when the
+// string is not one.
+func upidStart(upid string) (time.Time, bool) {
+	parts := strings.Split(upid, ":")
+	if len(parts) < 9 || parts[0] != "UPID" {
+		return time.Time{}, false
+	}
+	n, err := strconv.ParseInt(parts[5], 16, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(n, 0), true
+}
