@@ -419,7 +419,7 @@ func TestBlobMaxSizeRoundTrip(t *testing.T) {
 	if testing.Short() {
 		t.Skip("128 MiB")
 	}
-	data := compressible(MaxBlobSize)
+	data := bytes.Repeat(compressible(1<<20), MaxBlobSize>>20)
 	raw, err := EncodeBlob(data)
 	if err != nil {
 		t.Fatal(err)
@@ -464,7 +464,7 @@ func TestConcurrentCodecs(t *testing.T) {
 	for g := range 16 {
 		go func() {
 			var err error
-			for i := range 20 {
+			for i := range 8 {
 				d := append(bytes.Clone(data), byte(g), byte(i))
 				var raw, got []byte
 				if raw, err = EncodeBlob(d); err != nil {

@@ -944,10 +944,14 @@ func (s *S3) Touch(ctx context.Context, name string) error {
 	if !ok {
 		return nil
 	}
-	// Both times have one-second resolution: a LastModified a whole second
-	// behind the server's clock was not updated by this copy.
-	if !out.CopyObjectResult.LastModified.Add(time.Second).After(serverNow) {
+	// The Date header has one-second resolution. A LastModified a second
+	// behind it was probably not updated by this copy: rewrite this
+	// object. Two seconds behind is certain: rewrite from now on.
+	behind := serverNow.Sub(out.CopyObjectResult.LastModified.Truncate(time.Second))
+	if behind >= 2*time.Second {
 		s.touchRewrite.Store(true)
+	}
+	if behind >= time.Second {
 		return s.rewrite(ctx, name, key)
 	}
 	return nil

@@ -5,7 +5,6 @@ package redistest
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -113,26 +112,45 @@ func (s *Server) start() error {
 	s.cmd, s.exit, s.out = cmd, exit, out
 	s.mu.Unlock()
 
-	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialTimeout: time.Second})
-	defer c.Close()
 	deadline := time.Now().Add(startTimeout)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
+		err := ping(s.Addr())
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-exit:
 			return fmt.Errorf("redis-server on port %d exited: %s", s.port, out.tail())
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			s.kill()
 			return fmt.Errorf("redis-server on port %d not answering PING after %s: %v: %s", s.port, startTimeout, err, out.tail())
 		}
 	}
+}
+
+// ping checks readiness over a bare connection: a client library would
+// retry refused dials with backoff, slowing every start.
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	if reply := string(buf[:n]); reply != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", reply) // e.g. -LOADING
+	}
+	return nil
 }
 
 // Addr is "127.0.0.1:<port>"; it stays the same across Restart.

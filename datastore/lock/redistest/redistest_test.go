@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
 )
 
@@ -24,7 +26,9 @@ func TestStartRestartPersists(t *testing.T) {
 		t.Fatalf("after restart: %q, %v; want the value kept by the append-only file", got, err)
 	}
 	s.Stop()
-	if err := c.Ping(ctx).Err(); err == nil {
+	probe := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, DialerRetries: 1})
+	defer probe.Close()
+	if err := probe.Ping(ctx).Err(); err == nil {
 		t.Fatal("PING answered after Stop")
 	}
 }

@@ -1,0 +1,282 @@
+package tasks
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// MoveGroup moves one backup group to another namespace.
+type MoveGroup struct {
+	Store      string    `json:"store"`
+	NS         string    `json:"ns"`
+	BackupType string    `json:"backup-type"`
+	BackupID   string    `json:"backup-id"`
+	TargetNS   string    `json:"target-ns"`
+	MergeGroup *bool     `json:"merge-group,omitempty"` // default true
+	LockWait   *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*MoveGroup) TaskType() string   { return TypeMoveGroup }
+func (p *MoveGroup) Stores() []string { return []string{p.Store} }
+func (p *MoveGroup) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *MoveGroup) Validate() error {
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	ns, err := validateNS("ns", p.NS)
+	if err != nil {
+		return err
+	}
+	target, err := validateNS("target-ns", p.TargetNS)
+	if err != nil {
+		return err
+	}
+	if ns == target {
+		return fmt.Errorf("%w move-group: ns and target-ns are both %q", ErrInvalid, p.NS)
+	}
+	if _, err := name.NewGroup(ns, p.BackupType, p.BackupID); err != nil {
+		return err
+	}
+	return validateWait(p.LockWait)
+}
+
+// MoveNamespace moves a namespace subtree.
+type MoveNamespace struct {
+	Store        string    `json:"store"`
+	NS           string    `json:"ns"`
+	TargetNS     string    `json:"target-ns"`
+	MaxDepth     *int      `json:"max-depth,omitempty"`
+	DeleteSource *bool     `json:"delete-source,omitempty"` // default true
+	MergeGroups  *bool     `json:"merge-groups,omitempty"`  // default true
+	LockWait     *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*MoveNamespace) TaskType() string   { return TypeMoveNamespace }
+func (p *MoveNamespace) Stores() []string { return []string{p.Store} }
+func (p *MoveNamespace) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *MoveNamespace) Validate() error {
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	ns, err := validateNS("ns", p.NS)
+	if err != nil {
+		return err
+	}
+	target, err := validateNS("target-ns", p.TargetNS)
+	if err != nil {
+		return err
+	}
+	switch {
+	case ns.IsRoot():
+		return fmt.Errorf("%w move-namespace: the root namespace cannot be moved", ErrInvalid)
+	case ns == target:
+		return fmt.Errorf("%w move-namespace: ns and target-ns are both %q", ErrInvalid, p.NS)
+	case ns.Contains(target):
+		return fmt.Errorf("%w move-namespace: target-ns %q lies inside the source %q", ErrInvalid, p.TargetNS, p.NS)
+	}
+	if err := validateDepth(p.MaxDepth); err != nil {
+		return err
+	}
+	return validateWait(p.LockWait)
+}
+
+// Keep holds the keep-* options (nil = unset; set values must be ≥ 1).
+type Keep struct {
+	KeepLast    *int `json:"keep-last,omitempty"`
+	KeepHourly  *int `json:"keep-hourly,omitempty"`
+	KeepDaily   *int `json:"keep-daily,omitempty"`
+	KeepWeekly  *int `json:"keep-weekly,omitempty"`
+	KeepMonthly *int `json:"keep-monthly,omitempty"`
+	KeepYearly  *int `json:"keep-yearly,omitempty"`
+}
+
+// Each calls fn for every set option with its payload key.
+func (k *Keep) Each(fn func(key string, v int)) {
+	for _, o := range []struct {
+		key string
+		v   *int
+	}{{"keep-last", k.KeepLast}, {"keep-hourly", k.KeepHourly}, {"keep-daily", k.KeepDaily},
+		{"keep-weekly", k.KeepWeekly}, {"keep-monthly", k.KeepMonthly}, {"keep-yearly", k.KeepYearly}} {
+		if o.v != nil {
+			fn(o.key, *o.v)
+		}
+	}
+}
+
+func (k *Keep) validate() error {
+	var err error
+	k.Each(func(key string, v int) {
+		if v < 1 && err == nil {
+			err = fmt.Errorf("%w %s %d: must be at least 1 (leave it out to unset)", ErrInvalid, key, v)
+		}
+	})
+	return err
+}
+
+// Prune applies keep rules to a namespace (recursively) or one group.
+type Prune struct {
+	Store      string `json:"store"`
+	NS         string `json:"ns"`
+	BackupType string `json:"backup-type,omitempty"`
+	BackupID   string `json:"backup-id,omitempty"`
+	MaxDepth   *int   `json:"max-depth,omitempty"`
+	Keep
+	DryRun   bool      `json:"dry-run,omitempty"`
+	LockWait *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*Prune) TaskType() string   { return TypePrune }
+func (p *Prune) Stores() []string { return []string{p.Store} }
+func (p *Prune) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *Prune) Validate() error {
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	if _, err := validateNS("ns", p.NS); err != nil {
+		return err
+	}
+	if err := validateGroupSel(p.BackupType, p.BackupID); err != nil {
+		return err
+	}
+	if err := validateDepth(p.MaxDepth); err != nil {
+		return err
+	}
+	if err := p.Keep.validate(); err != nil {
+		return err
+	}
+	return validateWait(p.LockWait)
+}
+
+// Verify checks snapshots.
+type Verify struct {
+	Store          string    `json:"store"`
+	NS             string    `json:"ns"`
+	BackupType     string    `json:"backup-type,omitempty"`
+	BackupID       string    `json:"backup-id,omitempty"`
+	Snapshot       string    `json:"snapshot,omitempty"` // backup time, with type and id
+	MaxDepth       *int      `json:"max-depth,omitempty"`
+	IgnoreVerified *bool     `json:"ignore-verified,omitempty"` // default true
+	OutdatedAfter  *int      `json:"outdated-after,omitempty"`  // days
+	LockWait       *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*Verify) TaskType() string   { return TypeVerify }
+func (p *Verify) Stores() []string { return []string{p.Store} }
+func (p *Verify) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *Verify) Validate() error {
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	if _, err := validateNS("ns", p.NS); err != nil {
+		return err
+	}
+	if err := validateGroupSel(p.BackupType, p.BackupID); err != nil {
+		return err
+	}
+	if p.Snapshot != "" {
+		if p.BackupType == "" {
+			return fmt.Errorf("%w snapshot %q: needs backup-type and backup-id", ErrInvalid, p.Snapshot)
+		}
+		if _, err := name.ParseTime(p.Snapshot); err != nil {
+			return err
+		}
+	}
+	if err := validateDepth(p.MaxDepth); err != nil {
+		return err
+	}
+	if p.OutdatedAfter != nil && (*p.OutdatedAfter < 0 || *p.OutdatedAfter > 100000) {
+		return fmt.Errorf("%w outdated-after %d: must be 0..100000 days", ErrInvalid, *p.OutdatedAfter)
+	}
+	return validateWait(p.LockWait)
+}
+
+// Sync copies snapshots from one datastore to another.
+type Sync struct {
+	SourceStore    string    `json:"source-store"`
+	SourceNS       string    `json:"source-ns"`
+	Store          string    `json:"store"`
+	NS             string    `json:"ns"`
+	MaxDepth       *int      `json:"max-depth,omitempty"`
+	GroupFilter    []string  `json:"group-filter,omitempty"`
+	TransferLast   *int      `json:"transfer-last,omitempty"`
+	RemoveVanished bool      `json:"remove-vanished,omitempty"`
+	ResyncCorrupt  bool      `json:"resync-corrupt,omitempty"`
+	Owner          string    `json:"owner,omitempty"`
+	Rate           int64     `json:"rate,omitempty"` // bytes/s, 0 = unlimited
+	LockWait       *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*Sync) TaskType() string   { return TypeSync }
+func (p *Sync) Stores() []string { return []string{p.SourceStore, p.Store} }
+func (p *Sync) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *Sync) Validate() error {
+	if err := validateStore("source-store", p.SourceStore); err != nil {
+		return err
+	}
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	src, err := validateNS("source-ns", p.SourceNS)
+	if err != nil {
+		return err
+	}
+	dst, err := validateNS("ns", p.NS)
+	if err != nil {
+		return err
+	}
+	if p.SourceStore == p.Store && (src.Contains(dst) || dst.Contains(src)) {
+		return fmt.Errorf("%w sync: source %s:%q and target %s:%q overlap", ErrInvalid, p.SourceStore, p.SourceNS, p.Store, p.NS)
+	}
+	if err := validateDepth(p.MaxDepth); err != nil {
+		return err
+	}
+	if len(p.GroupFilter) > 256 {
+		return fmt.Errorf("%w group-filter: %d filters, at most 256", ErrInvalid, len(p.GroupFilter))
+	}
+	for _, f := range p.GroupFilter {
+		if _, err := name.ParseGroupFilter(f); err != nil {
+			return err
+		}
+	}
+	if p.TransferLast != nil && *p.TransferLast < 1 {
+		return fmt.Errorf("%w transfer-last %d: must be at least 1", ErrInvalid, *p.TransferLast)
+	}
+	if p.Rate < 0 {
+		return fmt.Errorf("%w rate %d: must not be negative", ErrInvalid, p.Rate)
+	}
+	if p.Owner != "" && (len(p.Owner) > 64 || !strings.Contains(p.Owner, "@") || strings.ContainsAny(p.Owner, "\n\r\x00/ ")) {
+		return fmt.Errorf("%w owner %q: must be an auth id like root@pam", ErrInvalid, p.Owner)
+	}
+	return validateWait(p.LockWait)
+}
+
+// GC runs garbage collection on a datastore.
+type GC struct {
+	Store    string    `json:"store"`
+	DryRun   bool      `json:"dry-run,omitempty"`
+	LockWait *Duration `json:"lock-wait,omitempty"`
+}
+
+func (*GC) TaskType() string   { return TypeGC }
+func (p *GC) Stores() []string { return []string{p.Store} }
+func (p *GC) Wait() *Duration  { return p.LockWait }
+
+// Validate implements Payload.
+func (p *GC) Validate() error {
+	if err := validateStore("store", p.Store); err != nil {
+		return err
+	}
+	return validateWait(p.LockWait)
+}
