@@ -409,9 +409,10 @@ func (v *verifier) record(r chunkRef, st chunkState, why string) {
 		v.res.ChunksEncrypted++
 	}
 	v.res.Bytes += int64(r.size)
+	msg := fmt.Sprintf("%.1f MiB checked", float64(v.res.Bytes)/(1<<20))
 	v.mu.Unlock()
 	v.s.obs.chunkVerified(st.String(), int64(r.size))
-	v.rep.message(fmt.Sprintf("%.1f MiB checked", float64(v.res.Bytes)/(1<<20)))
+	v.rep.message(msg)
 }
 
 // checkChunk reads and checks one chunk. State 0 means an I/O error that is

@@ -33,7 +33,8 @@ type Index interface {
 	ChunkLen(i int) uint64
 	// DataSize is the length of the indexed data.
 	DataSize() uint64
-	// Checksum is the index_csum stored in (and verified from) the header.
+	// Checksum is index_csum computed from the entries; for a parsed index
+	// it equals the header's, which parsing checked.
 	Checksum() [32]byte
 	// Marshal encodes the index file.
 	Marshal() []byte

@@ -1,0 +1,342 @@
+package datastore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/datastore/lock/flock"
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// ftStore opens a fresh filesystem store with flock locks in temp dirs. It
+// skips the 65536 prefix directories (created on demand by writes) to keep
+// tests fast; TestCreateMakesChunkDirs covers Create.
+func ftStore(t testing.TB) (*Store, string) {
+	t.Helper()
+	s, dir, _ := ftStoreLocks(t)
+	return s, dir
+}
+
+// ftStoreLocks is ftStore that also returns the flock directory, so a
+// test can take locks as another process would.
+func ftStoreLocks(t testing.TB) (*Store, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := fsbackend.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockDir := filepath.Join(t.TempDir(), "locks")
+	lb, err := flock.New(flock.Options{Dir: lockDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open("test", b, Options{Locker: lock.New(lb, lock.Options{Wait: -1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, dir, lockDir
+}
+
+// ftFile writes a temp file: n random bytes, then z zero bytes.
+func ftFile(t testing.TB, base string, n, z int) string {
+	t.Helper()
+	data := make([]byte, n+z)
+	_, _ = rand.Read(data[:n])
+	p := filepath.Join(t.TempDir(), base)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ftBackup writes a snapshot of the given files.
+func ftBackup(t testing.TB, s *Store, ns, typ, id string, at time.Time, files ...string) *BackupResult {
+	t.Helper()
+	n := name.MustNamespace(ns)
+	if err := s.CreateNamespace(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+	g, err := name.NewGroup(n, typ, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := BackupRequest{Group: g, Time: at, Owner: "root@pam"}
+	for _, f := range files {
+		req.Sources = append(req.Sources, BackupSource{Path: f})
+	}
+	res, err := s.Backup(context.Background(), req, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// ftTree returns every file below dir with its content, to show that a
+// refused operation changed nothing.
+func ftTree(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			out[rel+"/"] = ""
+			return nil
+		}
+		data, err := os.ReadFile(p)
+		out[rel] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func ftSameTree(t *testing.T, before, after map[string]string) {
+	t.Helper()
+	for k, v := range before {
+		if w, ok := after[k]; !ok || w != v {
+			t.Errorf("changed or removed: %s", k)
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("added: %s", k)
+		}
+	}
+}
+
+// pbsfmt runs the independent Python writer/checker.
+func pbsfmt(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("python3", append([]string{"testdata/pbsfmt.py"}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pbsfmt %v: %v\n%s%s", args, err, out.String(), errb.String())
+	}
+	return out.String()
+}
+
+func TestCreateMakesChunkDirs(t *testing.T) {
+	dir := t.TempDir()
+	b, _ := fsbackend.New(dir)
+	ctx := context.Background()
+	if _, err := Create(ctx, "main", b, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, ".chunks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1<<16 || ents[0].Name() != "0000" || ents[len(ents)-1].Name() != "ffff" {
+		t.Fatalf("%d prefix dirs, first %s", len(ents), ents[0].Name())
+	}
+	ok, err := IsDatastore(ctx, b)
+	if err != nil || !ok {
+		t.Fatalf("IsDatastore = %v, %v", ok, err)
+	}
+}
+
+func TestNamespaces(t *testing.T) {
+	s, dir := ftStore(t)
+	ctx := context.Background()
+	if err := s.CreateNamespace(ctx, name.MustNamespace("a/b/c")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateNamespace(ctx, name.MustNamespace("a/x")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "ns/a/ns/b/ns/c")); err != nil || !st.IsDir() {
+		t.Fatalf("mkdir -p layout: %v", err)
+	}
+	all, err := s.ListNamespaces(ctx, name.Root, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, n := range all {
+		got = append(got, n.String())
+	}
+	if strings.Join(got, ",") != ",a,a/b,a/b/c,a/x" {
+		t.Fatalf("ListNamespaces = %q", got)
+	}
+	one, _ := s.ListNamespaces(ctx, name.MustNamespace("a"), 1)
+	if len(one) != 3 {
+		t.Fatalf("depth-limited list = %v", one)
+	}
+	if _, err := s.ListNamespaces(ctx, name.MustNamespace("nope"), -1); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing namespace: %v", err)
+	}
+	if err := s.RemoveNamespace(ctx, name.MustNamespace("a/b")); !strings.Contains(fmtErr(err), "child") {
+		t.Fatalf("removed a namespace with children: %v", err)
+	}
+	ftBackup(t, s, "a/x", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "f.conf", 10, 0))
+	before := ftTree(t, dir)
+	if err := s.RemoveNamespace(ctx, name.MustNamespace("a/x")); err == nil {
+		t.Fatal("removed a namespace with a group")
+	}
+	ftSameTree(t, before, ftTree(t, dir))
+	if err := s.RemoveNamespaceLocked(ctx, name.MustNamespace("a/b/c")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.NamespaceExists(ctx, name.MustNamespace("a/b/c")); ok {
+		t.Fatal("a/b/c still exists")
+	}
+	if err := s.RemoveNamespace(ctx, name.Root); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("root removal: %v", err)
+	}
+}
+
+func fmtErr(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// TestBackupPassesIndependentChecker writes a snapshot with every archive
+// kind and checks it with the Python checker written from the spec.
+func TestBackupPassesIndependentChecker(t *testing.T) {
+	s, dir := ftStore(t)
+	img := ftFile(t, "disk.img", 9<<20+123, 9<<20) // random, then zero chunks, short tail
+	tar := ftFile(t, "data.tar", 11<<20, 0)
+	conf := filepath.Join(t.TempDir(), "vm.conf")
+	_ = os.WriteFile(conf, bytes.Repeat([]byte("memory: 2048\n"), 100), 0o644)
+	res := ftBackup(t, s, "a", "vm", "100", time.Unix(1700000000, 0), img, tar, conf)
+	if len(res.Files) != 3 || res.Files[0].Filename != "disk.img.fidx" || res.Files[1].Filename != "data.tar.didx" || res.Files[2].Filename != "vm.conf.blob" {
+		t.Fatalf("files = %+v", res.Files)
+	}
+	out := pbsfmt(t, "check", dir)
+	if !strings.Contains(out, "checked 1 snapshots") || !strings.Contains(out, " 0 errors") {
+		t.Fatalf("checker: %s", out)
+	}
+	// All-zero 4 MiB chunks are stored once.
+	zero := Digest(zeroChunkDigest())
+	if ok, _ := s.ChunkExists(context.Background(), zero); !ok {
+		t.Fatal("zero chunk missing")
+	}
+	// A second backup of the same data stores no new chunk.
+	res2 := ftBackup(t, s, "a", "vm", "100", time.Unix(1700000100, 0), img, tar, conf)
+	if res2.NewChunks != 0 {
+		t.Fatalf("second backup stored %d new chunks", res2.NewChunks)
+	}
+	if out := pbsfmt(t, "check", dir); !strings.Contains(out, "checked 2 snapshots") {
+		t.Fatalf("checker: %s", out)
+	}
+}
+
+func TestBackupRefusals(t *testing.T) {
+	s, dir := ftStore(t)
+	f := ftFile(t, "x.bin", 1000, 0)
+	ftBackup(t, s, "", "vm", "1", time.Unix(1700000000, 0), f)
+	before := ftTree(t, dir)
+	ctx := context.Background()
+	g, _ := name.NewGroup(name.Root, "vm", "1")
+	cases := map[string]BackupRequest{
+		"older time":    {Group: g, Time: time.Unix(1600000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f}}},
+		"other owner":   {Group: g, Time: time.Unix(1800000000, 0), Owner: "bob@pbs", Sources: []BackupSource{{Path: f}}},
+		"bad owner":     {Group: g, Time: time.Unix(1800000000, 0), Owner: "bob", Sources: []BackupSource{{Path: f}}},
+		"missing file":  {Group: g, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: "/nonexistent"}}},
+		"bad archive":   {Group: g, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f, Archive: "../x"}}},
+		"duplicate":     {Group: g, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f}, {Path: f}}},
+		"no files":      {Group: g, Time: time.Unix(1800000000, 0), Owner: "root@pam"},
+		"missing ns":    {Group: name.Group{NS: name.MustNamespace("nope"), Type: "vm", ID: "1"}, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f}}},
+		"invalid group": {Group: name.Group{NS: name.Root, Type: "vm", ID: "../1"}, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f}}},
+	}
+	for what, req := range cases {
+		if _, err := s.Backup(ctx, req, nil); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: err = %v, want ErrInvalid/ErrNotFound", what, err)
+		}
+	}
+	ftSameTree(t, before, ftTree(t, dir))
+}
+
+// TestListsIndependentStore reads a store written by the Python program
+// from the spec and compares the listing with what it says it wrote.
+func TestListsIndependentStore(t *testing.T) {
+	dir := t.TempDir()
+	want := pbsfmt(t, "write", dir)
+	b, _ := fsbackend.New(dir)
+	s, _ := Open("indep", b, Options{})
+	ctx := context.Background()
+	type entry struct {
+		NS         string  `json:"ns"`
+		Type       string  `json:"backup-type"`
+		ID         string  `json:"backup-id"`
+		BackupTime int64   `json:"backup-time"`
+		Time       string  `json:"time"`
+		Finished   bool    `json:"finished"`
+		Protected  bool    `json:"protected"`
+		Verify     *string `json:"verify-state"`
+	}
+	var expected []entry
+	if err := json.Unmarshal([]byte(want), &expected); err != nil {
+		t.Fatal(err)
+	}
+	var got []entry
+	nss, err := s.ListNamespaces(ctx, name.Root, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nsNames []string
+	for _, n := range nss {
+		nsNames = append(nsNames, n.String())
+		groups, err := s.ListGroups(ctx, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range groups {
+			snaps, err := s.ListSnapshots(ctx, g)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, sn := range snaps {
+				e := entry{NS: n.String(), Type: string(g.Type), ID: g.ID, BackupTime: sn.Time.Unix(),
+					Time: sn.Time.Format(time.RFC3339), Finished: sn.Finished, Protected: sn.Protected}
+				if sn.Finished {
+					m, err := s.ReadManifest(ctx, sn.Snapshot)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if vs := m.VerifyState(); vs != nil {
+						st := vs.State
+						e.Verify = &st
+					}
+				}
+				got = append(got, e)
+			}
+		}
+	}
+	if strings.Join(nsNames, ",") != ",a,a/b,a/b/empty" {
+		t.Errorf("namespaces %q", nsNames)
+	}
+	key := func(e entry) string { return e.NS + "|" + e.Type + "|" + e.ID + "|" + e.Time }
+	sort.Slice(expected, func(i, j int) bool { return key(expected[i]) < key(expected[j]) })
+	sort.Slice(got, func(i, j int) bool { return key(got[i]) < key(got[j]) })
+	gj, _ := json.Marshal(got)
+	ej, _ := json.Marshal(expected)
+	if string(gj) != string(ej) {
+		t.Fatalf("listing differs:\n got %s\nwant %s", gj, ej)
+	}
+}
