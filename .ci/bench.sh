@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every Go benchmark once (-benchtime 1x): each reports its own figures
+# and its ratio against a baseline measured in the same run (raw SHA-256 +
+# zstd, rclone, bare asynq). Scale with PBSQ_BENCH_MB / PBSQ_BENCH_OBJECTS /
+# PBSQ_BENCH_CHUNKS; BENCH=regex selects benchmarks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH:-.}
+out=${BENCH_OUT:-bench.txt}
+echo "make bench: $(nproc) cores, $(go version), $(date -u +%FT%TZ)" | tee "$out"
+go test -run '^$' -bench "$BENCH" -benchtime 1x -timeout 60m ./... 2>&1 | grep -Ev '^(goos|goarch|pkg|cpu|PASS)' | tee -a "$out"
+echo "results in $out"

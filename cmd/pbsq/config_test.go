@@ -1,0 +1,104 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfig(t *testing.T) {
+	good := `
+redis:
+  addr: 127.0.0.1:6379
+  db: 2
+locks:
+  backend: redis
+  wait: 7s
+  lease: 40s
+metrics:
+  listen: 127.0.0.1:9999
+datastores:
+  main:
+    path: data/main
+  offsite:
+    s3:
+      endpoint: http://127.0.0.1:7070
+      bucket: backups
+      path-style: true
+`
+	c, err := parseConfig([]byte(good), "/etc/pbsq/pbsq.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.applyDefaults()
+	if c.Redis.DB != 2 || c.Locks.Wait != 7*time.Second || c.Locks.Lease != 40*time.Second || c.Locks.Dir != defaultLocksDir {
+		t.Fatalf("parsed %+v", c)
+	}
+	if c.Datastores["main"].Path != "/etc/pbsq/data/main" {
+		t.Fatalf("relative path not resolved against the config file: %q", c.Datastores["main"].Path)
+	}
+	if c.Datastores["offsite"].S3.Prefix != "offsite" || !c.Datastores["offsite"].S3.PathStyle {
+		t.Fatalf("s3 defaults: %+v", c.Datastores["offsite"].S3)
+	}
+	bad := map[string]string{
+		"unknown top key":    "redsi:\n  addr: x\n",
+		"unknown nested key": "locks:\n  backnd: flock\n",
+		"bad backend":        "locks:\n  backend: etcd\n",
+		"bad store name":     "datastores:\n  a/b:\n    path: /x\n",
+		"store without path": "datastores:\n  main: {}\n",
+		"path and s3":        "datastores:\n  main:\n    path: /x\n    s3: {endpoint: http://x, bucket: b}\n",
+		"password in file":   "redis:\n  password: hunter2\n",
+		"negative wait":      "locks:\n  wait: -1s\n",
+		"bad db":             "redis:\n  db: 99\n",
+	}
+	for what, y := range bad {
+		_, err := parseConfig([]byte(y), "c.yaml")
+		if err == nil {
+			t.Errorf("%s: accepted", what)
+			continue
+		}
+		if !strings.Contains(err.Error(), "c.yaml") {
+			t.Errorf("%s: error does not name the file: %v", what, err)
+		}
+	}
+	if _, err := parseConfig([]byte("locks:\n  backnd: flock\n"), "c.yaml"); !strings.Contains(err.Error(), "backnd") {
+		t.Errorf("unknown key not named: %v", err)
+	}
+}
+
+func TestAddDatastoreKeepsComments(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "pbsq.yaml")
+	_ = os.WriteFile(p, []byte("# my comment\nlocks:\n  backend: flock # inline\n"), 0o644)
+	if err := addDatastore(p, "main", DatastoreConfig{Path: "/srv/main"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := addDatastore(p, "main", DatastoreConfig{Path: "/srv/other"}); err == nil {
+		t.Fatal("registered a datastore twice")
+	}
+	data, _ := os.ReadFile(p)
+	if !strings.Contains(string(data), "# my comment") || !strings.Contains(string(data), "# inline") {
+		t.Fatalf("comments lost:\n%s", data)
+	}
+	c, err := loadConfig(p)
+	if err != nil || c.Datastores["main"].Path != "/srv/main" {
+		t.Fatalf("reload: %v %+v", err, c)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add("redis:\n  addr: x:1\ndatastores:\n  main:\n    path: /x\n")
+	f.Add("locks: {backend: redis, lease: 30s}\n")
+	f.Add("datastores:\n  s3store:\n    s3: {endpoint: http://e, bucket: b, prefix: p}\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := parseConfig([]byte(s), "fuzz.yaml")
+		if err != nil {
+			return
+		}
+		c.applyDefaults()
+		if err := c.validate(); err != nil {
+			t.Fatalf("accepted config fails validation after defaults: %v", err)
+		}
+	})
+}
