@@ -1,0 +1,157 @@
+// Package faultproxy is an HTTP reverse proxy that injects the faults S3
+// clients meet in reality — 503 SlowDown, 500 InternalError, connection
+// resets and slow responses — at configurable rates, between pbsq and a real
+// S3 server in tests.
+package faultproxy
+
+import (
+	"fmt"
+	"math/rand"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Rates are probabilities per request (0..1); their sum must be ≤ 1.
+type Rates struct {
+	SlowDown float64 // 503 SlowDown before reaching the server
+	Internal float64 // 500 InternalError before reaching the server
+	Reset    float64 // connection closed without a response
+	// ResetAfter: the request reaches the server, then the connection is
+	// closed before the response: the client cannot know it succeeded.
+	ResetAfter float64
+	Slow       float64 // response delayed by SlowDelay
+	SlowDelay  time.Duration
+}
+
+// Total is the share of requests that fail (slow ones do not).
+func (r Rates) Total() float64 { return r.SlowDown + r.Internal + r.Reset + r.ResetAfter }
+
+// Stats counts what the proxy did.
+type Stats struct {
+	Requests, SlowDown, Internal, Reset, ResetAfter, Slow int64
+}
+
+// Proxy is a running fault-injecting proxy.
+type Proxy struct {
+	srv   *httptest.Server
+	proxy *httputil.ReverseProxy
+	mu    sync.Mutex
+	rates Rates
+	rng   *rand.Rand
+	stats struct {
+		requests, slowDown, internal, reset, resetAfter, slow atomic.Int64
+	}
+}
+
+// New starts a proxy on a loopback port in front of target (an http URL).
+func New(target string, rates Rates, seed int64) (*Proxy, error) {
+	u, err := url.Parse(target)
+	if err != nil {
+		return nil, fmt.Errorf("faultproxy target %q: %w", target, err)
+	}
+	if rates.Total()+rates.Slow > 1 {
+		return nil, fmt.Errorf("faultproxy: rates add up to more than 1")
+	}
+	p := &Proxy{rates: rates, rng: rand.New(rand.NewSource(seed))}
+	p.proxy = httputil.NewSingleHostReverseProxy(u)
+	// The SDK signs the Host header; keep the client's.
+	director := p.proxy.Director
+	p.proxy.Director = func(r *http.Request) {
+		host := r.Host
+		director(r)
+		r.Host = host
+	}
+	p.proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		w.WriteHeader(http.StatusBadGateway)
+	}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	return p, nil
+}
+
+// URL is the proxy's endpoint, to give pbsq instead of the server's.
+func (p *Proxy) URL() string { return p.srv.URL }
+
+// SetRates changes the rates, e.g. to heal the network mid-test.
+func (p *Proxy) SetRates(r Rates) {
+	p.mu.Lock()
+	p.rates = r
+	p.mu.Unlock()
+}
+
+// Stats returns the counts so far.
+func (p *Proxy) Stats() Stats {
+	return Stats{
+		Requests: p.stats.requests.Load(), SlowDown: p.stats.slowDown.Load(), Internal: p.stats.internal.Load(),
+		Reset: p.stats.reset.Load(), ResetAfter: p.stats.resetAfter.Load(), Slow: p.stats.slow.Load(),
+	}
+}
+
+// Close stops the proxy.
+func (p *Proxy) Close() { p.srv.Close() }
+
+func (p *Proxy) roll() (float64, Rates) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rng.Float64(), p.rates
+}
+
+const s3Error = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><RequestId>faultproxy</RequestId></Error>`
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	p.stats.requests.Add(1)
+	x, rates := p.roll()
+	switch {
+	case x < rates.SlowDown:
+		p.stats.slowDown.Add(1)
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, s3Error, "SlowDown", "Please reduce your request rate.")
+		return
+	case x < rates.SlowDown+rates.Internal:
+		p.stats.internal.Add(1)
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusInternalServerError)
+		fmt.Fprintf(w, s3Error, "InternalError", "We encountered an internal error. Please try again.")
+		return
+	case x < rates.SlowDown+rates.Internal+rates.Reset:
+		p.stats.reset.Add(1)
+		hangUp(w)
+		return
+	case x < rates.Total():
+		p.stats.resetAfter.Add(1)
+		rec := httptest.NewRecorder()
+		p.proxy.ServeHTTP(rec, r)
+		hangUp(w)
+		return
+	case x < rates.Total()+rates.Slow:
+		p.stats.slow.Add(1)
+		select {
+		case <-time.After(rates.SlowDelay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	p.proxy.ServeHTTP(w, r)
+}
+
+// hangUp closes the client connection with a TCP reset and no response.
+func hangUp(w http.ResponseWriter) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic("faultproxy: response writer cannot be hijacked")
+	}
+	conn, _, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = conn.Close()
+}
