@@ -95,7 +95,7 @@ func ValidPath(p string) error {
 		return nil
 	}
 	if strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") || path.Clean(p) != p ||
-		strings.Contains(p, "\x00") || p == ".." || strings.HasPrefix(p, "../") {
+		strings.Contains(p, "\x00") || p == "." || p == ".." || strings.HasPrefix(p, "../") {
 		return fmt.Errorf("%w %q", ErrInvalidPath, p)
 	}
 	return nil
@@ -134,4 +134,19 @@ func ReadFileInto(ctx context.Context, b Backend, name string, buf []byte) ([]by
 		return br.ReadFileInto(ctx, name, buf)
 	}
 	return b.ReadFile(ctx, name)
+}
+
+// Syncer is implemented by backends whose CreateFile does not make data
+// durable by itself (filesystem chunks, as PBS's default sync level):
+// Sync flushes everything written so far.
+type Syncer interface {
+	Sync(ctx context.Context) error
+}
+
+// Sync flushes b when it needs it; object stores are durable per request.
+func Sync(ctx context.Context, b Backend) error {
+	if s, ok := b.(Syncer); ok {
+		return s.Sync(ctx)
+	}
+	return nil
 }

@@ -125,8 +125,9 @@ func tempName(p string) string {
 	return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(r[:]))
 }
 
-// writeTemp writes data to a fresh temp file next to p and fsyncs it.
-func writeTemp(p string, data []byte) (string, error) {
+// writeTemp writes data to a fresh temp file next to p, fsyncing it when
+// sync is set.
+func writeTemp(p string, data []byte, sync bool) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return "", err
 	}
@@ -136,7 +137,7 @@ func writeTemp(p string, data []byte) (string, error) {
 		return "", err
 	}
 	_, err = fh.Write(data)
-	if err == nil {
+	if err == nil && sync {
 		err = fh.Sync()
 	}
 	if cerr := fh.Close(); err == nil {
@@ -155,7 +156,7 @@ func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(p, data)
+	tmp, err := writeTemp(p, data, true)
 	if err != nil {
 		return err
 	}
@@ -167,6 +168,9 @@ func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
 }
 
 // CreateFile links the temp file into place, which fails if name exists.
+// It does not fsync: chunk inserts would be bound by it. Callers that need
+// durability (backup before its manifest) call Sync once, as PBS does with
+// syncfs at its default sync level.
 func (f *FS) CreateFile(ctx context.Context, name string, data []byte) (bool, error) {
 	p, err := f.filePath(name)
 	if err != nil {
@@ -175,7 +179,7 @@ func (f *FS) CreateFile(ctx context.Context, name string, data []byte) (bool, er
 	if _, err := os.Lstat(p); err == nil {
 		return false, nil
 	}
-	tmp, err := writeTemp(p, data)
+	tmp, err := writeTemp(p, data, false)
 	if err != nil {
 		return false, err
 	}
@@ -370,6 +374,19 @@ func (f *FS) Touch(ctx context.Context, name string) error {
 		// A bare errno would neither name the file nor match fs.ErrNotExist
 		// via a PathError; keep both.
 		return notExist(&iofs.PathError{Op: "touch", Path: p, Err: err})
+	}
+	return nil
+}
+
+// Sync flushes the whole filesystem of the datastore (syncfs(2)).
+func (f *FS) Sync(ctx context.Context) error {
+	fh, err := os.Open(f.base)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	if err := unix.Syncfs(int(fh.Fd())); err != nil {
+		return fmt.Errorf("syncfs %s: %w", f.base, err)
 	}
 	return nil
 }

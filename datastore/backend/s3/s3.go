@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -98,7 +99,7 @@ type S3 struct {
 	bucket   string
 	prefix   string // trimmed Config.Prefix
 	root     string // "<prefix>/" or "" for an empty prefix
-	endpoint string // for messages, without userinfo
+	endpoint string // for messages
 	sem      chan struct{}
 	timeout  time.Duration
 	// touchRewrite: the server keeps LastModified on self-copies.
@@ -131,7 +132,10 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*S3, error) {
 			// hold userinfo.
 			return nil, errors.New("s3: invalid endpoint URL")
 		}
-		u.User = nil // never show userinfo
+		if u.User != nil {
+			// Credentials belong in the AWS chain, never in the config.
+			return nil, errors.New("s3: endpoint URL must not contain credentials; use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile")
+		}
 		shown = u.String()
 	}
 
@@ -214,6 +218,7 @@ func newRetryer() aws.Retryer {
 	return retry.NewStandard(func(o *retry.StandardOptions) {
 		o.MaxAttempts = 10
 		o.MaxBackoff = 5 * time.Second
+		o.Backoff = backoff{base: 100 * time.Millisecond, throttleBase: 500 * time.Millisecond, max: o.MaxBackoff}
 		o.RateLimiter = ratelimit.None
 		o.Retryables = append(o.Retryables,
 			retry.RetryableErrorCode{Codes: map[string]struct{}{
@@ -231,6 +236,28 @@ func newRetryer() aws.Retryer {
 			}),
 		)
 	})
+}
+
+// backoff is exponential with full jitter from a short base: the SDK's
+// legacy default starts at up to 2s, far too slow for the odd dropped
+// connection among thousands of chunk uploads. Throttling (503 SlowDown)
+// starts higher to give the server room.
+type backoff struct {
+	base, throttleBase, max time.Duration
+}
+
+var throttles = retry.IsErrorThrottles(retry.DefaultThrottles)
+
+func (b backoff) BackoffDelay(attempt int, err error) (time.Duration, error) {
+	d := b.base
+	if throttles.IsErrorThrottle(err).Bool() || httpStatus(err) == http.StatusServiceUnavailable {
+		d = b.throttleBase
+	}
+	for i := 1; i < attempt && d < b.max; i++ {
+		d *= 2
+	}
+	d = min(d, b.max)
+	return time.Duration(rand.Int64N(int64(d))) + time.Millisecond, nil
 }
 
 // Client is the underlying SDK client, for tools and tests.
@@ -944,9 +971,11 @@ func (s *S3) Touch(ctx context.Context, name string) error {
 	if !ok {
 		return nil
 	}
-	// The Date header has one-second resolution. A LastModified a second
-	// behind it was probably not updated by this copy: rewrite this
-	// object. Two seconds behind is certain: rewrite from now on.
+	// A server that updates LastModified returns about the time of its Date
+	// header. The Date header has one-second resolution and may lag by up
+	// to a second where servers cache it (fasthttp), so a LastModified a
+	// second behind it was not updated by this copy: rewrite this object.
+	// Two seconds behind is certain: rewrite from now on.
 	behind := serverNow.Sub(out.CopyObjectResult.LastModified.Truncate(time.Second))
 	if behind >= 2*time.Second {
 		s.touchRewrite.Store(true)

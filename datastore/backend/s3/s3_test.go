@@ -3,16 +3,23 @@ package s3_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/johannesboyne/gofakes3"
+	"github.com/johannesboyne/gofakes3/backend/s3mem"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/backend/backendtest"
@@ -37,7 +44,7 @@ func TestConformance(t *testing.T) {
 }
 
 // listKeys lists the whole bucket with the raw SDK client.
-func listKeys(t *testing.T, srv *s3test.Server, prefix string) []string {
+func listKeys(t testing.TB, srv *s3test.Server, prefix string) []string {
 	t.Helper()
 	var keys []string
 	p := awss3.NewListObjectsV2Paginator(srv.Client(), &awss3.ListObjectsV2Input{
@@ -156,6 +163,8 @@ func TestCheckBucket(t *testing.T) {
 		}
 		if err := b.CheckBucket(ctx); !errors.Is(err, s3.ErrBucketNotFound) {
 			t.Errorf("CheckBucket(missing bucket) = %v, want ErrBucketNotFound", err)
+		} else {
+			t.Log(err)
 		}
 
 		if strings.Contains(t.Name(), "versitygw") { // gofakes3 ignores signatures
@@ -168,6 +177,8 @@ func TestCheckBucket(t *testing.T) {
 				t.Errorf("CheckBucket(bad secret) = %v, want ErrAccessDenied", err)
 			} else if !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") || strings.Contains(err.Error(), wrong) {
 				t.Errorf("CheckBucket(bad secret) message: %v", err)
+			} else {
+				t.Log(err)
 			}
 		}
 	})
@@ -179,21 +190,23 @@ func TestCheckBucket(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close()
-	b, err := s3.New(context.Background(), s3.Config{
-		Endpoint: "http://user:hunter2@" + addr, Bucket: "b", Region: "us-east-1", PathStyle: true,
-	}, func(o *awss3.Options) {
+	cfg := s3.Config{Endpoint: "http://user:hunter2@" + addr, Bucket: "b", Region: "us-east-1", PathStyle: true}
+	if _, err := s3.New(context.Background(), cfg); err == nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("New(endpoint with userinfo) = %v, want an error without the secret", err)
+	}
+	cfg.Endpoint = "http://" + addr
+	b, err := s3.New(context.Background(), cfg, func(o *awss3.Options) {
 		o.Credentials = credentials.NewStaticCredentialsProvider("ak", "sk", "")
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(b.String(), "hunter2") {
-		t.Errorf("String() shows endpoint userinfo: %s", b)
-	}
 	start := time.Now()
 	err = b.CheckBucket(context.Background())
 	if !errors.Is(err, s3.ErrUnreachable) {
 		t.Errorf("CheckBucket(unreachable) = %v, want ErrUnreachable", err)
+	} else {
+		t.Log(err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("CheckBucket(unreachable) took %v", d)
@@ -237,4 +250,75 @@ func TestNewErrors(t *testing.T) {
 	if _, err := s3.New(ctx, s3.Config{Bucket: "b", Endpoint: "http://[::1"}); err == nil {
 		t.Error("New with a bad endpoint succeeded")
 	}
+}
+
+// TestRetriesFlakyServer: a server that throttles (503 SlowDown) or drops
+// the connection on a fifth of all requests. Every operation must still
+// succeed, well past the SDK's default retry token bucket (~100 retries).
+func TestRetriesFlakyServer(t *testing.T) {
+	mem := s3mem.New()
+	if err := mem.CreateBucket("flaky"); err != nil {
+		t.Fatal(err)
+	}
+	fake := gofakes3.New(mem).Server()
+	var n, failed atomic.Int64
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch n.Add(1) % 10 {
+		case 1:
+			failed.Add(1)
+			w.Header().Set("Content-Type", "application/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>`)
+			return
+		case 6:
+			failed.Add(1)
+			if hj, ok := w.(http.Hijacker); ok {
+				if conn, _, err := hj.Hijack(); err == nil {
+					_ = conn.Close() // connection reset mid-request
+					return
+				}
+			}
+		}
+		fake.ServeHTTP(w, r)
+	}))
+	defer ts.Close()
+
+	b, err := s3.New(context.Background(), s3.Config{
+		Endpoint: ts.URL, Region: "us-east-1", Bucket: "flaky", Prefix: "p", PathStyle: true,
+	}, func(o *awss3.Options) {
+		o.Credentials = credentials.NewStaticCredentialsProvider("ak", "sk", "")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	const files = 300
+	errs := make(chan error, files)
+	for i := 0; i < files; i++ {
+		go func() {
+			name := fmt.Sprintf(".chunks/%04x/%064x", i, i)
+			if _, err := b.CreateFile(ctx, name, []byte(name)); err != nil {
+				errs <- err
+				return
+			}
+			data, err := b.ReadFile(ctx, name)
+			if err == nil && string(data) != name {
+				err = fmt.Errorf("%s: read %q", name, data)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < files; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.RemoveAll(ctx, ".chunks"); err != nil {
+		t.Fatal(err)
+	}
+	if fis, err := b.List(ctx, ""); err != nil || len(fis) != 0 {
+		t.Fatalf("List(root) after RemoveAll = %v, %v", fis, err)
+	}
+	t.Logf("%d of %d requests failed and were retried", failed.Load(), n.Load())
 }
