@@ -176,12 +176,15 @@ func (r Request) Validate() error {
 		if r.Mode != Exclusive {
 			return bad("group locks are exclusive only")
 		}
-		if r.Group.Type == "" || r.Group.ID == "" {
-			return bad("group not set")
+		if _, err := name.NewGroup(r.Group.NS, string(r.Group.Type), r.Group.ID); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 		}
 	case Snapshot:
-		if r.Snapshot.Type == "" || r.Snapshot.ID == "" || r.Snapshot.Time.IsZero() {
-			return bad("snapshot not set")
+		if _, err := name.NewGroup(r.Snapshot.NS, string(r.Snapshot.Type), r.Snapshot.ID); err != nil {
+			return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
+		}
+		if r.Snapshot.Time.IsZero() {
+			return bad("snapshot time not set")
 		}
 	default:
 		return bad("unknown kind")
@@ -235,6 +238,11 @@ func Conflicts(a, b Request) bool {
 
 // String names the lock, e.g. `namespace "a/b" (exclusive) on store "main"`.
 func (r Request) String() string {
+	return r.describe() + fmt.Sprintf(" on store %q", r.Store)
+}
+
+// describe is String without the store.
+func (r Request) describe() string {
 	r = r.Normalize()
 	var what string
 	switch r.Kind {
@@ -251,7 +259,7 @@ func (r Request) String() string {
 	if r.Kind != Namespace && !r.NS.IsRoot() {
 		what += fmt.Sprintf(" in namespace %q", r.NS.String())
 	}
-	return what + fmt.Sprintf(" on store %q", r.Store)
+	return what
 }
 
 // Held is one current holder of a lock, as listed by Backend.Holders.
@@ -276,7 +284,7 @@ func (e *BusyError) Error() string {
 	b.WriteString(e.Request.String())
 	b.WriteString(": ")
 	if e.Conflict.Kind != 0 && (e.Conflict.ID() != e.Request.ID() || e.Conflict.Mode != e.Request.Mode) {
-		b.WriteString(e.Conflict.String())
+		b.WriteString(e.Conflict.describe())
 		b.WriteString(" ")
 	}
 	b.WriteString("busy")

@@ -142,9 +142,10 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 	start := time.Now()
 	deadline := start.Add(l.wait)
 	backoff := firstBackoff
+	var busy error // the last refusal
 	for {
 		if err := context.Cause(ctx); err != nil {
-			return nil, l.fail(req, start, "busy", fmt.Errorf("%s: %w", req, err))
+			return nil, l.cancelled(req, start, busy, err)
 		}
 		lease, err := l.backend.TryLock(ctx, req, l.holder)
 		if err == nil {
@@ -154,8 +155,12 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 			return &Guard{req: req, lease: lease, log: l.log}, nil
 		}
 		if !errors.Is(err, ErrBusy) {
+			if cause := context.Cause(ctx); cause != nil && errors.Is(err, ctx.Err()) {
+				return nil, l.cancelled(req, start, busy, cause)
+			}
 			return nil, l.fail(req, start, "error", fmt.Errorf("lock %s: %w", req, err))
 		}
+		busy = err
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
 			return nil, l.fail(req, start, "busy", withWaited(req, err, time.Since(start)))
@@ -167,11 +172,25 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, l.fail(req, start, "busy",
-				fmt.Errorf("%s: gave up waiting (last try: %v): %w", req, err, context.Cause(ctx)))
 		case <-t.C:
 		}
 	}
+}
+
+// cancelled is the error when ctx ends while waiting: it wraps ctx's cause
+// (not ErrBusy, so that callers see why they stopped) and tells who held
+// the lock, if a try was refused.
+func (l *Locker) cancelled(req Request, start time.Time, busy, cause error) error {
+	if busy == nil {
+		return l.fail(req, start, "error", fmt.Errorf("%s: %w", req, cause))
+	}
+	held := "another process"
+	var be *BusyError
+	if errors.As(busy, &be) && be.Holder != nil {
+		held = be.Holder.String()
+	}
+	return l.fail(req, start, "busy", fmt.Errorf("%s: gave up waiting after %s, held by %s: %w",
+		req, time.Since(start).Round(time.Millisecond), held, cause))
 }
 
 func (l *Locker) fail(req Request, start time.Time, result string, err error) error {

@@ -41,8 +41,11 @@ var errBadEscape = errors.New("not a systemd-escaped path")
 // unescapePath reverses escapePath. It accepts only what escapePath
 // produces, so that foreign files in the locks dir are not misread.
 func unescapePath(s string) (string, error) {
-	if s == "-" {
+	switch s {
+	case "-":
 		return "", nil
+	case "":
+		return "", fmt.Errorf("%w: empty", errBadEscape)
 	}
 	var b strings.Builder
 	b.Grow(len(s))

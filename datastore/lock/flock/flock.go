@@ -49,6 +49,11 @@ type Backend struct {
 	dir  string
 	host string
 	log  *slog.Logger
+	// Running as root, files and dirs are given the locks dir's owner, as
+	// PBS gives its lock files to "backup", so that a PBS (or pbsq) running
+	// unprivileged can still open them.
+	chown    bool
+	uid, gid int
 
 	mu     sync.Mutex
 	closed bool
@@ -66,12 +71,19 @@ func New(opts Options) (*Backend, error) {
 	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 		return nil, fmt.Errorf("flock: locks dir %s not writable: %w", dir, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, fmt.Errorf("flock: locks dir %s: %w", dir, err)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	host, _ := os.Hostname()
-	return &Backend{dir: dir, host: host, log: log, leases: make(map[*lease]struct{})}, nil
+	return &Backend{
+		dir: dir, host: host, log: log, leases: make(map[*lease]struct{}),
+		chown: os.Geteuid() == 0 && (st.Uid != 0 || st.Gid != 0), uid: int(st.Uid), gid: int(st.Gid),
+	}, nil
 }
 
 // Dir is the locks dir.
@@ -106,7 +118,7 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 		paths: make([]string, 0, len(chain)), fds: make([]int, 0, len(chain))}
 	for _, unit := range chain {
 		p := b.Path(unit)
-		fd, err := lockFile(p, unit.Mode)
+		fd, err := b.lockFile(p, unit.Mode)
 		if err != nil {
 			l.closeFDs()
 			var wb errWouldBlock
@@ -131,13 +143,13 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 // checks that path still names the locked inode ("double stat"): a holder
 // may unlink a lock file after use, and a lock on the unlinked inode would
 // exclude no one. A file replaced twice in a row counts as busy.
-func lockFile(path string, mode lock.Mode) (int, error) {
+func (b *Backend) lockFile(path string, mode lock.Mode) (int, error) {
 	how := unix.LOCK_SH
 	if mode == lock.Exclusive {
 		how = unix.LOCK_EX
 	}
 	for attempt := 0; ; attempt++ {
-		fd, err := openLockFile(path)
+		fd, err := b.openLockFile(path)
 		if err != nil {
 			return -1, err
 		}
@@ -145,6 +157,12 @@ func lockFile(path string, mode lock.Mode) (int, error) {
 		if err := unix.Fstat(fd, &fst); err != nil {
 			unix.Close(fd)
 			return -1, &os.PathError{Op: "fstat", Path: path, Err: err}
+		}
+		if b.chown && (int(fst.Uid) != b.uid || int(fst.Gid) != b.gid) {
+			if err := unix.Fchown(fd, b.uid, b.gid); err != nil {
+				unix.Close(fd)
+				return -1, &os.PathError{Op: "fchown", Path: path, Err: err}
+			}
 		}
 		if err := flockNB(fd, how); err != nil {
 			unix.Close(fd)
@@ -171,7 +189,7 @@ func lockFile(path string, mode lock.Mode) (int, error) {
 // openLockFile opens path read-only (flock needs no write access, which
 // lets a member of PBS's backup group lock PBS's 0644 files), creating it
 // 0644 and its dirs 0755, never following a symlink.
-func openLockFile(path string) (int, error) {
+func (b *Backend) openLockFile(path string) (int, error) {
 	const flags = unix.O_RDONLY | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY
 	mkdir := true
 	for {
@@ -183,13 +201,38 @@ func openLockFile(path string) (int, error) {
 			continue
 		case err == unix.ENOENT && mkdir:
 			mkdir = false
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			if err := b.mkdirAll(filepath.Dir(path)); err != nil {
 				return -1, err
 			}
 			continue
 		}
 		return -1, &os.PathError{Op: "open", Path: path, Err: err}
 	}
+}
+
+// mkdirAll creates dir (below the locks dir) and its missing parents 0755,
+// chowning the ones it creates.
+func (b *Backend) mkdirAll(dir string) error {
+	rel, err := filepath.Rel(b.dir, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return os.MkdirAll(dir, 0o755)
+	}
+	cur := b.dir
+	for _, c := range strings.Split(rel, string(filepath.Separator)) {
+		cur = filepath.Join(cur, c)
+		err := unix.Mkdir(cur, 0o755)
+		switch {
+		case err == unix.EEXIST:
+			continue
+		case err != nil:
+			return &os.PathError{Op: "mkdir", Path: cur, Err: err}
+		case b.chown:
+			if err := unix.Lchown(cur, b.uid, b.gid); err != nil {
+				return &os.PathError{Op: "chown", Path: cur, Err: err}
+			}
+		}
+	}
+	return nil
 }
 
 func flockNB(fd, how int) error {

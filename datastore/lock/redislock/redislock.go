@@ -36,6 +36,8 @@ const (
 	DefaultLease = 30 * time.Second
 	// MinLease keeps refresh intervals above scheduling noise.
 	MinLease = 300 * time.Millisecond
+	// releaseTimeout bounds a release; entries left behind expire anyway.
+	releaseTimeout = 2 * time.Second
 )
 
 // Options configure a Backend.
@@ -107,6 +109,9 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	b.mu.Lock()
 	closed := b.closed
 	b.mu.Unlock()
@@ -137,6 +142,9 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 	}
 	res, err := acquireScript.Run(ctx, b.rdb, keys, l.args...).Slice()
 	if err != nil {
+		// The script may have run (say the reply timed out): take back
+		// whatever it recorded rather than block others for a lease.
+		_ = l.release()
 		return nil, fmt.Errorf("redislock: %s: %w", req, err)
 	}
 	if len(res) == 0 {
@@ -179,7 +187,7 @@ func (b *Backend) Holders(ctx context.Context) ([]lock.Held, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redislock: list holders: %w", err)
 	}
-	min := "(" + strconv.FormatInt(now.UnixMilli(), 10)
+	unexpired := "(" + strconv.FormatInt(now.UnixMilli(), 10)
 	var out []lock.Held
 	flush := func(keys []string) error {
 		if len(keys) == 0 {
@@ -188,7 +196,7 @@ func (b *Backend) Holders(ctx context.Context) ([]lock.Held, error) {
 		pipe := b.rdb.Pipeline()
 		cmds := make([]*redis.ZSliceCmd, len(keys))
 		for i, k := range keys {
-			cmds[i] = pipe.ZRangeByScoreWithScores(ctx, k, &redis.ZRangeBy{Min: min, Max: "+inf"})
+			cmds[i] = pipe.ZRangeByScoreWithScores(ctx, k, &redis.ZRangeBy{Min: unexpired, Max: "+inf"})
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return err
@@ -254,7 +262,7 @@ func (b *Backend) decodeKey(key string) (lock.Request, bool) {
 	switch kind {
 	case lock.Namespace.String():
 		ns, err := name.ParseNamespace(path)
-		return lock.Request{Kind: lock.Namespace, Store: store, NS: ns}, err == nil
+		return lock.Request{Kind: lock.Namespace, Store: store, NS: ns}, err == nil && !ns.IsRoot()
 	case lock.Group.String():
 		ns, rel, ok := nsOf(2)
 		g, err := name.ParseGroup(ns, rel)
@@ -376,7 +384,7 @@ func (l *lease) keep(ctx context.Context, lastOK time.Time) {
 }
 
 // Release stops refreshing and removes the lease's own entries. It does not
-// wait past min(5 s, lease); if Redis is unreachable the entries expire.
+// wait past min(2 s, lease); if Redis is unreachable the entries expire.
 func (l *lease) Release() error {
 	l.relOnce.Do(func() {
 		l.stop()
@@ -392,7 +400,7 @@ func (l *lease) Release() error {
 }
 
 func (l *lease) release() error {
-	ctx, cancel := context.WithTimeout(context.Background(), min(5*time.Second, l.b.lease))
+	ctx, cancel := context.WithTimeout(context.Background(), min(releaseTimeout, l.b.lease))
 	defer cancel()
 	return releaseScript.Run(ctx, l.b.rdb, l.keys, l.args...).Err()
 }
