@@ -18,6 +18,7 @@ import (
 
 	"github.com/restic/chunker"
 
+	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -157,6 +158,13 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 		return nil, err
 	}
 	defer release()
+	// Announce the writer to garbage collection before any chunk is
+	// inserted, so that GC keeps chunks newer than our start.
+	writerDone, err := s.registerWriter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer writerDone()
 
 	if err := s.requireNamespace(ctx, g.NS); err != nil {
 		return nil, err
@@ -205,6 +213,11 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 	}
 	raw, err := manifest.Marshal()
 	if err != nil {
+		return nil, err
+	}
+	// Chunks and indexes must be durable before the manifest says the
+	// snapshot is finished.
+	if err := backend.Sync(ctx, s.b); err != nil {
 		return nil, err
 	}
 	if err := s.b.WriteFile(ctx, snap.File(ManifestName), raw); err != nil {

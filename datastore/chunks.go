@@ -41,16 +41,24 @@ func ChunkPath(d Digest) string {
 // collection running now does not sweep a chunk a new index is about to use.
 func (s *Store) InsertChunk(ctx context.Context, d Digest, blob []byte) (inserted bool, err error) {
 	p := ChunkPath(d)
-	created, err := s.b.CreateFile(ctx, p, blob)
-	if err != nil {
-		return false, fmt.Errorf("insert chunk %s: %w", d, err)
-	}
-	if !created {
-		if err := s.b.Touch(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// A sweep may remove the chunk between our existence check and the
+	// touch; then the touch finds nothing and we create it after all.
+	for attempt := 0; ; attempt++ {
+		created, err := s.b.CreateFile(ctx, p, blob)
+		if err != nil {
+			return false, fmt.Errorf("insert chunk %s: %w", d, err)
+		}
+		if created {
+			return true, nil
+		}
+		err = s.b.Touch(ctx, p)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || attempt >= 3 {
 			return false, fmt.Errorf("touch chunk %s: %w", d, err)
 		}
 	}
-	return created, nil
 }
 
 // ReadChunk returns the encoded blob of a chunk.

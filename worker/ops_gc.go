@@ -2,13 +2,23 @@ package worker
 
 import (
 	"context"
-	"errors"
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/tasks"
 )
 
-// runGC is not wired yet. TODO(pbsq): replace with the real operation.
+// runGC runs garbage collection on one store. GC takes no namespace locks;
+// a GC already running on the store makes it fail with lock.ErrBusy, which
+// the worker treats like any busy lock (re-queue without spending retries).
 func runGC(ctx context.Context, open opener, p *tasks.GC, progress datastore.ProgressFunc) (Outcome, error) {
-	return nil, errors.New("GC: not implemented yet")
+	s, err := open(p.Store)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.GC(ctx, datastore.GCRequest{DryRun: p.DryRun}, progress)
+	if res == nil {
+		// A nil *GCResult in the interface would not compare equal to nil.
+		return nil, err
+	}
+	return res, err
 }
