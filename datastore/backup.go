@@ -148,6 +148,11 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 	}
 	snap := name.NewSnapshot(req.Group, req.Time)
 	g := req.Group
+	// Checked before locking too, so that a bad namespace leaves no lock
+	// files behind; checked again under the lock below.
+	if err := s.requireNamespace(ctx, g.NS); err != nil {
+		return nil, err
+	}
 
 	release, err := s.lockChain(ctx, []lock.Request{
 		s.nsRequest(g.NS, lock.Shared),

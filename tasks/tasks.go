@@ -247,6 +247,7 @@ type Record struct {
 	Outcome string          `json:"outcome"`
 	Error   string          `json:"error"`
 	Result  json.RawMessage `json:"result"`
+	Seconds float64         `json:"seconds"`
 }
 
 // ParseRecord decodes a task's result field (empty: nothing yet).

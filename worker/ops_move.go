@@ -2,18 +2,86 @@ package worker
 
 import (
 	"context"
-	"errors"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
 
-// runMoveGroup is not wired yet. TODO(pbsq): replace with the real operation.
-func runMoveGroup(ctx context.Context, open opener, p *tasks.MoveGroup, progress datastore.ProgressFunc) (Outcome, error) {
-	return nil, errors.New("MoveGroup: not implemented yet")
+// moveGroupRequest maps the payload (validated) to the operation's request;
+// merge-group defaults to true.
+func moveGroupRequest(p *tasks.MoveGroup) (datastore.MoveGroupRequest, error) {
+	ns, err := name.ParseNamespace(p.NS)
+	if err != nil {
+		return datastore.MoveGroupRequest{}, err
+	}
+	g, err := name.NewGroup(ns, p.BackupType, p.BackupID)
+	if err != nil {
+		return datastore.MoveGroupRequest{}, err
+	}
+	target, err := name.ParseNamespace(p.TargetNS)
+	if err != nil {
+		return datastore.MoveGroupRequest{}, err
+	}
+	return datastore.MoveGroupRequest{Group: g, TargetNS: target, MergeGroup: moveFlag(p.MergeGroup, true)}, nil
 }
 
-// runMoveNamespace is not wired yet. TODO(pbsq): replace with the real operation.
+// moveNamespaceRequest maps the payload (validated) to the operation's
+// request; delete-source and merge-groups default to true, max-depth to all.
+func moveNamespaceRequest(p *tasks.MoveNamespace) (datastore.MoveNamespaceRequest, error) {
+	ns, err := name.ParseNamespace(p.NS)
+	if err != nil {
+		return datastore.MoveNamespaceRequest{}, err
+	}
+	target, err := name.ParseNamespace(p.TargetNS)
+	if err != nil {
+		return datastore.MoveNamespaceRequest{}, err
+	}
+	return datastore.MoveNamespaceRequest{
+		NS:           ns,
+		TargetNS:     target,
+		MaxDepth:     depth(p.MaxDepth),
+		DeleteSource: moveFlag(p.DeleteSource, true),
+		MergeGroups:  moveFlag(p.MergeGroups, true),
+	}, nil
+}
+
+func moveFlag(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}
+
+// moveOutcome keeps a nil result a nil Outcome (not a typed nil), and a
+// partial result next to its error so the task record shows what was done.
+func moveOutcome(res *datastore.MoveResult, err error) (Outcome, error) {
+	if res == nil {
+		return nil, err
+	}
+	return res, err
+}
+
+func runMoveGroup(ctx context.Context, open opener, p *tasks.MoveGroup, progress datastore.ProgressFunc) (Outcome, error) {
+	req, err := moveGroupRequest(p)
+	if err != nil {
+		return nil, err
+	}
+	s, err := open(p.Store)
+	if err != nil {
+		return nil, err
+	}
+	return moveOutcome(s.MoveGroup(ctx, req, progress))
+}
+
 func runMoveNamespace(ctx context.Context, open opener, p *tasks.MoveNamespace, progress datastore.ProgressFunc) (Outcome, error) {
-	return nil, errors.New("MoveNamespace: not implemented yet")
+	req, err := moveNamespaceRequest(p)
+	if err != nil {
+		return nil, err
+	}
+	s, err := open(p.Store)
+	if err != nil {
+		return nil, err
+	}
+	return moveOutcome(s.MoveNamespace(ctx, req, progress))
 }

@@ -140,6 +140,3 @@ func payloadFlags(taskType string, cmd *cobra.Command) func() (tasks.Payload, er
 	}
 	panic("unknown task type " + taskType)
 }
-
-// shortType maps "prune" to "datastore:prune".
-func shortType(s string) string { return "datastore:" + s }

@@ -1,0 +1,269 @@
+package worker
+
+import (
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/tasks"
+)
+
+// Metrics are the worker's Prometheus metrics (DESIGN §6). A nil *Metrics
+// records nothing.
+type Metrics struct {
+	tasks      *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	inProgress *prometheus.GaugeVec
+	progress   *prometheus.GaugeVec
+
+	verifyChunks   *prometheus.CounterVec
+	verifyBytes    prometheus.Counter
+	pruneSnapshots *prometheus.CounterVec
+	moveSnapshots  *prometheus.CounterVec
+	moveObjects    prometheus.Counter
+	syncChunks     *prometheus.CounterVec
+	syncBytes      prometheus.Counter
+	skipped        *prometheus.CounterVec
+
+	// Lock are the lock metrics on the same registry, for lock.Options.
+	Lock *lock.Metrics
+}
+
+// durationBuckets reach from a tiny verify to a day-long sync.
+var durationBuckets = []float64{.1, .5, 1, 5, 15, 30, 60, 2 * 60, 5 * 60, 10 * 60, 30 * 60,
+	3600, 2 * 3600, 4 * 3600, 8 * 3600, 16 * 3600, 24 * 3600}
+
+// NewMetrics creates the metrics and registers them on reg (nil: not
+// registered). Metrics already registered on reg, as when several workers
+// share a registry, are reused.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		tasks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_tasks_total",
+			Help: "Task runs by type and outcome (ok, skipped, failed, busy, invalid, cancelled, interrupted, retry).",
+		}, []string{"type", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pbsq_task_duration_seconds",
+			Help:    "Duration of task runs that reached an outcome (ok, skipped, failed).",
+			Buckets: durationBuckets,
+		}, []string{"type"}),
+		inProgress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pbsq_tasks_in_progress",
+			Help: "Tasks running in this worker.",
+		}, []string{"type"}),
+		progress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pbsq_task_progress_ratio",
+			Help: "Progress of a running task's current phase (0..1); removed when the task ends.",
+		}, []string{"type", "task_id"}),
+		verifyChunks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_verify_chunks_total",
+			Help: "Chunks verified, by result (ok, corrupt, missing, encrypted).",
+		}, []string{"result"}),
+		verifyBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pbsq_verify_bytes_total",
+			Help: "Bytes of chunk data verified.",
+		}),
+		pruneSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_prune_snapshots_total",
+			Help: "Snapshots marked by prune, by action (keep, remove, protected).",
+		}, []string{"action"}),
+		moveSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_move_snapshots_total",
+			Help: "Snapshots moved, by backend (fs, s3).",
+		}, []string{"backend"}),
+		moveObjects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pbsq_move_objects_total",
+			Help: "Files or objects moved with snapshots.",
+		}),
+		syncChunks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_sync_chunks_total",
+			Help: "Chunks handled by sync, by action (copied, present).",
+		}, []string{"action"}),
+		syncBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pbsq_sync_bytes_total",
+			Help: "Bytes of chunk data copied by sync.",
+		}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_skipped_items_total",
+			Help: "Items set aside and reported as skipped, by task type and reason.",
+		}, []string{"type", "reason"}),
+	}
+	if reg != nil {
+		m.tasks = register(reg, m.tasks)
+		m.duration = register(reg, m.duration)
+		m.inProgress = register(reg, m.inProgress)
+		m.progress = register(reg, m.progress)
+		m.verifyChunks = register(reg, m.verifyChunks)
+		m.verifyBytes = register(reg, m.verifyBytes)
+		m.pruneSnapshots = register(reg, m.pruneSnapshots)
+		m.moveSnapshots = register(reg, m.moveSnapshots)
+		m.moveObjects = register(reg, m.moveObjects)
+		m.syncChunks = register(reg, m.syncChunks)
+		m.syncBytes = register(reg, m.syncBytes)
+		m.skipped = register(reg, m.skipped)
+	}
+	m.Lock = lock.NewMetrics(reg)
+	// Known series start at 0, so that rate() and absent() work from the
+	// first scrape instead of the first event.
+	for _, t := range tasks.Types {
+		m.inProgress.WithLabelValues(t)
+		for _, o := range []string{tasks.OutcomeOK, tasks.OutcomeSkipped, tasks.OutcomeFailed} {
+			m.tasks.WithLabelValues(t, o)
+		}
+	}
+	return m
+}
+
+// register registers c, or returns the equal collector registered before.
+// Other errors are programming errors, hence the panic (as MustRegister).
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	err := reg.Register(c)
+	if err == nil {
+		return c
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if old, ok := are.ExistingCollector.(C); ok {
+			return old
+		}
+	}
+	panic(err)
+}
+
+// Observer feeds the datastore counters; the worker attaches it to every
+// store it opens.
+func (m *Metrics) Observer() *datastore.Observer {
+	if m == nil {
+		return nil
+	}
+	return &datastore.Observer{
+		ChunkVerified: func(result string, bytes int64) {
+			m.verifyChunks.WithLabelValues(result).Inc()
+			m.verifyBytes.Add(float64(bytes))
+		},
+		SnapshotPruned: func(action string) { m.pruneSnapshots.WithLabelValues(action).Inc() },
+		SnapshotMoved: func(backend string, objects int) {
+			m.moveSnapshots.WithLabelValues(backend).Inc()
+			m.moveObjects.Add(float64(objects))
+		},
+		SyncChunk: func(action string, bytes int64) {
+			m.syncChunks.WithLabelValues(action).Inc()
+			if action == "copied" {
+				m.syncBytes.Add(float64(bytes))
+			}
+		},
+		Skipped: func(op, reason string) { m.skipped.WithLabelValues(op, reason).Inc() },
+	}
+}
+
+// started marks a task running; the returned func ends it, recording its
+// outcome and removing its progress series so task IDs never pile up.
+func (m *Metrics) started(typ, taskID string) (prometheus.Gauge, func(outcome string, d time.Duration)) {
+	if m == nil {
+		return nil, func(string, time.Duration) {}
+	}
+	m.inProgress.WithLabelValues(typ).Inc()
+	g := m.progress.WithLabelValues(typ, taskID)
+	return g, func(outcome string, d time.Duration) {
+		m.progress.DeleteLabelValues(typ, taskID)
+		m.inProgress.WithLabelValues(typ).Dec()
+		m.finished(typ, outcome, d)
+	}
+}
+
+// finished counts one run; only runs that reached a real outcome go into
+// the duration histogram (busy re-queues would drown it in near-zeros).
+func (m *Metrics) finished(typ, outcome string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.tasks.WithLabelValues(typ, outcome).Inc()
+	switch outcome {
+	case tasks.OutcomeOK, tasks.OutcomeSkipped, tasks.OutcomeFailed:
+		m.duration.WithLabelValues(typ).Observe(d.Seconds())
+	}
+}
+
+// QueueCollector exports asynq's queue state from Redis at scrape time,
+// under the names of github.com/hibiken/asynq/x/metrics (which is a module
+// of its own that pbsq does not depend on), so that asynqmon's Prometheus
+// view and existing dashboards work unchanged.
+type QueueCollector struct {
+	ins *asynq.Inspector
+	log *slog.Logger
+	// mu serialises scrapes: each one reads every queue from Redis.
+	mu sync.Mutex
+}
+
+// NewQueueCollector returns a collector reading queues through ins.
+func NewQueueCollector(ins *asynq.Inspector, log *slog.Logger) *QueueCollector {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &QueueCollector{ins: ins, log: log}
+}
+
+var (
+	queueLabels = []string{"queue"}
+	// asynq_tasks_enqueued_total and asynq_queue_paused_total are gauges
+	// whose names end in _total; exporting them untyped keeps asynq's names
+	// and keeps `promtool check metrics` quiet.
+	descEnqueued  = prometheus.NewDesc("asynq_tasks_enqueued_total", "Number of tasks in the queue, by state.", []string{"queue", "state"}, nil)
+	descSize      = prometheus.NewDesc("asynq_queue_size", "Number of tasks in the queue.", queueLabels, nil)
+	descLatency   = prometheus.NewDesc("asynq_queue_latency_seconds", "Age of the oldest pending task.", queueLabels, nil)
+	descMemory    = prometheus.NewDesc("asynq_queue_memory_usage_approx_bytes", "Approximate Redis memory used by the queue.", queueLabels, nil)
+	descProcessed = prometheus.NewDesc("asynq_tasks_processed_total", "Tasks processed (succeeded or failed).", queueLabels, nil)
+	descFailed    = prometheus.NewDesc("asynq_tasks_failed_total", "Task runs that failed.", queueLabels, nil)
+	descPaused    = prometheus.NewDesc("asynq_queue_paused_total", "1 if the queue is paused, else 0.", queueLabels, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descEnqueued, descSize, descLatency, descMemory, descProcessed, descFailed, descPaused} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. A Redis failure yields an
+// invalid metric, so the scrape reports it while other metrics still flow
+// (with promhttp.ContinueOnError).
+func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names, err := c.ins.Queues()
+	if err != nil {
+		c.log.Debug("queue metrics: list queues", "err", err)
+		ch <- prometheus.NewInvalidMetric(descSize, err)
+		return
+	}
+	for _, q := range names {
+		info, err := c.ins.GetQueueInfo(q)
+		if err != nil {
+			c.log.Debug("queue metrics: queue info", "queue", q, "err", err)
+			ch <- prometheus.NewInvalidMetric(descSize, err)
+			continue
+		}
+		for state, n := range map[string]int{
+			"active": info.Active, "pending": info.Pending, "scheduled": info.Scheduled, "retry": info.Retry,
+			"archived": info.Archived, "completed": info.Completed, "aggregating": info.Aggregating,
+		} {
+			ch <- prometheus.MustNewConstMetric(descEnqueued, prometheus.UntypedValue, float64(n), q, state)
+		}
+		paused := 0.0
+		if info.Paused {
+			paused = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descSize, prometheus.GaugeValue, float64(info.Size), q)
+		ch <- prometheus.MustNewConstMetric(descLatency, prometheus.GaugeValue, info.Latency.Seconds(), q)
+		ch <- prometheus.MustNewConstMetric(descMemory, prometheus.GaugeValue, float64(info.MemoryUsage), q)
+		ch <- prometheus.MustNewConstMetric(descProcessed, prometheus.CounterValue, float64(info.ProcessedTotal), q)
+		ch <- prometheus.MustNewConstMetric(descFailed, prometheus.CounterValue, float64(info.FailedTotal), q)
+		ch <- prometheus.MustNewConstMetric(descPaused, prometheus.UntypedValue, paused, q)
+	}
+}

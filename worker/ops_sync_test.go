@@ -1,0 +1,99 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pbsq/pbsq/datastore"
+	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/name"
+	"github.com/pbsq/pbsq/tasks"
+)
+
+// syncTestStores opens filesystem stores by name, without locks.
+type syncTestStores map[string]string
+
+func (s syncTestStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
+	dir, ok := s[store]
+	if !ok {
+		return nil, errors.New("unknown datastore " + store)
+	}
+	b, err := fsbackend.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	return datastore.Open(store, b, datastore.Options{})
+}
+
+func syncTestBackup(t *testing.T, s *datastore.Store, ns, group string, at time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	n := name.MustNamespace(ns)
+	if err := s.CreateNamespace(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	g, err := name.ParseGroup(n, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(p, []byte(group+at.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Backup(ctx, datastore.BackupRequest{Group: g, Time: at, Owner: "root@pam", Sources: []datastore.BackupSource{{Path: p}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSyncTask runs a sync payload through Execute: namespaces, filters,
+// transfer-last and the owner default reach the operation.
+func TestSyncTask(t *testing.T) {
+	ctx := context.Background()
+	stores := syncTestStores{"src": t.TempDir(), "dst": t.TempDir()}
+	src, err := stores.Open(ctx, "src", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
+	for h := 0; h < 3; h++ {
+		at := t0.Add(time.Duration(h) * time.Hour)
+		syncTestBackup(t, src, "a", "vm/100", at)
+		syncTestBackup(t, src, "a", "ct/200", at)
+		syncTestBackup(t, src, "a/b", "ct/201", at)
+	}
+	one, depth := 1, 0
+	p := &tasks.Sync{
+		SourceStore: "src", SourceNS: "a", Store: "dst", NS: "x",
+		MaxDepth: &depth, GroupFilter: []string{"exclude:type:vm"}, TransferLast: &one,
+	}
+	out, err := Execute(ctx, stores, p, "task-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, ok := out.(*datastore.SyncResult)
+	if !ok || res.Outcome() != nil || res.Snapshots != 1 {
+		t.Fatalf("result %#v", out)
+	}
+	dst, _ := stores.Open(ctx, "dst", "", nil)
+	g := name.Group{NS: name.MustNamespace("x"), Type: name.TypeCT, ID: "200"}
+	snaps, err := dst.ListSnapshots(ctx, g)
+	if err != nil || len(snaps) != 1 || !snaps[0].Time.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("target snapshots %v, %v", snaps, err)
+	}
+	if owner, err := dst.GroupOwner(ctx, g); err != nil || owner != datastore.DefaultSyncOwner {
+		t.Errorf("owner %q, %v", owner, err)
+	}
+	if ok, _ := dst.NamespaceExists(ctx, name.MustNamespace("x/b")); ok {
+		t.Error("max-depth 0 synced a child namespace")
+	}
+
+	// A missing source namespace is the operation's error, no result.
+	p.SourceNS = "nope"
+	if out, err := Execute(ctx, stores, p, "task-2", nil); !errors.Is(err, datastore.ErrNotFound) || out != nil {
+		t.Errorf("missing source namespace: %v, %v", out, err)
+	}
+}

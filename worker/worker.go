@@ -1,0 +1,200 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/tasks"
+)
+
+// Options configure a Worker.
+type Options struct {
+	// Redis is the queue's Redis (required).
+	Redis asynq.RedisConnOpt
+	// Stores opens the datastores tasks name (required).
+	Stores Stores
+	// Logger: nil discards.
+	Logger *slog.Logger
+	// Registerer takes the worker's metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Concurrency is the number of tasks run at once (default: the
+	// number of CPUs).
+	Concurrency int
+	// ShutdownTimeout is how long Shutdown lets running tasks finish
+	// before they are re-queued (default 30 s).
+	ShutdownTimeout time.Duration
+
+	// PollInterval is how often an idle worker looks for tasks
+	// (default 1 s).
+	PollInterval time.Duration
+	// ForwardInterval is how often due scheduled and retrying tasks are
+	// moved back to the queue (default 2 s).
+	ForwardInterval time.Duration
+	// ProgressInterval is the least time between two progress records in
+	// Redis (default 1 s).
+	ProgressInterval time.Duration
+	// BusyDelay picks the delay of a busy re-queue (default 5–15 s).
+	BusyDelay func() time.Duration
+	// BusyLimit is how long a busy task keeps being re-queued (default
+	// DefaultBusyLimit).
+	BusyLimit time.Duration
+}
+
+// Worker consumes pbsq's tasks from Redis: an asynq server with one
+// handler per task type.
+type Worker struct {
+	srv       *asynq.Server
+	mux       *asynq.ServeMux
+	rdb       redis.UniversalClient
+	stores    Stores
+	log       *slog.Logger
+	metrics   *Metrics
+	timeout   time.Duration
+	every     time.Duration
+	busyDelay func() time.Duration
+	busyLimit time.Duration
+
+	// running counts handlers still running: after asynq's shutdown
+	// timeout they are abandoned, not finished.
+	running sync.WaitGroup
+	// onDone, when set (benchmarks), runs after each task.
+	onDone func()
+}
+
+// New builds a Worker; Start runs it.
+func New(opts Options) *Worker {
+	if opts.Redis == nil || opts.Stores == nil {
+		panic("worker.New: Redis and Stores are required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	rdb, ok := opts.Redis.MakeRedisClient().(redis.UniversalClient)
+	if !ok {
+		panic(fmt.Sprintf("worker.New: unsupported Redis connection %T", opts.Redis))
+	}
+	w := &Worker{
+		rdb:       rdb,
+		log:       log,
+		metrics:   NewMetrics(opts.Registerer),
+		timeout:   cmpOr(opts.ShutdownTimeout, 30*time.Second),
+		every:     cmpOr(opts.ProgressInterval, time.Second),
+		busyDelay: opts.BusyDelay,
+		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
+	}
+	if w.busyDelay == nil {
+		w.busyDelay = defaultBusyDelay
+	}
+	w.stores = observedStores{Stores: opts.Stores, obs: w.metrics.Observer()}
+	if opts.Registerer != nil {
+		register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
+	}
+	w.mux = asynq.NewServeMux()
+	for _, t := range tasks.Types {
+		w.mux.Handle(t, w.handler(t))
+	}
+	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency:              opts.Concurrency,
+		Queues:                   map[string]int{tasks.Queue: 1},
+		ShutdownTimeout:          w.timeout,
+		TaskCheckInterval:        cmpOr(opts.PollInterval, time.Second),
+		DelayedTaskCheckInterval: cmpOr(opts.ForwardInterval, 2*time.Second),
+		RetryDelayFunc:           w.retryDelay,
+		IsFailure:                isFailure,
+		Logger:                   asynqLogger{log},
+		LogLevel:                 asynqLevel(log),
+		HealthCheckFunc: func(err error) {
+			if err != nil {
+				log.Warn("redis health check failed", "err", err)
+			}
+		},
+	})
+	return w
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Metrics returns the worker's metrics.
+func (w *Worker) Metrics() *Metrics { return w.metrics }
+
+// Start checks Redis and starts taking tasks.
+func (w *Worker) Start(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, redisTimeout)
+	defer cancel()
+	if err := w.rdb.Ping(pctx).Err(); err != nil {
+		return fmt.Errorf("worker: redis: %w", err)
+	}
+	if err := w.srv.Start(w); err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	w.log.Info("worker started", "queue", tasks.Queue)
+	return nil
+}
+
+// Shutdown stops taking tasks, lets running ones finish within the
+// shutdown timeout (then they are re-queued and their contexts cancelled,
+// which the operations honour), and closes the Redis connection.
+func (w *Worker) Shutdown() {
+	w.srv.Shutdown()
+	// Abandoned handlers see their cancelled context within a second or
+	// so; wait for them briefly so they do not outlive the worker.
+	done := make(chan struct{})
+	go func() { w.running.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		w.log.Warn("worker: handlers still running after shutdown")
+	}
+	_ = w.rdb.Close()
+}
+
+// observedStores attaches the worker's metrics observer to every store.
+type observedStores struct {
+	Stores
+	obs *datastore.Observer
+}
+
+func (o observedStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
+	s, err := o.Stores.Open(ctx, store, taskID, wait)
+	if err != nil || o.obs == nil {
+		return s, err
+	}
+	return s.WithObserver(o.obs), nil
+}
+
+// asynqLogger routes asynq's own logging into slog.
+type asynqLogger struct{ log *slog.Logger }
+
+func (l asynqLogger) Debug(args ...any) { l.log.Debug(fmt.Sprint(args...), "component", "asynq") }
+func (l asynqLogger) Info(args ...any)  { l.log.Info(fmt.Sprint(args...), "component", "asynq") }
+func (l asynqLogger) Warn(args ...any)  { l.log.Warn(fmt.Sprint(args...), "component", "asynq") }
+func (l asynqLogger) Error(args ...any) { l.log.Error(fmt.Sprint(args...), "component", "asynq") }
+func (l asynqLogger) Fatal(args ...any) {
+	l.log.Error(fmt.Sprint(args...), "component", "asynq")
+	os.Exit(1)
+}
+
+// asynqLevel keeps asynq's chatty info lines (start, shutdown steps) out
+// of the log unless debugging.
+func asynqLevel(log *slog.Logger) asynq.LogLevel {
+	if log.Enabled(context.Background(), slog.LevelDebug) {
+		return asynq.DebugLevel
+	}
+	return asynq.WarnLevel
+}
