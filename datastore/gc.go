@@ -774,6 +774,7 @@ func (g *gcRun) remove(ctx context.Context, cf ChunkFile) error {
 		g.res.RemovedChunks++
 	}
 	g.res.RemovedBytes += cf.Size
+	g.s.obs.chunkRemoved(cf.Size)
 	return nil
 }
 

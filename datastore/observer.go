@@ -14,6 +14,8 @@ type Observer struct {
 	SyncChunk func(action string, bytes int64)
 	// Skipped: an item was set aside (reason: busy, ...).
 	Skipped func(op, reason string)
+	// ChunkRemoved: garbage collection removed a chunk file of that size.
+	ChunkRemoved func(bytes int64)
 }
 
 func (o *Observer) chunkVerified(result string, bytes int64) {
@@ -43,5 +45,11 @@ func (o *Observer) syncChunk(action string, bytes int64) {
 func (o *Observer) skipped(op, reason string) {
 	if o != nil && o.Skipped != nil {
 		o.Skipped(op, reason)
+	}
+}
+
+func (o *Observer) chunkRemoved(bytes int64) {
+	if o != nil && o.ChunkRemoved != nil {
+		o.ChunkRemoved(bytes)
 	}
 }

@@ -23,13 +23,16 @@ type Metrics struct {
 	progress   *prometheus.GaugeVec
 
 	verifyChunks   *prometheus.CounterVec
-	verifyBytes    prometheus.Counter
+	verifyBytes    *prometheus.CounterVec
 	pruneSnapshots *prometheus.CounterVec
 	moveSnapshots  *prometheus.CounterVec
-	moveObjects    prometheus.Counter
+	moveObjects    *prometheus.CounterVec
 	syncChunks     *prometheus.CounterVec
-	syncBytes      prometheus.Counter
+	syncBytes      *prometheus.CounterVec
 	skipped        *prometheus.CounterVec
+	gcRemoved      *prometheus.CounterVec
+	gcRemovedBytes *prometheus.CounterVec
+	storeInfo      *prometheus.GaugeVec
 
 	// Lock are the lock metrics on the same registry, for lock.Options.
 	Lock *lock.Metrics
@@ -64,35 +67,47 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		verifyChunks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_verify_chunks_total",
 			Help: "Chunks verified, by result (ok, corrupt, missing, encrypted).",
-		}, []string{"result"}),
-		verifyBytes: prometheus.NewCounter(prometheus.CounterOpts{
+		}, []string{"store", "result"}),
+		verifyBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_verify_bytes_total",
 			Help: "Bytes of chunk data verified.",
-		}),
+		}, []string{"store"}),
 		pruneSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_prune_snapshots_total",
 			Help: "Snapshots marked by prune, by action (keep, remove, protected).",
-		}, []string{"action"}),
+		}, []string{"store", "action"}),
 		moveSnapshots: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_move_snapshots_total",
 			Help: "Snapshots moved, by backend (fs, s3).",
-		}, []string{"backend"}),
-		moveObjects: prometheus.NewCounter(prometheus.CounterOpts{
+		}, []string{"store", "backend"}),
+		moveObjects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_move_objects_total",
 			Help: "Files or objects moved with snapshots.",
-		}),
+		}, []string{"store"}),
 		syncChunks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_sync_chunks_total",
 			Help: "Chunks handled by sync, by action (copied, present).",
-		}, []string{"action"}),
-		syncBytes: prometheus.NewCounter(prometheus.CounterOpts{
+		}, []string{"store", "action"}),
+		syncBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_sync_bytes_total",
 			Help: "Bytes of chunk data copied by sync.",
-		}),
+		}, []string{"store"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "pbsq_skipped_items_total",
 			Help: "Items set aside and reported as skipped, by task type and reason.",
 		}, []string{"type", "reason"}),
+		gcRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_gc_removed_chunks_total",
+			Help: "Chunk files removed by garbage collection.",
+		}, []string{"store"}),
+		gcRemovedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pbsq_gc_removed_bytes_total",
+			Help: "Bytes reclaimed by garbage collection.",
+		}, []string{"store"}),
+		storeInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pbsq_store_info",
+			Help: "1 for every datastore this worker has opened, with its backend (fs, s3).",
+		}, []string{"store", "backend"}),
 	}
 	if reg != nil {
 		m.tasks = register(reg, m.tasks)
@@ -107,6 +122,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.syncChunks = register(reg, m.syncChunks)
 		m.syncBytes = register(reg, m.syncBytes)
 		m.skipped = register(reg, m.skipped)
+		m.gcRemoved = register(reg, m.gcRemoved)
+		m.gcRemovedBytes = register(reg, m.gcRemovedBytes)
+		m.storeInfo = register(reg, m.storeInfo)
 	}
 	m.Lock = lock.NewMetrics(reg)
 	// Known series start at 0, so that rate() and absent() work from the
@@ -136,30 +154,48 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	panic(err)
 }
 
-// Observer feeds the datastore counters; the worker attaches it to every
-// store it opens.
-func (m *Metrics) Observer() *datastore.Observer {
+// Observer feeds the datastore counters of one store; the worker attaches
+// one to every store it opens.
+func (m *Metrics) Observer(store string) *datastore.Observer {
 	if m == nil {
 		return nil
 	}
 	return &datastore.Observer{
 		ChunkVerified: func(result string, bytes int64) {
-			m.verifyChunks.WithLabelValues(result).Inc()
-			m.verifyBytes.Add(float64(bytes))
+			m.verifyChunks.WithLabelValues(store, result).Inc()
+			m.verifyBytes.WithLabelValues(store).Add(float64(bytes))
 		},
-		SnapshotPruned: func(action string) { m.pruneSnapshots.WithLabelValues(action).Inc() },
+		SnapshotPruned: func(action string) { m.pruneSnapshots.WithLabelValues(store, action).Inc() },
 		SnapshotMoved: func(backend string, objects int) {
-			m.moveSnapshots.WithLabelValues(backend).Inc()
-			m.moveObjects.Add(float64(objects))
+			m.moveSnapshots.WithLabelValues(store, backend).Inc()
+			m.moveObjects.WithLabelValues(store).Add(float64(objects))
 		},
 		SyncChunk: func(action string, bytes int64) {
-			m.syncChunks.WithLabelValues(action).Inc()
+			m.syncChunks.WithLabelValues(store, action).Inc()
 			if action == "copied" {
-				m.syncBytes.Add(float64(bytes))
+				m.syncBytes.WithLabelValues(store).Add(float64(bytes))
 			}
 		},
 		Skipped: func(op, reason string) { m.skipped.WithLabelValues(op, reason).Inc() },
+		ChunkRemoved: func(bytes int64) {
+			m.gcRemoved.WithLabelValues(store).Inc()
+			m.gcRemovedBytes.WithLabelValues(store).Add(float64(bytes))
+		},
 	}
+}
+
+// storeOpened records a store in pbsq_store_info and starts its counters
+// at 0, so rate() and the dashboard's store variable work at once.
+func (m *Metrics) storeOpened(store, backend string) {
+	if m == nil {
+		return
+	}
+	m.storeInfo.WithLabelValues(store, backend).Set(1)
+	m.verifyBytes.WithLabelValues(store)
+	m.syncBytes.WithLabelValues(store)
+	m.moveObjects.WithLabelValues(store)
+	m.gcRemovedBytes.WithLabelValues(store)
+	m.gcRemoved.WithLabelValues(store)
 }
 
 // started marks a task running; the returned func ends it, recording its

@@ -95,7 +95,7 @@ func New(opts Options) *Worker {
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
 	}
-	w.stores = observedStores{Stores: opts.Stores, obs: w.metrics.Observer()}
+	w.stores = observedStores{Stores: opts.Stores, metrics: w.metrics}
 	if opts.Registerer != nil {
 		register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
 	}
@@ -167,15 +167,20 @@ func (w *Worker) Shutdown() {
 // observedStores attaches the worker's metrics observer to every store.
 type observedStores struct {
 	Stores
-	obs *datastore.Observer
+	metrics *Metrics
 }
 
 func (o observedStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
 	s, err := o.Stores.Open(ctx, store, taskID, wait)
-	if err != nil || o.obs == nil {
+	if err != nil || o.metrics == nil {
 		return s, err
 	}
-	return s.WithObserver(o.obs), nil
+	backend := "fs"
+	if s.Backend().Features().ImplicitDirs {
+		backend = "s3"
+	}
+	o.metrics.storeOpened(store, backend)
+	return s.WithObserver(o.metrics.Observer(store)), nil
 }
 
 // asynqLogger routes asynq's own logging into slog.

@@ -62,10 +62,10 @@ func TestVerifyThroughQueue(t *testing.T) {
 	if got := testutil.ToFloat64(m.tasks.WithLabelValues(tasks.TypeVerify, tasks.OutcomeOK)); got != 1 {
 		t.Errorf("pbsq_tasks_total{verify,ok} = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(m.verifyChunks.WithLabelValues("ok")); got == 0 {
+	if got := testutil.ToFloat64(m.verifyChunks.WithLabelValues(testStoreName, "ok")); got == 0 {
 		t.Error("pbsq_verify_chunks_total{ok} = 0: the observer is not attached")
 	}
-	if got := testutil.ToFloat64(m.verifyBytes); got == 0 {
+	if got := testutil.ToFloat64(m.verifyBytes.WithLabelValues(testStoreName)); got == 0 {
 		t.Error("pbsq_verify_bytes_total = 0")
 	}
 	if n := testutil.CollectAndCount(m.duration); n != 1 {
@@ -161,7 +161,7 @@ func TestPruneDryRunThroughQueue(t *testing.T) {
 		t.Fatalf("dry run changed the group: %d snapshots, %v", len(snaps), err)
 	}
 	// A dry run removes nothing, so only the keeps are counted.
-	if got := testutil.ToFloat64(w.Metrics().pruneSnapshots.WithLabelValues("keep")); got != 3 {
+	if got := testutil.ToFloat64(w.Metrics().pruneSnapshots.WithLabelValues(testStoreName, "keep")); got != 3 {
 		t.Errorf("pbsq_prune_snapshots_total{keep} = %v, want 3", got)
 	}
 	assertNoTaskSeries(t, w.Metrics())
@@ -552,8 +552,10 @@ func TestRedisRestartLosesNothing(t *testing.T) {
 func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	obs := m.Observer()
+	obs := m.Observer("main")
+	m.storeOpened("main", "fs")
 	obs.ChunkVerified("ok", 10)
+	obs.ChunkRemoved(100)
 	obs.SnapshotPruned("keep")
 	obs.SnapshotMoved("fs", 3)
 	obs.SyncChunk("copied", 5)
@@ -572,7 +574,13 @@ func TestMetricsLint(t *testing.T) {
 		t.Error("second NewMetrics on one registry did not reuse the collectors")
 	}
 	lintRegistry(t, reg)
-	if got := testutil.ToFloat64(m.moveObjects); got != 3 {
+	if got := testutil.ToFloat64(m.moveObjects.WithLabelValues("main")); got != 3 {
 		t.Errorf("pbsq_move_objects_total = %v", got)
+	}
+	if got := testutil.ToFloat64(m.gcRemovedBytes.WithLabelValues("main")); got != 100 {
+		t.Errorf("pbsq_gc_removed_bytes_total = %v", got)
+	}
+	if got := testutil.ToFloat64(m.storeInfo.WithLabelValues("main", "fs")); got != 1 {
+		t.Errorf("pbsq_store_info = %v", got)
 	}
 }
