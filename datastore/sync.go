@@ -1,0 +1,1397 @@
+package datastore
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pbsq/pbsq/datastore/backend"
+	"github.com/pbsq/pbsq/datastore/format"
+	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
+// DefaultSyncOwner owns the groups a sync creates when the request names
+// no owner, as in PBS.
+const DefaultSyncOwner = "root@pam"
+
+const (
+	// Chunks checked and copied at once. Object storage answers each
+	// request after a round trip, so it needs more in flight to keep the
+	// link busy; a filesystem is CPU- and disk-bound sooner.
+	syncWorkersFS = 16
+	syncWorkersS3 = 32
+	// Groups synced at once. A group's snapshots go in order, but
+	// groups are independent; on object storage each group's listings and
+	// re-checks are round trips that overlap well.
+	syncGroupsFS = 2
+	syncGroupsS3 = 8
+	// clientLogName is the backup client's log, uploaded after the
+	// manifest and not listed in it; PBS syncs it when present.
+	clientLogName = "client.log.blob"
+)
+
+// SyncRequest describes a sync from one datastore into another.
+type SyncRequest struct {
+	// SourceNS is the source namespace; every namespace below it (down to
+	// MaxDepth levels) maps to the same relative place below NS.
+	SourceNS name.Namespace
+	// NS is the target namespace; missing target namespaces are created.
+	NS name.Namespace
+	// MaxDepth limits the recursion below SourceNS; < 0 means no limit.
+	MaxDepth int
+	// Filters select groups, with PBS's include/exclude semantics.
+	Filters []name.GroupFilter
+	// TransferLast limits each group to its newest N finished source
+	// snapshots; 0 means all.
+	TransferLast int
+	// RemoveVanished deletes target snapshots, groups and namespaces in
+	// scope that the source no longer has (never protected snapshots,
+	// never groups of another owner).
+	RemoveVanished bool
+	// ResyncCorrupt also re-syncs target snapshots whose last verification
+	// failed, checking their chunks in the target as it goes.
+	ResyncCorrupt bool
+	// Owner of the target groups (default DefaultSyncOwner). An existing
+	// target group with another owner is skipped.
+	Owner string
+	// Rate limits the chunk bytes read from the source, in bytes per
+	// second; 0 means unlimited.
+	Rate int64
+}
+
+// SyncResult is the outcome of Sync.
+type SyncResult struct {
+	// Groups is the number of groups handled completely.
+	Groups            int `json:"groups"`
+	GroupsCreated     int `json:"groups-created"`
+	NamespacesCreated int `json:"namespaces-created"`
+	// Snapshots were written (new, or changed and re-synced).
+	Snapshots int `json:"snapshots"`
+	// SnapshotsPresent were re-checked and found identical in the target.
+	SnapshotsPresent int `json:"snapshots-present"`
+	// Chunks were copied; ChunksPresent were already in the target.
+	Chunks        int   `json:"chunks"`
+	ChunksPresent int   `json:"chunks-present"`
+	ChunksTouched int   `json:"chunks-touched"`
+	ChunksRenamed int   `json:"chunks-renamed-bad"`
+	Bytes         int64 `json:"bytes"`
+	// FilesWritten counts every file written into the target other than
+	// chunks: owner files, indexes, blobs, manifests.
+	FilesWritten      int              `json:"files-written"`
+	RemovedSnapshots  int              `json:"removed-snapshots"`
+	RemovedGroups     int              `json:"removed-groups"`
+	RemovedNamespaces int              `json:"removed-namespaces"`
+	Failed            []FailedSnapshot `json:"failed"`
+	Skipped           []Skipped        `json:"skipped"`
+	Warnings          []string         `json:"warnings,omitempty"`
+	Seconds           float64          `json:"seconds"`
+	MiBPerSecond      float64          `json:"mib-per-second"`
+}
+
+// Outcome folds the result into ok, skipped or failed.
+func (r *SyncResult) Outcome() error {
+	switch {
+	case len(r.Failed) > 0:
+		return fmt.Errorf("sync: %d snapshot(s) failed (%s:%s first): %w", len(r.Failed), r.Failed[0].NS, r.Failed[0].Snapshot, ErrFailed)
+	case len(r.Skipped) > 0:
+		return fmt.Errorf("sync: %d item(s) skipped (%s first): %w", len(r.Skipped), r.Skipped[0].Item, ErrSkipped)
+	}
+	return nil
+}
+
+// normalize fills in defaults and checks the request before any I/O.
+func (r *SyncRequest) normalize(src, dst *Store) error {
+	if src == nil || dst == nil {
+		return invalidf("sync needs a source and a target datastore")
+	}
+	if r.Owner == "" {
+		r.Owner = DefaultSyncOwner
+	}
+	if err := ValidateOwner(r.Owner); err != nil {
+		return err
+	}
+	if r.TransferLast < 0 {
+		return invalidf("transfer-last %d: must be at least 1, or 0 for all", r.TransferLast)
+	}
+	if r.Rate < 0 {
+		return invalidf("rate %d: must not be negative", r.Rate)
+	}
+	if r.MaxDepth > name.MaxNamespaceDepth {
+		return invalidf("max-depth %d exceeds the limit of %d levels", r.MaxDepth, name.MaxNamespaceDepth)
+	}
+	if src.name == dst.name && (r.SourceNS.Contains(r.NS) || r.NS.Contains(r.SourceNS)) {
+		return invalidf("sync within store %q: source namespace %q and target namespace %q overlap", src.name, r.SourceNS, r.NS)
+	}
+	filters := make([]name.GroupFilter, len(r.Filters))
+	for i, f := range r.Filters {
+		switch f.Kind {
+		case "group", "type":
+		case "regex":
+			if f.Regex == nil {
+				re, err := regexp.Compile(f.Value)
+				if err != nil {
+					return invalidf("group-filter regex %q: %v", f.Value, err)
+				}
+				f.Regex = re
+			}
+		default:
+			return invalidf("group-filter kind %q: must be group, type or regex", f.Kind)
+		}
+		filters[i] = f
+	}
+	r.Filters = filters
+	return nil
+}
+
+// syncer holds one sync task's state.
+type syncer struct {
+	src, dst     *Store
+	req          SyncRequest
+	res          *SyncResult
+	rep          *reporter
+	lim          *byteLimiter
+	workers      int
+	groupsAtOnce int
+	// slots bounds the chunk jobs in flight across concurrent groups.
+	slots chan struct{}
+
+	// writerStart is when this sync registered as a writer on the
+	// target (zero until its first chunk work); writerDone ends that.
+	regMu       sync.Mutex
+	writerStart time.Time
+	writerDone  func()
+
+	mu sync.Mutex // guards res, present, bad, inflight and done
+	// present: chunks known to be in the target, checked once per task.
+	present map[Digest]struct{}
+	// bad: source chunks found corrupt or missing, with the reason.
+	bad map[Digest]string
+	// inflight: chunks a worker is providing right now; others wait for
+	// it rather than copy the same chunk (groups sharing chunks).
+	inflight map[Digest]chan struct{}
+	// done: target snapshots (paths) already handled, so that a group
+	// retried after a busy lock does not count them twice.
+	done map[string]bool
+	// bufs recycles *chunkBuffers across snapshots.
+	bufs sync.Pool
+}
+
+// nsPair is a source namespace and the target namespace it maps to.
+type nsPair struct{ src, dst name.Namespace }
+
+// groupPair is a source group and its target group.
+type groupPair struct{ src, dst name.Group }
+
+// Sync copies snapshots from src into dst as PBS's sync (pull) does: per
+// group, the snapshots newer than the newest finished target snapshot,
+// plus that one re-checked; per snapshot the chunks the target lacks (each
+// verified on the way), then the index files and blobs, then the manifest
+// last, so an interrupted sync never leaves a finished-looking snapshot
+// with missing chunks. An unchanged source writes nothing.
+//
+// Locks: per group a shared lock on the target namespace and the target
+// group exclusively, a shared lock on the source namespace; per snapshot
+// the source snapshot shared and the target snapshot exclusively. Busy
+// groups are retried once at the end, then skipped. A snapshot with a
+// corrupt source chunk fails alone; the sync goes on (with the group's
+// newer snapshots: later syncs start after those, so the failed one is
+// not retried unless the target is resynced from scratch).
+//
+// Groups are synced a few at a time, each group's snapshots oldest first;
+// chunks are checked and copied by a bounded pool shared by all groups,
+// each chunk once per task.
+func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress ProgressFunc) (*SyncResult, error) {
+	if err := req.normalize(src, dst); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	workers, groupsAtOnce := syncWorkersFS, syncGroupsFS
+	if src.b.Features().ImplicitDirs || dst.b.Features().ImplicitDirs {
+		workers, groupsAtOnce = syncWorkersS3, syncGroupsS3
+	}
+	y := &syncer{
+		src: src, dst: dst, req: req,
+		res:          &SyncResult{Failed: []FailedSnapshot{}, Skipped: []Skipped{}},
+		lim:          newByteLimiter(req.Rate),
+		workers:      workers,
+		groupsAtOnce: groupsAtOnce,
+		slots:        make(chan struct{}, workers),
+		present:      map[Digest]struct{}{},
+		bad:          map[Digest]string{},
+		inflight:     map[Digest]chan struct{}{},
+		done:         map[string]bool{},
+	}
+
+	defer func() {
+		y.regMu.Lock()
+		defer y.regMu.Unlock()
+		if y.writerDone != nil {
+			y.writerDone()
+		}
+	}()
+	pairs, err := y.mapNamespaces(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var groups []groupPair
+	for _, p := range pairs {
+		gs, err := src.ListGroups(ctx, p.src)
+		if err != nil {
+			return nil, err
+		}
+		for _, g := range gs {
+			if name.ApplyFilters(g, req.Filters) {
+				groups = append(groups, groupPair{src: g, dst: g.InNS(p.dst)})
+			}
+		}
+	}
+	if err := y.createNamespaces(ctx, pairs); err != nil {
+		return y.finish(start), err
+	}
+
+	y.rep = newReporter(progress, "sync", int64(len(groups)))
+	var aside []groupPair
+	var asideMu sync.Mutex
+	err = parallel(ctx, y.groupsAtOnce, len(groups), func(ctx context.Context, i int) error {
+		busy, err := y.group(ctx, groups[i])
+		if err != nil {
+			return err
+		}
+		if busy != nil {
+			asideMu.Lock()
+			aside = append(aside, groups[i])
+			asideMu.Unlock()
+			return nil
+		}
+		y.rep.add(1)
+		return nil
+	})
+	if err != nil {
+		return y.finish(start), err
+	}
+	sort.Slice(aside, func(i, j int) bool { return groupLabel(aside[i].src) < groupLabel(aside[j].src) })
+	for _, gp := range aside {
+		busy, err := y.group(ctx, gp)
+		if err != nil {
+			return y.finish(start), err
+		}
+		if busy != nil {
+			y.skip(groupLabel(gp.src), busy.Error(), "busy")
+		}
+		y.rep.add(1)
+	}
+
+	if req.RemoveVanished {
+		y.rep.phase("remove-vanished", 0)
+		if err := y.removeVanished(ctx, pairs, groups); err != nil {
+			return y.finish(start), err
+		}
+	}
+	res := y.finish(start)
+	y.rep.finish()
+	return res, nil
+}
+
+func (y *syncer) finish(start time.Time) *SyncResult {
+	y.mu.Lock()
+	defer y.mu.Unlock()
+	// Groups ran concurrently: give the lists a stable order.
+	sort.SliceStable(y.res.Failed, func(i, j int) bool {
+		a, b := y.res.Failed[i], y.res.Failed[j]
+		return a.NS < b.NS || (a.NS == b.NS && a.Snapshot < b.Snapshot)
+	})
+	sort.SliceStable(y.res.Skipped, func(i, j int) bool { return y.res.Skipped[i].Item < y.res.Skipped[j].Item })
+	y.res.Seconds = time.Since(start).Seconds()
+	if y.res.Seconds > 0 {
+		y.res.MiBPerSecond = float64(y.res.Bytes) / (1 << 20) / y.res.Seconds
+	}
+	return y.res
+}
+
+// mapNamespaces lists the source namespaces in scope (parents first) and
+// maps each below the target namespace; a mapping deeper than PBS allows
+// refuses the whole request before anything is written.
+func (y *syncer) mapNamespaces(ctx context.Context) ([]nsPair, error) {
+	srcNSs, err := y.src.ListNamespaces(ctx, y.req.SourceNS, y.req.MaxDepth)
+	if err != nil {
+		return nil, err
+	}
+	pairs := make([]nsPair, 0, len(srcNSs))
+	for _, sns := range srcNSs {
+		depth := y.req.NS.Depth() + sns.Depth() - y.req.SourceNS.Depth()
+		if depth > name.MaxNamespaceDepth {
+			return nil, invalidf("source namespace %q would be %d levels deep below target namespace %q, more than the limit of %d; sync into a shallower namespace or set max-depth",
+				sns, depth, y.req.NS, name.MaxNamespaceDepth)
+		}
+		tns, err := name.Rebase(sns, y.req.SourceNS, y.req.NS)
+		if err != nil {
+			return nil, fmt.Errorf("sync source namespace %q into %q: %w", sns, y.req.NS, err)
+		}
+		pairs = append(pairs, nsPair{src: sns, dst: tns})
+	}
+	return pairs, nil
+}
+
+// createNamespaces creates the missing target namespaces, parents first,
+// each under a shared lock on itself (and so its ancestors), which keeps a
+// structural change of an ancestor out meanwhile.
+func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
+	existing, err := y.dst.ListNamespaces(ctx, y.req.NS, y.req.MaxDepth)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	have := map[string]bool{}
+	for _, ns := range existing {
+		have[ns.String()] = true
+	}
+	for _, p := range pairs {
+		if have[p.dst.String()] || p.dst.IsRoot() {
+			continue
+		}
+		release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(p.dst, lock.Shared)})
+		if err != nil {
+			return err
+		}
+		err = y.dst.CreateNamespace(ctx, p.dst)
+		release()
+		if err != nil {
+			return err
+		}
+		y.count(func(r *SyncResult) { r.NamespacesCreated++ })
+	}
+	return nil
+}
+
+// storeLock is a lock request on one of the two stores.
+type storeLock struct {
+	s *Store
+	r lock.Request
+}
+
+// lockAcross takes the requests in the order given, on their stores, and
+// returns one release func; on failure nothing stays held.
+func lockAcross(ctx context.Context, reqs []storeLock) (func(), error) {
+	var rels []func()
+	release := func() {
+		for i := len(rels) - 1; i >= 0; i-- {
+			rels[i]()
+		}
+	}
+	for _, sl := range reqs {
+		rel, err := sl.s.lockChain(ctx, []lock.Request{sl.r})
+		if err != nil {
+			release()
+			return nil, err
+		}
+		rels = append(rels, rel)
+	}
+	return release, nil
+}
+
+// groupLocks are a group's locks in the documented order: the two
+// namespaces shallowest first, then by path, then the target group.
+func (y *syncer) groupLocks(gp groupPair) []storeLock {
+	ns := []storeLock{
+		{y.dst, y.dst.nsRequest(gp.dst.NS, lock.Shared)},
+		{y.src, y.src.nsRequest(gp.src.NS, lock.Shared)},
+	}
+	slices.SortStableFunc(ns, func(a, b storeLock) int {
+		return cmp.Or(cmp.Compare(a.r.NS.Depth(), b.r.NS.Depth()), cmp.Compare(a.r.NS.String(), b.r.NS.String()))
+	})
+	return append(ns, storeLock{y.dst, y.dst.groupRequest(gp.dst)})
+}
+
+func groupLabel(g name.Group) string       { return g.NS.String() + ":" + g.String() }
+func snapshotLabel(s name.Snapshot) string { return s.NS.String() + ":" + s.String() }
+
+// count updates the result; groups run concurrently.
+func (y *syncer) count(fn func(r *SyncResult)) {
+	y.mu.Lock()
+	fn(y.res)
+	y.mu.Unlock()
+}
+
+func (y *syncer) warn(msg string) {
+	y.count(func(r *SyncResult) { r.Warnings = append(r.Warnings, msg) })
+}
+
+func (y *syncer) skip(item, reason, kind string) {
+	y.count(func(r *SyncResult) { r.Skipped = append(r.Skipped, Skipped{Item: item, Reason: reason}) })
+	y.dst.obs.skipped("sync", kind)
+}
+
+func (y *syncer) fail(sn name.Snapshot, reasons []string) {
+	y.count(func(r *SyncResult) {
+		r.Failed = append(r.Failed, FailedSnapshot{NS: sn.NS.String(), Snapshot: sn.String(), Reasons: reasons})
+	})
+	y.dst.log.Warn("sync: snapshot failed", "source", y.src.name, "ns", sn.NS.String(), "snapshot", sn.String(), "reasons", reasons)
+}
+
+// group syncs one group; busy is non-nil when a lock was refused (the
+// snapshots synced before that stay synced).
+func (y *syncer) group(ctx context.Context, gp groupPair) (busy, err error) {
+	release, err := lockAcross(ctx, y.groupLocks(gp))
+	if errors.Is(err, lock.ErrBusy) {
+		return err, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	// Three independent reads: one round trip on object storage, not three.
+	var owner string
+	var srcSnaps, dstSnaps []SnapshotInfo
+	var ownerErr error
+	err = parallel(ctx, 3, 3, func(ctx context.Context, i int) error {
+		var err error
+		switch i {
+		case 0:
+			owner, ownerErr = y.dst.GroupOwner(ctx, gp.dst)
+		case 1:
+			srcSnaps, err = y.src.listGroupSnapshots(ctx, gp.src)
+		case 2:
+			dstSnaps, err = y.dst.listGroupSnapshots(ctx, gp.dst)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	newGroup := errors.Is(ownerErr, fs.ErrNotExist)
+	if ownerErr != nil && !newGroup {
+		return nil, ownerErr
+	}
+	if !newGroup && owner != y.req.Owner {
+		y.skip(groupLabel(gp.src), fmt.Sprintf("target group %s in namespace %q on store %q is owned by %q, not %q",
+			gp.dst, gp.dst.NS, y.dst.name, owner, y.req.Owner), "owner")
+		return nil, nil
+	}
+	if newGroup {
+		if err := y.dst.SetGroupOwner(ctx, gp.dst, y.req.Owner); err != nil {
+			return nil, err
+		}
+		y.count(func(r *SyncResult) { r.GroupsCreated++; r.FilesWritten++ })
+	}
+	plan, err := y.plan(ctx, srcSnaps, dstSnaps)
+	if err != nil {
+		return nil, err
+	}
+	for _, it := range plan {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		busy, err := y.snapshot(ctx, gp, it)
+		if err != nil || busy != nil {
+			return busy, err
+		}
+	}
+	if y.req.RemoveVanished {
+		if err := y.removeVanishedSnapshots(ctx, srcSnaps, dstSnaps); err != nil {
+			return nil, err
+		}
+	}
+	y.count(func(r *SyncResult) { r.Groups++ })
+	return nil, nil
+}
+
+// listGroupSnapshots lists a group's snapshots. On a filesystem it is
+// ListSnapshots. On object storage, where a listing of every snapshot's
+// files costs the server a walk (and a request per snapshot would cost
+// round trips on every, even unchanged, sync), it lists only the snapshot
+// directories: Files is nil there, and Finished unknown until
+// snapshotFinished asks.
+func (s *Store) listGroupSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo, error) {
+	if !s.b.Features().ImplicitDirs {
+		return s.ListSnapshots(ctx, g)
+	}
+	ents, err := s.b.List(ctx, g.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots of group %s in namespace %q: %w", g, g.NS, err)
+	}
+	var out []SnapshotInfo
+	for _, e := range ents {
+		if !e.Dir {
+			continue
+		}
+		t, err := name.ParseTime(e.Name)
+		if err != nil {
+			continue // not a snapshot directory
+		}
+		out = append(out, SnapshotInfo{Snapshot: name.Snapshot{Group: g, Time: t}})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
+	return out, nil
+}
+
+// snapshotFinished reports whether info's snapshot has its manifest,
+// asking the backend when the listing did not tell (Files == nil).
+func (s *Store) snapshotFinished(ctx context.Context, info *SnapshotInfo) (bool, error) {
+	if info.Files != nil || info.Finished {
+		return info.Finished, nil
+	}
+	// A read, not a Stat: on object storage a missing key costs Stat a
+	// second request (to rule out a directory).
+	_, err := s.b.ReadFile(ctx, info.Snapshot.File(ManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(info.Snapshot), s.name, err)
+	}
+	info.Finished = true
+	return true, nil
+}
+
+// syncItem is one snapshot to sync.
+type syncItem struct {
+	src SnapshotInfo
+	// dst is the target's snapshot of the same time, if there is one.
+	dst *SnapshotInfo
+	// corrupt: the target's copy failed verification (ResyncCorrupt).
+	corrupt bool
+}
+
+// plan selects a group's snapshots as PBS does, oldest first: finished
+// source snapshots not older than the newest finished target snapshot
+// (which is re-checked), limited to the newest TransferLast (the re-check
+// of the newest target snapshot aside), plus with ResyncCorrupt those
+// whose target copy failed verification. It walks from the newest down,
+// so that on object storage only the few snapshots it selects are looked
+// into.
+func (y *syncer) plan(ctx context.Context, srcSnaps, dstSnaps []SnapshotInfo) ([]syncItem, error) {
+	var lastSync time.Time
+	for i := len(dstSnaps) - 1; i >= 0; i-- {
+		ok, err := y.dst.snapshotFinished(ctx, &dstSnaps[i])
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			lastSync = dstSnaps[i].Time
+			break
+		}
+	}
+	dstByTime := map[int64]*SnapshotInfo{}
+	for i := range dstSnaps {
+		dstByTime[dstSnaps[i].Time.Unix()] = &dstSnaps[i]
+	}
+	var out []syncItem
+	finished := 0
+	for i := len(srcSnaps) - 1; i >= 0; i-- {
+		s := srcSnaps[i]
+		older := !lastSync.IsZero() && s.Time.Before(lastSync)
+		if older && !y.req.ResyncCorrupt {
+			break // synced before, and so is everything older
+		}
+		ok, err := y.src.snapshotFinished(ctx, &s)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		finished++
+		d := dstByTime[s.Time.Unix()]
+		if y.req.ResyncCorrupt && d != nil {
+			bad, err := y.dst.verifyFailed(ctx, d.Snapshot)
+			if err != nil {
+				return nil, err
+			}
+			if bad {
+				out = append(out, syncItem{src: s, dst: d, corrupt: true})
+				continue
+			}
+		}
+		if older {
+			continue
+		}
+		if n := y.req.TransferLast; n > 0 && finished > n && !s.Time.Equal(lastSync) {
+			continue // outside transfer-last
+		}
+		out = append(out, syncItem{src: s, dst: d})
+	}
+	slices.Reverse(out)
+	return out, nil
+}
+
+// verifyFailed reports whether a snapshot's last verification failed; an
+// unreadable manifest counts as failed.
+func (s *Store) verifyFailed(ctx context.Context, snap name.Snapshot) (bool, error) {
+	m, err := s.ReadManifest(ctx, snap)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case errors.Is(err, format.ErrInvalidManifest), errors.Is(err, format.ErrBadCRC), errors.Is(err, format.ErrCorrupt),
+		errors.Is(err, format.ErrBadMagic), errors.Is(err, format.ErrTruncated):
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	vs := m.VerifyState()
+	return vs != nil && vs.State == format.VerifyFailed, nil
+}
+
+// syncFile is one file of a source snapshot, read and checked.
+type syncFile struct {
+	name string
+	raw  []byte
+	// same: the target has this file with identical bytes.
+	same bool
+}
+
+// snapshot syncs one snapshot under its locks; busy when one was refused.
+func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy, err error) {
+	ssn := it.src.Snapshot
+	tsn := ssn.InNS(gp.dst.NS)
+	y.mu.Lock()
+	done := y.done[tsn.Path()]
+	y.mu.Unlock()
+	if done {
+		return nil, nil
+	}
+	release, err := lockAcross(ctx, []storeLock{
+		{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
+		{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)},
+	})
+	if errors.Is(err, lock.ErrBusy) {
+		return err, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	srcRaw, err := y.src.b.ReadFile(ctx, ssn.File(ManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil // pruned or moved since it was listed
+	}
+	if err != nil {
+		return nil, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
+	}
+	m, err := format.ParseManifest(srcRaw)
+	if err != nil {
+		y.fail(ssn, []string{"source manifest: " + err.Error()})
+		return nil, nil
+	}
+	if reasons := manifestProblems(m, ssn); len(reasons) > 0 {
+		y.fail(ssn, reasons)
+		return nil, nil
+	}
+	// The target's manifest and the files it may share with the source,
+	// fetched at once (one round trip on object storage); both the
+	// re-check and the comparison before writing use them.
+	// The listing was taken under the group lock, which every writer of
+	// the snapshot directory holds too: it is current.
+	// Without a listing of the target snapshot's files (object storage),
+	// every file it may have is asked for; missing ones cost a 404.
+	var names []string
+	if it.dst != nil {
+		known := it.dst.Files != nil
+		if it.dst.Finished || !known {
+			names = append(names, ManifestName)
+		}
+		for _, f := range m.Files {
+			if !known || slices.Contains(it.dst.Files, f.Filename) {
+				names = append(names, f.Filename)
+			}
+		}
+		if !known {
+			names = append(names, clientLogName)
+		}
+	}
+	old, err := y.dst.readFiles(ctx, tsn, names, y.workers)
+	if err != nil {
+		return nil, err
+	}
+	dstRaw, dstFinished := old[ManifestName]
+	sameManifest := dstFinished && bytes.Equal(dstRaw, srcRaw)
+	_, dstHasLog := old[clientLogName]
+	dstHasLog = dstHasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
+	if sameManifest && !it.corrupt && filesMatchManifest(m, old) {
+		if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
+			return nil, err
+		}
+		y.count(func(r *SyncResult) { r.SnapshotsPresent++; y.done[tsn.Path()] = true })
+		return nil, nil
+	}
+
+	// Read and check every source file.
+	srcNames := make([]string, len(m.Files))
+	for i, f := range m.Files {
+		srcNames[i] = f.Filename
+	}
+	raws, err := y.src.readFiles(ctx, ssn, srcNames, y.workers)
+	if err != nil {
+		return nil, err
+	}
+	var files []syncFile
+	var refs []chunkRef
+	seen := map[Digest]bool{}
+	var reasons []string
+	for _, f := range m.Files {
+		raw, ok := raws[f.Filename]
+		if !ok {
+			reasons = append(reasons, f.Filename+": missing in the source")
+			continue
+		}
+		idx, why := checkFile(f, raw)
+		if why != "" {
+			reasons = append(reasons, why)
+			continue
+		}
+		prev, had := old[f.Filename]
+		sf := syncFile{name: f.Filename, raw: raw, same: had && bytes.Equal(prev, raw)}
+		// An identical index in a finished target snapshot had its chunks
+		// when it was written; anything else gets its chunks checked.
+		if idx != nil && (!sf.same || !dstFinished || it.corrupt) {
+			for i := 0; i < idx.ChunkCount(); i++ {
+				d := Digest(idx.ChunkDigest(i))
+				if !seen[d] {
+					seen[d] = true
+					refs = append(refs, chunkRef{digest: d, size: idx.ChunkLen(i)})
+				}
+			}
+		}
+		files = append(files, sf)
+	}
+	if len(reasons) > 0 {
+		y.fail(ssn, reasons)
+		return nil, nil
+	}
+	bad, inserted, err := y.copyChunks(ctx, refs, it.corrupt)
+	if err != nil {
+		return nil, err
+	}
+	if len(bad) > 0 {
+		y.fail(ssn, bad)
+		return nil, nil
+	}
+
+	changed := slices.IndexFunc(files, func(f syncFile) bool { return !f.same }) >= 0
+	if dstFinished && changed && !sameManifest {
+		// Unfinish the target snapshot first: its old manifest must never
+		// vouch for the new files, not even after a crash halfway.
+		if err := y.dst.b.Remove(ctx, tsn.File(ManifestName)); err != nil {
+			return nil, fmt.Errorf("replace snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err)
+		}
+		dstFinished = false
+	}
+	var toWrite []syncFile
+	for _, f := range files {
+		if !f.same {
+			toWrite = append(toWrite, f)
+		}
+	}
+	err = parallel(ctx, y.workers, len(toWrite), func(ctx context.Context, i int) error {
+		f := toWrite[i]
+		if err := y.dst.b.WriteFile(ctx, tsn.File(f.name), f.raw); err != nil {
+			return fmt.Errorf("write %s of snapshot %s on store %q: %w", f.name, snapshotLabel(tsn), y.dst.name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	y.count(func(r *SyncResult) { r.FilesWritten += len(toWrite) })
+	// The manifest goes last: only now does the snapshot look finished.
+	if !dstFinished || !sameManifest {
+		if inserted > 0 {
+			// New chunks are not flushed one by one (see backend.Syncer);
+			// they must be durable before the manifest vouches for them.
+			if err := backend.Sync(ctx, y.dst.b); err != nil {
+				return nil, fmt.Errorf("flush store %q: %w", y.dst.name, err)
+			}
+		}
+		if err := y.dst.b.WriteFile(ctx, tsn.File(ManifestName), srcRaw); err != nil {
+			return nil, fmt.Errorf("write manifest of snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err)
+		}
+		y.count(func(r *SyncResult) { r.FilesWritten++ })
+	}
+	if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
+		return nil, err
+	}
+	y.count(func(r *SyncResult) { r.Snapshots++; y.done[tsn.Path()] = true })
+	y.progressMessage()
+	return nil, nil
+}
+
+// manifestProblems checks that a manifest belongs to snap and names only
+// files a snapshot may hold.
+func manifestProblems(m *format.Manifest, snap name.Snapshot) []string {
+	var out []string
+	if m.BackupType != string(snap.Type) || m.BackupID != snap.ID || m.BackupTime != snap.Time.Unix() {
+		out = append(out, fmt.Sprintf("manifest names %s/%s/%d, not this snapshot", m.BackupType, m.BackupID, m.BackupTime))
+	}
+	for _, f := range m.Files {
+		if err := name.ValidateFileName(f.Filename); err != nil || f.Filename == ManifestName || strings.HasPrefix(f.Filename, ".") {
+			out = append(out, fmt.Sprintf("manifest lists file %q, which a snapshot cannot hold", f.Filename))
+			continue
+		}
+		if !isBlobFile(f.Filename) && !strings.HasSuffix(f.Filename, ".fidx") && !strings.HasSuffix(f.Filename, ".didx") {
+			out = append(out, fmt.Sprintf("manifest lists %q: not an index or blob", f.Filename))
+		}
+	}
+	return out
+}
+
+// checkFile checks a snapshot file against its manifest entry; for an
+// index it returns the parsed index.
+func checkFile(f format.FileInfo, raw []byte) (format.Index, string) {
+	if isBlobFile(f.Filename) {
+		if uint64(len(raw)) != f.Size || sha256.Sum256(raw) != f.Csum {
+			return nil, f.Filename + ": checksum or size differs from the manifest"
+		}
+		if _, err := format.InspectBlob(raw); err != nil {
+			return nil, fmt.Sprintf("%s: %v", f.Filename, err)
+		}
+		return nil, ""
+	}
+	idx, err := format.ParseIndex(f.Filename, raw)
+	if err != nil {
+		return nil, fmt.Sprintf("%s: %v", f.Filename, err)
+	}
+	if idx.Checksum() != f.Csum {
+		return nil, f.Filename + ": index checksum differs from the manifest"
+	}
+	if idx.DataSize() != f.Size {
+		return nil, fmt.Sprintf("%s: size %d differs from the manifest's %d", f.Filename, idx.DataSize(), f.Size)
+	}
+	return idx, ""
+}
+
+// filesMatchManifest reports whether every file the manifest lists was
+// read (from the target) and matches its entry: the cheap re-check of a
+// snapshot whose manifest is identical to the source's.
+func filesMatchManifest(m *format.Manifest, files map[string][]byte) bool {
+	for _, f := range m.Files {
+		raw, ok := files[f.Filename]
+		if !ok {
+			return false
+		}
+		if _, why := checkFile(f, raw); why != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// readFiles reads files of a snapshot concurrently; missing ones are left
+// out of the map, other errors fail.
+func (s *Store) readFiles(ctx context.Context, snap name.Snapshot, files []string, workers int) (map[string][]byte, error) {
+	raws := make([][]byte, len(files))
+	found := make([]bool, len(files))
+	err := parallel(ctx, workers, len(files), func(ctx context.Context, i int) error {
+		raw, err := s.b.ReadFile(ctx, snap.File(files[i]))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s of snapshot %s on store %q: %w", files[i], snapshotLabel(snap), s.name, err)
+		}
+		raws[i], found[i] = raw, true
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(files))
+	for i, f := range files {
+		if found[i] {
+			out[f] = raws[i]
+		}
+	}
+	return out, nil
+}
+
+// copyClientLog copies the client log when the source has it and the
+// target does not, as PBS does (it is not part of the manifest).
+func (y *syncer) copyClientLog(ctx context.Context, ssn, tsn name.Snapshot, it syncItem, dstHasLog bool) error {
+	if dstHasLog || (it.src.Files != nil && !slices.Contains(it.src.Files, clientLogName)) {
+		return nil
+	}
+	raw, err := y.src.b.ReadFile(ctx, ssn.File(clientLogName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read client log of %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
+	}
+	if _, err := format.InspectBlob(raw); err != nil {
+		y.warn(fmt.Sprintf("%s: client log not copied: %v", snapshotLabel(ssn), err))
+		return nil
+	}
+	if err := y.dst.b.WriteFile(ctx, tsn.File(clientLogName), raw); err != nil {
+		return fmt.Errorf("write client log of %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err)
+	}
+	y.count(func(r *SyncResult) { r.FilesWritten++ })
+	return nil
+}
+
+// copyChunks makes sure the target has every chunk of refs, copying the
+// missing ones from the source, verified, by a pool of workers. With
+// verifyTarget the target's copies are read and checked too, and corrupt
+// ones are renamed .bad and replaced. It returns the reasons why chunks
+// could not be provided (corrupt or missing in the source) and how many
+// it inserted.
+func (y *syncer) copyChunks(ctx context.Context, refs []chunkRef, verifyTarget bool) ([]string, int, error) {
+	var todo []chunkRef
+	var reasons []string
+	maxLen := 0
+	y.mu.Lock()
+	for _, r := range refs {
+		if why, ok := y.bad[r.digest]; ok {
+			reasons = append(reasons, why)
+			continue
+		}
+		if _, ok := y.present[r.digest]; ok && !verifyTarget {
+			continue
+		}
+		todo = append(todo, r)
+		maxLen = max(maxLen, int(min(r.size, format.MaxBlobSize)))
+	}
+	y.mu.Unlock()
+	if len(reasons) > 0 {
+		return reasons, 0, nil // the snapshot fails anyway
+	}
+	if len(todo) > 0 {
+		if err := y.registerWriter(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+	// The largest chunk must fit the rate limiter's bucket in one piece;
+	// the header and a non-shrinking compression add at most 64 bytes.
+	y.lim.grow(maxLen + 64)
+	// Chunk files sit in digest order in their prefix directories; that
+	// order keeps a filesystem's directory and inode access local.
+	sort.Slice(todo, func(i, j int) bool { return bytes.Compare(todo[i].digest[:], todo[j].digest[:]) < 0 })
+
+	var mu sync.Mutex
+	inserted := 0
+	err := parallel(ctx, y.workers, len(todo), func(ctx context.Context, i int) error {
+		// A slot first, then buffers: memory stays bounded by the slots
+		// however many groups wait for one.
+		select {
+		case y.slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		b, _ := y.bufs.Get().(*chunkBuffers)
+		if b == nil {
+			b = &chunkBuffers{}
+		}
+		why, ins, err := y.chunk(ctx, todo[i], verifyTarget, &b.raw, &b.data)
+		y.bufs.Put(b)
+		<-y.slots
+		mu.Lock()
+		if why != "" {
+			reasons = append(reasons, why)
+		}
+		if ins {
+			inserted++
+		}
+		mu.Unlock()
+		return err
+	})
+	if err != nil {
+		return nil, 0, err
+	}
+	sort.Strings(reasons)
+	return reasons, inserted, nil
+}
+
+// registerWriter registers the sync as a writer on the target once,
+// before the first chunk is inserted or touched, as a backup does: GC then
+// keeps every chunk accessed since (shortly before) writerStart until this
+// sync has written the indexes that reference them, however long that
+// takes. Not earlier: a sync with nothing to copy writes nothing at all.
+func (y *syncer) registerWriter(ctx context.Context) error {
+	y.regMu.Lock()
+	defer y.regMu.Unlock()
+	if y.writerDone != nil {
+		return nil
+	}
+	start := time.Now()
+	done, err := y.dst.registerWriter(ctx)
+	if err != nil {
+		return err
+	}
+	y.writerStart, y.writerDone = start, done
+	return nil
+}
+
+// chunkBuffers are a chunk worker's read and decode buffers.
+type chunkBuffers struct{ raw, data []byte }
+
+// chunk provides one chunk in the target. It returns a reason when the
+// source cannot provide it, an error when the task cannot go on, and
+// whether it inserted the chunk.
+func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, rbuf, dbuf *[]byte) (string, bool, error) {
+	release, why, err := y.claim(ctx, r.digest, verifyTarget)
+	if release == nil {
+		return why, false, err
+	}
+	defer release()
+	p := ChunkPath(r.digest)
+	if verifyTarget {
+		raw, err := backend.ReadFileInto(ctx, y.dst.b, p, *rbuf)
+		switch {
+		case err == nil:
+			*rbuf = raw
+			if checkChunkBlob(raw, r, dbuf) == "" {
+				// Good: touch it as below (its access time is unknown).
+				err := y.dst.b.Touch(ctx, p)
+				if err == nil {
+					y.markPresent(r.digest, int64(len(raw)), true)
+					return "", false, nil
+				}
+				if !errors.Is(err, fs.ErrNotExist) {
+					return "", false, fmt.Errorf("touch chunk %s on store %q: %w", r.digest, y.dst.name, err)
+				}
+				break // gone meanwhile: copy it
+			}
+			// Set the corrupt copy aside so a good one can take its name.
+			if _, err := y.dst.RenameCorruptChunk(ctx, r.digest); err != nil {
+				return "", false, err
+			}
+			y.mu.Lock()
+			y.res.ChunksRenamed++
+			y.mu.Unlock()
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			return "", false, fmt.Errorf("read chunk %s on store %q: %w", r.digest, y.dst.name, err)
+		}
+	} else {
+		fi, err := y.dst.b.Stat(ctx, p)
+		if err == nil {
+			// A chunk accessed before this sync registered as a writer
+			// could be swept by a GC whose marking misses the index about
+			// to reference it: touch it, as PBS and InsertChunk do.
+			// Later ones are protected by the registration.
+			touched := false
+			if fi.AccessTime.Before(y.writerStart) {
+				if err = y.dst.b.Touch(ctx, p); err == nil {
+					touched = true
+				}
+			}
+			if err == nil {
+				y.markPresent(r.digest, fi.Size, touched)
+				return "", false, nil
+			}
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", false, fmt.Errorf("check chunk %s on store %q: %w", r.digest, y.dst.name, err)
+		}
+		// Missing (or gone between Stat and Touch): copy it.
+	}
+
+	raw, err := backend.ReadFileInto(ctx, y.src.b, p, *rbuf)
+	if errors.Is(err, fs.ErrNotExist) {
+		return y.markBad(r.digest, fmt.Sprintf("chunk %s missing in the source", r.digest)), false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("read chunk %s on store %q: %w", r.digest, y.src.name, err)
+	}
+	*rbuf = raw
+	if err := y.lim.wait(ctx, len(raw)); err != nil {
+		return "", false, err
+	}
+	if why := checkChunkBlob(raw, r, dbuf); why != "" {
+		return y.markBad(r.digest, why+" (in the source)"), false, nil
+	}
+	inserted, err := y.dst.InsertChunk(ctx, r.digest, raw)
+	if err != nil {
+		return "", false, err
+	}
+	if !inserted {
+		// Another writer stored it meanwhile; InsertChunk touched it.
+		y.markPresent(r.digest, int64(len(raw)), true)
+		return "", false, nil
+	}
+	y.mu.Lock()
+	y.present[r.digest] = struct{}{}
+	y.res.Chunks++
+	y.res.Bytes += int64(len(raw))
+	y.mu.Unlock()
+	y.dst.obs.syncChunk("copied", int64(len(raw)))
+	y.progressMessage()
+	return "", true, nil
+}
+
+// claim makes the caller the one worker providing chunk d. It returns a
+// nil release when there is nothing left to do: another worker provided
+// the chunk meanwhile (or found it bad: why), or ctx ended (err).
+func (y *syncer) claim(ctx context.Context, d Digest, verifyTarget bool) (release func(), why string, err error) {
+	for {
+		y.mu.Lock()
+		if why, ok := y.bad[d]; ok {
+			y.mu.Unlock()
+			return nil, why, nil
+		}
+		if _, ok := y.present[d]; ok && !verifyTarget {
+			y.mu.Unlock()
+			return nil, "", nil
+		}
+		wait, busy := y.inflight[d]
+		if !busy {
+			ch := make(chan struct{})
+			y.inflight[d] = ch
+			y.mu.Unlock()
+			return func() {
+				y.mu.Lock()
+				delete(y.inflight, d)
+				y.mu.Unlock()
+				close(ch)
+			}, "", nil
+		}
+		y.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		}
+	}
+}
+
+// checkChunkBlob verifies a chunk as verify does: CRC, decoding, SHA-256
+// equal to its name, length as the index says. Encrypted chunks can only
+// have their CRC checked.
+func checkChunkBlob(raw []byte, r chunkRef, dbuf *[]byte) string {
+	data, _, err := format.DecodeBlobAppend((*dbuf)[:0], raw)
+	if errors.Is(err, format.ErrEncrypted) {
+		return ""
+	}
+	if err != nil {
+		return fmt.Sprintf("chunk %s corrupt: %v", r.digest, err)
+	}
+	*dbuf = data
+	if Digest(sha256.Sum256(data)) != r.digest {
+		return fmt.Sprintf("chunk %s corrupt: SHA-256 differs from the chunk's name", r.digest)
+	}
+	if uint64(len(data)) != r.size {
+		return fmt.Sprintf("chunk %s corrupt: %d bytes, the index says %d", r.digest, len(data), r.size)
+	}
+	return ""
+}
+
+func (y *syncer) markPresent(d Digest, size int64, touched bool) {
+	y.mu.Lock()
+	y.present[d] = struct{}{}
+	y.res.ChunksPresent++
+	if touched {
+		y.res.ChunksTouched++
+	}
+	y.mu.Unlock()
+	y.dst.obs.syncChunk("present", size)
+}
+
+func (y *syncer) markBad(d Digest, why string) string {
+	y.mu.Lock()
+	y.bad[d] = why
+	y.mu.Unlock()
+	return why
+}
+
+func (y *syncer) progressMessage() {
+	if y.rep == nil {
+		return
+	}
+	y.mu.Lock()
+	msg := fmt.Sprintf("%d snapshot(s) synced, %d chunk(s) copied (%.1f MiB), %d present",
+		y.res.Snapshots, y.res.Chunks, float64(y.res.Bytes)/(1<<20), y.res.ChunksPresent)
+	y.mu.Unlock()
+	y.rep.message(msg)
+}
+
+// parallel runs fn(0..n-1) on up to workers goroutines and returns the
+// first error, cancelling the others' context.
+func parallel(ctx context.Context, workers, n int, fn func(ctx context.Context, i int) error) error {
+	if n == 0 {
+		return ctx.Err()
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(workers, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		}()
+	}
+feed:
+	for i := 0; i < n; i++ {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// removeVanishedSnapshots removes, in a group whose lock is held, the
+// target snapshots the source no longer has; protected ones stay.
+func (y *syncer) removeVanishedSnapshots(ctx context.Context, srcSnaps, dstSnaps []SnapshotInfo) error {
+	inSource := map[int64]bool{}
+	for _, s := range srcSnaps {
+		inSource[s.Time.Unix()] = true
+	}
+	for _, d := range dstSnaps {
+		if inSource[d.Time.Unix()] {
+			continue
+		}
+		if err := y.removeSnapshot(ctx, d.Snapshot, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeSnapshot removes a vanished target snapshot under its exclusive
+// lock (withParents: after the namespace and group locks); busy ones are
+// skipped, protected ones kept.
+func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withParents bool) error {
+	reqs := []lock.Request{y.dst.snapshotRequest(snap, lock.Exclusive)}
+	if withParents {
+		reqs = append([]lock.Request{y.dst.nsRequest(snap.NS, lock.Shared), y.dst.groupRequest(snap.Group)}, reqs...)
+	}
+	release, err := y.dst.lockChain(ctx, reqs)
+	if errors.Is(err, lock.ErrBusy) {
+		y.skip(snapshotLabel(snap), "vanished snapshot not removed: "+err.Error(), "busy")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+	info, err := y.dst.SnapshotInfo(ctx, snap)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if info.Protected {
+		y.warn(fmt.Sprintf("vanished snapshot %s kept: it is protected", snapshotLabel(snap)))
+		return nil
+	}
+	if err := y.dst.removeSnapshotFiles(ctx, snap); err != nil {
+		return err
+	}
+	y.count(func(r *SyncResult) { r.RemovedSnapshots++ })
+	return nil
+}
+
+// removeVanished removes target groups in scope that the source no longer
+// has (only those matching the filters and owned by the sync's owner),
+// then target namespaces in scope that vanished, deepest first, if empty.
+func (y *syncer) removeVanished(ctx context.Context, pairs []nsPair, groups []groupPair) error {
+	mapped := map[string]bool{}
+	for _, p := range pairs {
+		mapped[p.dst.String()] = true
+	}
+	inSource := map[string]bool{}
+	for _, gp := range groups {
+		inSource[gp.dst.Path()] = true
+	}
+	nss, err := y.dst.ListNamespaces(ctx, y.req.NS, y.req.MaxDepth)
+	if err != nil {
+		return err
+	}
+	for _, ns := range nss {
+		gs, err := y.dst.ListGroups(ctx, ns)
+		if err != nil {
+			return err
+		}
+		for _, g := range gs {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if inSource[g.Path()] || !name.ApplyFilters(g, y.req.Filters) {
+				continue
+			}
+			owner, err := y.dst.GroupOwner(ctx, g)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			if owner != y.req.Owner {
+				continue // not ours to remove, as in PBS
+			}
+			if err := y.removeGroup(ctx, g); err != nil {
+				return err
+			}
+		}
+	}
+	slices.SortStableFunc(nss, func(a, b name.Namespace) int { return cmp.Compare(b.Depth(), a.Depth()) })
+	for _, ns := range nss {
+		if mapped[ns.String()] {
+			continue
+		}
+		err := y.dst.RemoveNamespaceLocked(ctx, ns)
+		switch {
+		case err == nil:
+			y.count(func(r *SyncResult) { r.RemovedNamespaces++ })
+		case errors.Is(err, backend.ErrNotEmpty):
+			y.warn(fmt.Sprintf("vanished namespace %q kept: %v", ns, err))
+		case errors.Is(err, lock.ErrBusy):
+			y.skip(fmt.Sprintf("namespace %q", ns), "vanished namespace not removed: "+err.Error(), "busy")
+		case errors.Is(err, ErrNotFound):
+		default:
+			return err
+		}
+	}
+	return nil
+}
+
+// removeGroup removes a vanished target group's snapshots (protected ones
+// stay, and with them the group).
+func (y *syncer) removeGroup(ctx context.Context, g name.Group) error {
+	release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g)})
+	if errors.Is(err, lock.ErrBusy) {
+		y.skip(groupLabel(g), "vanished group not removed: "+err.Error(), "busy")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+	snaps, err := y.dst.ListSnapshots(ctx, g)
+	if err != nil {
+		return err
+	}
+	for _, s := range snaps {
+		if err := y.removeSnapshot(ctx, s.Snapshot, false); err != nil {
+			return err
+		}
+	}
+	if err := y.dst.removeGroupIfEmpty(ctx, g); err != nil {
+		return err
+	}
+	if ok, err := y.dst.GroupExists(ctx, g); err != nil {
+		return err
+	} else if !ok {
+		y.count(func(r *SyncResult) { r.RemovedGroups++ })
+	}
+	return nil
+}
