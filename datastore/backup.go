@@ -154,7 +154,7 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 		return nil, err
 	}
 
-	release, err := s.lockChain(ctx, []lock.Request{
+	ctx, release, err := s.lockChain(ctx, []lock.Request{
 		s.nsRequest(g.NS, lock.Shared),
 		s.groupRequest(g),
 		s.snapshotRequest(snap, lock.Exclusive),

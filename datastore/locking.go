@@ -20,14 +20,16 @@ func (s *Store) snapshotRequest(snap name.Snapshot, mode lock.Mode) lock.Request
 }
 
 // lockChain takes the requests in order (callers give namespace → group →
-// snapshot) and returns a release func; on failure nothing stays held. The
-// root namespace is never locked, as in PBS.
-func (s *Store) lockChain(ctx context.Context, reqs []lock.Request) (func(), error) {
+// snapshot) and returns a context for the work done under them, and a
+// release func; on failure nothing stays held. The context is cancelled as
+// soon as a lease is lost (Redis locks), so the work stops before another
+// holder can get in. The root namespace is never locked, as in PBS.
+func (s *Store) lockChain(ctx context.Context, reqs []lock.Request) (context.Context, func(), error) {
 	if s.locks == nil {
-		return func() {}, nil
+		return ctx, func() {}, nil
 	}
 	var held []*lock.Guard
-	release := func() {
+	releaseAll := func() {
 		for i := len(held) - 1; i >= 0; i-- {
 			_ = held[i].Release()
 		}
@@ -38,10 +40,11 @@ func (s *Store) lockChain(ctx context.Context, reqs []lock.Request) (func(), err
 		}
 		g, err := s.locks.Acquire(ctx, r)
 		if err != nil {
-			release()
-			return nil, err
+			releaseAll()
+			return ctx, nil, err
 		}
 		held = append(held, g)
 	}
-	return release, nil
+	wctx, cancel := lock.Watch(ctx, held...)
+	return wctx, func() { cancel(); releaseAll() }, nil
 }

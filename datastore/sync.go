@@ -359,7 +359,7 @@ func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
 		if have[p.dst.String()] || p.dst.IsRoot() {
 			continue
 		}
-		release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(p.dst, lock.Shared)})
+		ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(p.dst, lock.Shared)})
 		if err != nil {
 			return err
 		}
@@ -381,7 +381,7 @@ type storeLock struct {
 
 // lockAcross takes the requests in the order given, on their stores, and
 // returns one release func; on failure nothing stays held.
-func lockAcross(ctx context.Context, reqs []storeLock) (func(), error) {
+func lockAcross(ctx context.Context, reqs []storeLock) (context.Context, func(), error) {
 	var rels []func()
 	release := func() {
 		for i := len(rels) - 1; i >= 0; i-- {
@@ -389,14 +389,15 @@ func lockAcross(ctx context.Context, reqs []storeLock) (func(), error) {
 		}
 	}
 	for _, sl := range reqs {
-		rel, err := sl.s.lockChain(ctx, []lock.Request{sl.r})
+		lctx, rel, err := sl.s.lockChain(ctx, []lock.Request{sl.r})
 		if err != nil {
 			release()
-			return nil, err
+			return ctx, nil, err
 		}
+		ctx = lctx
 		rels = append(rels, rel)
 	}
-	return release, nil
+	return ctx, release, nil
 }
 
 // groupLocks are a group's locks in the documented order: the two
@@ -441,7 +442,7 @@ func (y *syncer) fail(sn name.Snapshot, reasons []string) {
 // group syncs one group; busy is non-nil when a lock was refused (the
 // snapshots synced before that stay synced).
 func (y *syncer) group(ctx context.Context, gp groupPair) (busy, err error) {
-	release, err := lockAcross(ctx, y.groupLocks(gp))
+	ctx, release, err := lockAcross(ctx, y.groupLocks(gp))
 	if errors.Is(err, lock.ErrBusy) {
 		return err, nil
 	}
@@ -663,7 +664,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	if done {
 		return nil, nil
 	}
-	release, err := lockAcross(ctx, []storeLock{
+	ctx, release, err := lockAcross(ctx, []storeLock{
 		{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
 		{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)},
 	})
@@ -1276,7 +1277,7 @@ func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withPar
 	if withParents {
 		reqs = append([]lock.Request{y.dst.nsRequest(snap.NS, lock.Shared), y.dst.groupRequest(snap.Group)}, reqs...)
 	}
-	release, err := y.dst.lockChain(ctx, reqs)
+	ctx, release, err := y.dst.lockChain(ctx, reqs)
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(snapshotLabel(snap), "vanished snapshot not removed: "+err.Error(), "busy")
 		return nil
@@ -1367,7 +1368,7 @@ func (y *syncer) removeVanished(ctx context.Context, pairs []nsPair, groups []gr
 // removeGroup removes a vanished target group's snapshots (protected ones
 // stay, and with them the group).
 func (y *syncer) removeGroup(ctx context.Context, g name.Group) error {
-	release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g)})
+	ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g)})
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(groupLabel(g), "vanished group not removed: "+err.Error(), "busy")
 		return nil

@@ -215,7 +215,7 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		v.res.Unfinished = append(v.res.Unfinished, label)
 		return nil, nil
 	}
-	release, err := v.s.lockChain(ctx, []lock.Request{
+	ctx, release, err := v.s.lockChain(ctx, []lock.Request{
 		v.s.nsRequest(sn.NS, lock.Shared),
 		v.s.snapshotRequest(sn.Snapshot, lock.Shared),
 	})
