@@ -24,6 +24,8 @@ type progressPrinter struct {
 	bar     *progressbar.ProgressBar
 	phase   string
 	last    time.Time
+	// pending is the newest state not yet printed (non-TTY only).
+	pending string
 }
 
 func newProgressPrinter(w io.Writer, label string, enabled bool) *progressPrinter {
@@ -71,15 +73,20 @@ func (p *progressPrinter) show(phase string, done, total int64, msg string) {
 		_ = p.bar.Set64(done)
 		return
 	}
+	head := p.label
+	if phase != "" && phase != p.label {
+		head += " " + phase
+	}
+	line := fmt.Sprintf("%s: %d %s", head, done, msg)
+	if total > 0 {
+		line = fmt.Sprintf("%s: %d/%d (%.0f%%) %s", head, done, total, 100*float64(done)/float64(total), msg)
+	}
 	if phase == p.phase && time.Since(p.last) < 2*time.Second {
+		p.pending = line
 		return
 	}
-	p.phase, p.last = phase, time.Now()
-	if total > 0 {
-		fmt.Fprintf(p.w, "%s %s: %d/%d (%.0f%%) %s\n", p.label, phase, done, total, 100*float64(done)/float64(total), msg)
-	} else {
-		fmt.Fprintf(p.w, "%s %s: %d %s\n", p.label, phase, done, msg)
-	}
+	p.phase, p.last, p.pending = phase, time.Now(), ""
+	fmt.Fprintln(p.w, line)
 }
 
 func (p *progressPrinter) done() {
@@ -90,5 +97,9 @@ func (p *progressPrinter) done() {
 	defer p.mu.Unlock()
 	if p.bar != nil {
 		_ = p.bar.Finish()
+	}
+	if p.pending != "" {
+		fmt.Fprintln(p.w, p.pending)
+		p.pending = ""
 	}
 }
