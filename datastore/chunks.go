@@ -72,7 +72,7 @@ func (s *Store) ReadChunk(ctx context.Context, d Digest) ([]byte, error) {
 
 // ChunkExists reports whether the chunk is present.
 func (s *Store) ChunkExists(ctx context.Context, d Digest) (bool, error) {
-	_, err := s.b.Stat(ctx, ChunkPath(d))
+	_, err := backend.StatFile(ctx, s.b, ChunkPath(d))
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -93,7 +93,7 @@ func (s *Store) RenameCorruptChunk(ctx context.Context, d Digest) (string, error
 	target := ""
 	for n := 0; n < maxBadCopies; n++ {
 		cand := p + "." + strconv.Itoa(n) + ".bad"
-		if _, err := s.b.Stat(ctx, cand); errors.Is(err, fs.ErrNotExist) {
+		if _, err := backend.StatFile(ctx, s.b, cand); errors.Is(err, fs.ErrNotExist) {
 			target = cand
 			break
 		} else if err != nil {

@@ -150,3 +150,22 @@ func Sync(ctx context.Context, b Backend) error {
 	}
 	return nil
 }
+
+// FileStater is implemented by backends where a stat that need not
+// recognise directories is cheaper (S3: one HEAD instead of HEAD + LIST).
+type FileStater interface {
+	StatFile(ctx context.Context, name string) (FileInfo, error)
+}
+
+// StatFile describes the file name (never a directory) as cheaply as b can;
+// fs.ErrNotExist when there is no such file.
+func StatFile(ctx context.Context, b Backend, name string) (FileInfo, error) {
+	if fst, ok := b.(FileStater); ok {
+		return fst.StatFile(ctx, name)
+	}
+	fi, err := b.Stat(ctx, name)
+	if err == nil && fi.Dir {
+		return FileInfo{}, NotExist(name)
+	}
+	return fi, err
+}

@@ -388,6 +388,15 @@ func testStat(t *testing.T, b backend.Backend) {
 			t.Errorf("Stat(%q) = %v, want fs.ErrNotExist", missing, err)
 		}
 	}
+	// StatFile sees files only: directories and missing names are absent.
+	if fi, err := backend.StatFile(ctx, b, "s/d/e/file"); err != nil || fi.Size != 5 || fi.Dir {
+		t.Errorf("StatFile(file) = %+v, %v", fi, err)
+	}
+	for _, notFile := range []string{"s", "s/d/e", "nope", "s/d/e/file2"} {
+		if _, err := backend.StatFile(ctx, b, notFile); !errors.Is(err, iofs.ErrNotExist) {
+			t.Errorf("StatFile(%q) = %v, want fs.ErrNotExist", notFile, err)
+		}
+	}
 	if fi, err := b.Stat(ctx, ""); err != nil || !fi.Dir {
 		t.Errorf("Stat(root) = %+v, %v; want a dir", fi, err)
 	}

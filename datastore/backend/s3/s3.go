@@ -39,6 +39,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
+	smithymiddleware "github.com/aws/smithy-go/middleware"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 )
@@ -470,25 +471,37 @@ func (s *S3) WriteFile(ctx context.Context, name string, data []byte) error {
 }
 
 // CreateFile is a conditional PutObject (If-None-Match: *): 412 means
-// someone else's object is already there.
+// someone else's object is already there — unless the SDK retried: an
+// earlier attempt may have created the object and lost its response (a
+// connection reset after the server handled it), and the retry then meets
+// our own object. landed tells the two apart.
 func (s *S3) CreateFile(ctx context.Context, name string, data []byte) (bool, error) {
 	key, err := s.key(name)
 	if err != nil {
 		return false, err
 	}
+	start := time.Now()
+	var sent atomic.Int32
 	for attempt := 0; ; attempt++ {
 		err = s.do(ctx, func(ctx context.Context) error {
 			_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
 				Bucket: &s.bucket, Key: &key, IfNoneMatch: aws.String("*"),
 				Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
-			})
+			}, countAttempts(&sent))
 			return err
 		})
 		switch {
 		case err == nil:
 			return true, nil
 		case isPreconditionFailed(err):
-			return false, nil
+			if int(sent.Load()) <= attempt+1 {
+				return false, nil // every request was answered: not ours
+			}
+			ours, err := s.landed(ctx, key, data, start)
+			if err != nil {
+				return false, s.wrap("create", name, err)
+			}
+			return ours, nil
 		case isConflict(err) && attempt < createRetries:
 			// A concurrent conditional write of the same key is in
 			// progress; once it settles the answer is 412 or success.
@@ -499,6 +512,52 @@ func (s *S3) CreateFile(ctx context.Context, name string, data []byte) (bool, er
 		}
 		return false, s.wrap("create", name, err)
 	}
+}
+
+// countAttempts counts the HTTP attempts of one SDK call, retries
+// included (a middleware right after the SDK's retry loop).
+func countAttempts(n *atomic.Int32) func(*s3.Options) {
+	return func(o *s3.Options) {
+		o.APIOptions = append(o.APIOptions, func(st *smithymiddleware.Stack) error {
+			return st.Finalize.Insert(smithymiddleware.FinalizeMiddlewareFunc("pbsqCountAttempts",
+				func(ctx context.Context, in smithymiddleware.FinalizeInput, next smithymiddleware.FinalizeHandler) (smithymiddleware.FinalizeOutput, smithymiddleware.Metadata, error) {
+					n.Add(1)
+					return next.HandleFinalize(ctx, in)
+				}), "Retry", smithymiddleware.After)
+		})
+	}
+}
+
+// landed reports whether the object at key holds data and was written
+// since start (by the server's clock: LastModified against its Date), i.e.
+// whether a conditional write refused on retry had in fact been done by
+// the earlier attempt. A concurrent identical write in that window counts
+// too, which is harmless: the object is as fresh as ours would be.
+func (s *S3) landed(ctx context.Context, key string, data []byte, start time.Time) (bool, error) {
+	var got []byte
+	var modified, serverNow time.Time
+	err := s.do(ctx, func(ctx context.Context) error {
+		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		modified = aws.ToTime(out.LastModified)
+		serverNow, _ = awsmiddleware.GetServerTime(out.ResultMetadata)
+		got, err = io.ReadAll(out.Body)
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	if !bytes.Equal(got, data) {
+		return false, nil
+	}
+	if serverNow.IsZero() {
+		serverNow = time.Now()
+	}
+	// Both times have one-second resolution on the wire.
+	return !modified.Before(serverNow.Add(-time.Since(start) - 2*time.Second)), nil
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -525,15 +584,7 @@ func (s *S3) Stat(ctx context.Context, name string) (backend.FileInfo, error) {
 	if err != nil {
 		return backend.FileInfo{}, err
 	}
-	var fi backend.FileInfo
-	err = s.do(ctx, func(ctx context.Context) error {
-		out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: &key})
-		if err != nil {
-			return err
-		}
-		fi = fileInfo(path.Base(name), aws.ToInt64(out.ContentLength), out.LastModified)
-		return nil
-	})
+	fi, err := s.headInfo(ctx, name, key)
 	if err == nil {
 		return fi, nil
 	}
@@ -548,6 +599,34 @@ func (s *S3) Stat(ctx context.Context, name string) (backend.FileInfo, error) {
 		return backend.FileInfo{}, backend.NotExist(name)
 	}
 	return backend.FileInfo{Name: path.Base(name), Dir: true}, nil
+}
+
+// StatFile implements backend.FileStater: one HEAD, no directory check.
+func (s *S3) StatFile(ctx context.Context, name string) (backend.FileInfo, error) {
+	if err := validPath(name); err != nil {
+		return backend.FileInfo{}, err
+	}
+	key, err := s.key(name)
+	if err != nil {
+		return backend.FileInfo{}, err
+	}
+	fi, err := s.headInfo(ctx, name, key)
+	if isNotFound(err) {
+		return backend.FileInfo{}, backend.NotExist(name)
+	}
+	if err != nil {
+		return backend.FileInfo{}, s.wrap("stat", name, err)
+	}
+	return fi, nil
+}
+
+// headInfo is head as a FileInfo named after name.
+func (s *S3) headInfo(ctx context.Context, name, key string) (backend.FileInfo, error) {
+	out, err := s.head(ctx, key)
+	if err != nil {
+		return backend.FileInfo{}, err
+	}
+	return fileInfo(path.Base(name), aws.ToInt64(out.ContentLength), out.LastModified), nil
 }
 
 func fileInfo(name string, size int64, mtime *time.Time) backend.FileInfo {
@@ -861,11 +940,26 @@ func (s *S3) Rename(ctx context.Context, from, to string) error {
 	} else if !isNotFound(err) {
 		return s.wrap("rename", to, err)
 	}
-	if err := s.copy(ctx, src, dst, true); err != nil {
-		if isPreconditionFailed(err) {
+	start := time.Now()
+	var sent atomic.Int32
+	if err := s.copy(ctx, src, dst, true, &sent); err != nil {
+		if !isPreconditionFailed(err) {
+			return s.wrap("rename", from, err)
+		}
+		// A retried copy may have met the one its first attempt made.
+		ours := false
+		if sent.Load() > 1 {
+			data, err := s.ReadFile(ctx, from)
+			if err != nil {
+				return fmt.Errorf("rename %s: %w", from, err)
+			}
+			if ours, err = s.landed(ctx, dst, data, start); err != nil {
+				return s.wrap("rename", to, err)
+			}
+		}
+		if !ours {
 			return &iofs.PathError{Op: "rename", Path: to, Err: iofs.ErrExist}
 		}
-		return s.wrap("rename", from, err)
 	}
 	if err := s.Remove(ctx, from); err != nil {
 		return fmt.Errorf("rename %s: copied to %s but %w", from, to, err)
@@ -903,13 +997,18 @@ func copySource(bucket, key string) string {
 
 // copy is a server-side CopyObject; noReplace asks the server to refuse an
 // existing destination (retried without for servers that lack it).
-func (s *S3) copy(ctx context.Context, src, dst string, noReplace bool) error {
+// sent, if not nil, counts the HTTP attempts.
+func (s *S3) copy(ctx context.Context, src, dst string, noReplace bool, sent *atomic.Int32) error {
 	in := &s3.CopyObjectInput{Bucket: &s.bucket, Key: &dst, CopySource: aws.String(copySource(s.bucket, src))}
 	if noReplace {
 		in.IfNoneMatch = aws.String("*")
 	}
+	var opts []func(*s3.Options)
+	if sent != nil {
+		opts = append(opts, countAttempts(sent))
+	}
 	err := s.do(ctx, func(ctx context.Context) error {
-		_, err := s.client.CopyObject(ctx, in)
+		_, err := s.client.CopyObject(ctx, in, opts...)
 		return err
 	})
 	if err != nil && noReplace && isNotImplemented(err) {
@@ -932,7 +1031,7 @@ func (s *S3) Copy(ctx context.Context, from, to string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.copy(ctx, src, dst, false); err != nil {
+	if err := s.copy(ctx, src, dst, false, nil); err != nil {
 		return s.wrap("copy", from, err)
 	}
 	return nil
