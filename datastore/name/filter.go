@@ -23,7 +23,7 @@ func ParseGroupFilter(s string) (GroupFilter, error) {
 	}
 	kind, val, ok := strings.Cut(rest, ":")
 	if !ok || val == "" {
-		return f, fmt.Errorf("%w group-filter %q: use group:<type>/<id>, type:<type> or regex:<re>, optionally prefixed exclude:", ErrInvalid, s)
+		return f, fmt.Errorf("%w group-filter %q: use group:<type>/<id>, type:<type> or regex:<re>, each optionally prefixed with \"exclude:\"", ErrInvalid, s)
 	}
 	f.Kind, f.Value = kind, val
 	switch kind {

@@ -59,14 +59,11 @@ func New(target string, rates Rates, seed int64) (*Proxy, error) {
 		return nil, fmt.Errorf("faultproxy: rates add up to more than 1")
 	}
 	p := &Proxy{rates: rates, rng: rand.New(rand.NewSource(seed))}
-	p.proxy = httputil.NewSingleHostReverseProxy(u)
-	// The SDK signs the Host header; keep the client's.
-	director := p.proxy.Director
-	p.proxy.Director = func(r *http.Request) {
-		host := r.Host
-		director(r)
-		r.Host = host
-	}
+	p.proxy = &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+		r.SetURL(u)
+		// The SDK signs the Host header; keep the client's.
+		r.Out.Host = r.In.Host
+	}}
 	p.proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		w.WriteHeader(http.StatusBadGateway)
 	}
