@@ -826,6 +826,29 @@ func (s *S3) RemoveAll(ctx context.Context, dir string) error {
 	return s.deleteKeys(ctx, dir, keys)
 }
 
+// RemoveFiles deletes many files in DeleteObjects batches of at most 1000;
+// missing files are no error (as Remove).
+func (s *S3) RemoveFiles(ctx context.Context, names []string) error {
+	keys := make([]string, 0, len(names))
+	for _, n := range names {
+		if err := validPath(n); err != nil {
+			return err
+		}
+		if n == "" {
+			return fmt.Errorf("%w: empty file name", backend.ErrInvalidPath)
+		}
+		k, err := s.key(n)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	return s.deleteKeys(ctx, names[0], keys)
+}
+
 // deleteKeys deletes keys in parallel batches.
 func (s *S3) deleteKeys(ctx context.Context, name string, keys []string) error {
 	var batches [][]string

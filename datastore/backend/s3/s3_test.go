@@ -322,3 +322,33 @@ func TestRetriesFlakyServer(t *testing.T) {
 	}
 	t.Logf("%d of %d requests failed and were retried", failed.Load(), n.Load())
 }
+
+func TestRemoveFilesBatches(t *testing.T) {
+	srv := s3test.StartFake(t)
+	b := srv.New(t, srv.UniquePrefix("rmfiles"))
+	ctx := context.Background()
+	var names []string
+	for i := 0; i < 1205; i++ {
+		n := fmt.Sprintf("ns/a/vm/1/f%04d", i)
+		if err := b.WriteFile(ctx, n, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			names = append(names, n)
+		}
+	}
+	names = append(names, "ns/a/vm/1/missing")
+	if err := b.RemoveFiles(ctx, names); err != nil {
+		t.Fatal(err)
+	}
+	left, err := b.List(ctx, "ns/a/vm/1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 602 {
+		t.Fatalf("%d files left, want 602", len(left))
+	}
+	if err := b.RemoveFiles(ctx, []string{"../x"}); !errors.Is(err, backend.ErrInvalidPath) {
+		t.Fatalf("invalid path: %v", err)
+	}
+}
