@@ -426,14 +426,27 @@ func (v *verifier) checkChunk(ctx context.Context, r chunkRef, rbuf, dbuf []byte
 		return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err), rbuf, dbuf
 	}
 	rbuf = raw
-	data, _, err := format.DecodeBlobAppend(dbuf[:0], raw)
-	if errors.Is(err, format.ErrEncrypted) {
+	kind, err := format.InspectBlob(raw)
+	switch {
+	case err != nil:
+		return chunkCorrupt, err.Error(), rbuf, dbuf
+	case kind.IsEncrypted():
 		return chunkEncrypted, "", rbuf, dbuf
 	}
-	if err != nil {
-		return chunkCorrupt, err.Error(), rbuf, dbuf
+	// A plain chunk is hashed where it lies; only zstd ones need a second
+	// buffer, sized from the index's length plus the decoder's slack so it
+	// is allocated once per worker.
+	data := raw[kind.HeaderSize():]
+	if kind.IsCompressed() {
+		if need := int(min(r.size, format.MaxBlobSize)) + 1<<18; cap(dbuf) < need {
+			dbuf = make([]byte, 0, need)
+		}
+		data, _, err = format.DecodeBlobAppend(dbuf[:0], raw)
+		if err != nil {
+			return chunkCorrupt, err.Error(), rbuf, dbuf
+		}
+		dbuf = data
 	}
-	dbuf = data
 	if Digest(sha256.Sum256(data)) != r.digest {
 		return chunkCorrupt, "SHA-256 differs from the chunk's name", rbuf, dbuf
 	}
