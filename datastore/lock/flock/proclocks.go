@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -66,7 +67,12 @@ func parseProcLocks(data []byte) map[fileID][]procLock {
 			continue
 		}
 		id := fileID{major: uint32(maj), minor: uint32(min), ino: ino}
-		out[id] = append(out[id], procLock{pid: pid, write: f[3] == "WRITE"})
+		pl := procLock{pid: pid, write: f[3] == "WRITE"}
+		// The kernel can list one process's lock on a file twice (seen with
+		// a forked test helper); for "who holds what" one entry is the truth.
+		if !slices.Contains(out[id], pl) {
+			out[id] = append(out[id], pl)
+		}
 	}
 	return out
 }
