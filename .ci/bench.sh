@@ -9,4 +9,8 @@ BENCH=${BENCH:-.}
 out=${BENCH_OUT:-bench.txt}
 echo "make bench: $(nproc) cores, $(go version), $(date -u +%FT%TZ)" | tee "$out"
 go test -run '^$' -bench "$BENCH" -benchtime 1x -timeout 60m ./... 2>&1 | grep -Ev '^(goos|goarch|pkg|cpu|PASS)' | tee -a "$out"
+# Ingest once more with the store in tmpfs: the pipeline's efficiency
+# against the raw SHA-256 + zstd limit, apart from the disk.
+echo "== backup ingest, store in memory (PBSQ_BENCH_STORE=mem)" | tee -a "$out"
+PBSQ_BENCH_STORE=mem go test -run '^$' -bench 'BackupIngest' -benchtime 1x ./datastore/ 2>&1 | grep Benchmark | tee -a "$out"
 echo "results in $out"
