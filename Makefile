@@ -40,5 +40,11 @@ demo: build
 bench: test-deps build
 	@PATH="$(GOBIN):$$PATH" bash .ci/bench.sh
 
+# Long reliability runs: load with a lock audit, kill -9 storms, S3 faults
+# (README "Reliability"); PBSQ_STRESS_DURATION sets the time per backend.
+.PHONY: stress
+stress: test-deps
+	@PATH="$(GOBIN):$$PATH" bash .ci/stress.sh
+
 clean:
 	rm -rf bin

@@ -174,9 +174,31 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 	if err != nil {
 		return nil, err
 	}
-	if n := len(snaps); n > 0 && !snaps[n-1].Time.Before(snap.Time) {
-		return nil, invalidf("backup time %s is not newer than the last snapshot %s of group %s", snap.TimeString(), snaps[n-1].TimeString(), g)
+	// As PBS: the time must be newer than the last finished snapshot. An
+	// unfinished leftover at the same time (a backup that failed or was
+	// killed) is cleared so the rerun can write it.
+	for i := len(snaps) - 1; i >= 0; i-- {
+		if !snaps[i].Finished {
+			if snaps[i].Time.Equal(snap.Time) {
+				if err := s.b.RemoveAll(ctx, snap.Path()); err != nil {
+					return nil, fmt.Errorf("clear unfinished snapshot %s: %w", snap, err)
+				}
+			}
+			continue
+		}
+		if !snaps[i].Time.Before(snap.Time) {
+			return nil, invalidf("backup time %s is not newer than the last snapshot %s of group %s", snap.TimeString(), snaps[i].TimeString(), g)
+		}
+		break
 	}
+	// A backup that fails from here on removes its own partial snapshot,
+	// so nothing unfinished is left behind by a clean error.
+	written := false
+	defer func() {
+		if !written {
+			_ = s.b.RemoveAll(context.WithoutCancel(ctx), snap.Path())
+		}
+	}()
 	if len(snaps) > 0 {
 		owner, err := s.GroupOwner(ctx, g)
 		if err != nil {
@@ -224,6 +246,7 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 	if err := s.b.WriteFile(ctx, snap.File(ManifestName), raw); err != nil {
 		return nil, fmt.Errorf("write manifest of %s: %w", snap, err)
 	}
+	written = true
 	res.Seconds = time.Since(start).Seconds()
 	if res.Seconds > 0 {
 		res.MiBPerSecond = float64(res.Bytes) / (1 << 20) / res.Seconds

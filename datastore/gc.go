@@ -89,13 +89,14 @@ const (
 // heartbeat every gcLeaseRefresh, and removes it at the end. A lease whose
 // heartbeat is older than gcLeaseStale belongs to a crashed GC and is taken
 // over: renamed aside first, so that of two GCs finding it stale only one
-// wins. The stale time is a day because a GC is normally daily and an
-// admin can remove the file by hand (the busy error names it); a running
+// wins. The stale time is ten missed heartbeats (as for writers), so a
+// killed worker's GC blocks the next one for minutes, not a day; a running
 // GC never goes stale, whatever its length, thanks to the heartbeat.
-const (
-	gcLeasePath  = ".pbsq/gc-running"
-	gcLeaseStale = 24 * time.Hour
-)
+const gcLeasePath = ".pbsq/gc-running"
+
+// gcLeaseStale is ten heartbeats: a lease not refreshed for that long
+// belongs to a crashed GC.
+var gcLeaseStale = 10 * time.Minute
 
 // gcLeaseRefresh is a variable so tests can speed it up.
 var gcLeaseRefresh = time.Minute

@@ -831,7 +831,7 @@ func TestGCLease(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(sc.s, gcLease{ID: "other", Host: "elsewhere", PID: 42, Start: time.Now().Add(-2 * time.Hour), Heartbeat: time.Now().Add(-time.Hour)})
+	write(sc.s, gcLease{ID: "other", Host: "elsewhere", PID: 42, Start: time.Now().Add(-2 * time.Hour), Heartbeat: time.Now().Add(-2 * time.Minute)})
 	if _, err := sc.s.GC(ctx, GCRequest{}, nil); !errors.Is(err, lock.ErrBusy) || !strings.Contains(err.Error(), "elsewhere (pid 42)") {
 		t.Errorf("GC beside a live lease: %v, want ErrBusy naming the holder", err)
 	}

@@ -202,6 +202,9 @@ func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(b) > MaxPayloadSize {
+		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", ErrInvalid, len(b), MaxPayloadSize)
+	}
 	base := []asynq.Option{
 		asynq.Queue(Queue),
 		asynq.Timeout(Timeout(p.TaskType())),

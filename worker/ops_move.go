@@ -2,6 +2,9 @@ package worker
 
 import (
 	"context"
+	"errors"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -71,7 +74,22 @@ func runMoveGroup(ctx context.Context, open opener, p *tasks.MoveGroup, progress
 	if err != nil {
 		return nil, err
 	}
-	return moveOutcome(s.MoveGroup(ctx, req, progress))
+	res, err := s.MoveGroup(ctx, req, progress)
+	if errors.Is(err, datastore.ErrNotFound) && isRetry(ctx) {
+		// A worker that died after finishing the move leaves a retry that
+		// finds the source gone: done, if the target is there.
+		if ok, _ := s.GroupExists(ctx, req.Group.InNS(req.TargetNS)); ok {
+			return &datastore.MoveResult{Complete: true}, nil
+		}
+	}
+	return moveOutcome(res, err)
+}
+
+// isRetry reports whether this run of a queued task follows an earlier one
+// (`pbsq run` has no retry count: it keeps reporting the missing source).
+func isRetry(ctx context.Context) bool {
+	n, ok := asynq.GetRetryCount(ctx)
+	return ok && n > 0
 }
 
 func runMoveNamespace(ctx context.Context, open opener, p *tasks.MoveNamespace, progress datastore.ProgressFunc) (Outcome, error) {
@@ -83,5 +101,11 @@ func runMoveNamespace(ctx context.Context, open opener, p *tasks.MoveNamespace, 
 	if err != nil {
 		return nil, err
 	}
-	return moveOutcome(s.MoveNamespace(ctx, req, progress))
+	res, err := s.MoveNamespace(ctx, req, progress)
+	if errors.Is(err, datastore.ErrNotFound) && isRetry(ctx) {
+		if ok, _ := s.NamespaceExists(ctx, req.TargetNS); ok {
+			return &datastore.MoveResult{Complete: true}, nil
+		}
+	}
+	return moveOutcome(res, err)
 }

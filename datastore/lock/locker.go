@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/name"
@@ -57,6 +59,55 @@ type Options struct {
 	Holder  Holder
 	Logger  *slog.Logger // nil: discard
 	Metrics *Metrics     // nil: none
+	// Audit, when set, is called on every grant, release, final busy
+	// refusal and lost lease, synchronously (keep it fast). Tests use it
+	// to check afterwards that no two holders ever overlapped.
+	Audit func(AuditEvent)
+}
+
+// AuditOp is what an AuditEvent records.
+type AuditOp uint8
+
+// The audited events.
+const (
+	// AuditGrant: the lock is held from Time on.
+	AuditGrant AuditOp = iota + 1
+	// AuditRelease: the lock is held no more after Time.
+	AuditRelease
+	// AuditBusy: Acquire gave up after its retry window (or a single try).
+	AuditBusy
+	// AuditLost: the lease was lost at Time; the work under it stops, and
+	// a later AuditRelease of the same guard changes nothing.
+	AuditLost
+)
+
+func (o AuditOp) String() string {
+	switch o {
+	case AuditGrant:
+		return "grant"
+	case AuditRelease:
+		return "release"
+	case AuditBusy:
+		return "busy"
+	case AuditLost:
+		return "lost"
+	}
+	return "op(" + strconv.Itoa(int(o)) + ")"
+}
+
+// AuditEvent is one audited lock event. A grant's Time is taken after the
+// backend granted the lock and a release's before the backend releases it,
+// so the interval between them lies within the time the lock was really
+// held: overlaps found in an audit are real.
+type AuditEvent struct {
+	Op      AuditOp
+	Time    time.Time
+	Request Request
+	Holder  Holder
+	// Guard pairs a grant with its release or loss; unique per process.
+	Guard uint64
+	// Waited is the time Acquire spent (grant and busy only).
+	Waited time.Duration
 }
 
 // Locker takes locks through a Backend, retrying busy ones within its
@@ -67,11 +118,15 @@ type Locker struct {
 	holder  Holder
 	log     *slog.Logger
 	metrics *Metrics
+	audit   func(AuditEvent)
 }
+
+// guardSeq numbers guards for AuditEvent.Guard.
+var guardSeq atomic.Uint64
 
 // New builds a Locker on backend.
 func New(backend Backend, opts Options) *Locker {
-	l := &Locker{backend: backend, wait: opts.Wait, holder: opts.Holder, log: opts.Logger, metrics: opts.Metrics}
+	l := &Locker{backend: backend, wait: opts.Wait, holder: opts.Holder, log: opts.Logger, metrics: opts.Metrics, audit: opts.Audit}
 	switch {
 	case l.wait == 0:
 		l.wait = DefaultWait
@@ -152,7 +207,11 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 			waited := time.Since(start)
 			l.metrics.observe(req, "ok", waited)
 			l.log.DebugContext(ctx, "lock acquired", "lock", req.String(), "waited", waited)
-			return &Guard{req: req, lease: lease, log: l.log}, nil
+			g := &Guard{req: req, lease: lease, log: l.log}
+			if l.audit != nil {
+				g.audited(l.audit, l.holder, waited)
+			}
+			return g, nil
 		}
 		if !errors.Is(err, ErrBusy) {
 			if cause := context.Cause(ctx); cause != nil && errors.Is(err, ctx.Err()) {
@@ -163,6 +222,7 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 		busy = err
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
+			l.auditBusy(req, start)
 			return nil, l.fail(req, start, "busy", withWaited(req, err, time.Since(start)))
 		}
 		sleep := min(backoff/2+rand.N(backoff/2+1), remaining)
@@ -184,6 +244,7 @@ func (l *Locker) cancelled(req Request, start time.Time, busy, cause error) erro
 	if busy == nil {
 		return l.fail(req, start, "error", fmt.Errorf("%s: %w", req, cause))
 	}
+	l.auditBusy(req, start)
 	held := "another process"
 	var be *BusyError
 	if errors.As(busy, &be) && be.Holder != nil {
@@ -191,6 +252,13 @@ func (l *Locker) cancelled(req Request, start time.Time, busy, cause error) erro
 	}
 	return l.fail(req, start, "busy", fmt.Errorf("%s: gave up waiting after %s, held by %s: %w",
 		req, time.Since(start).Round(time.Millisecond), held, cause))
+}
+
+func (l *Locker) auditBusy(req Request, start time.Time) {
+	if l.audit != nil {
+		now := time.Now()
+		l.audit(AuditEvent{Op: AuditBusy, Time: now, Request: req, Holder: l.holder, Waited: now.Sub(start)})
+	}
 }
 
 func (l *Locker) fail(req Request, start time.Time, result string, err error) error {
@@ -264,6 +332,31 @@ type Guard struct {
 	log   *slog.Logger
 	once  sync.Once
 	err   error
+
+	// Set when auditing (see Options.Audit).
+	audit    func(AuditEvent)
+	holder   Holder
+	id       uint64
+	released chan struct{}
+}
+
+// audited records the grant and arranges for the release (and a lost
+// lease) to be recorded too.
+func (g *Guard) audited(audit func(AuditEvent), h Holder, waited time.Duration) {
+	g.audit, g.holder, g.id = audit, h, guardSeq.Add(1)
+	audit(AuditEvent{Op: AuditGrant, Time: time.Now(), Request: g.req, Holder: h, Guard: g.id, Waited: waited})
+	lost := g.lease.Lost()
+	if lost == nil {
+		return
+	}
+	g.released = make(chan struct{})
+	go func() {
+		select {
+		case <-lost:
+			audit(AuditEvent{Op: AuditLost, Time: time.Now(), Request: g.req, Holder: h, Guard: g.id})
+		case <-g.released:
+		}
+	}()
 }
 
 // Request is what the guard holds.
@@ -276,6 +369,14 @@ func (g *Guard) Release() error {
 		return nil
 	}
 	g.once.Do(func() {
+		if g.audit != nil {
+			// Before the backend lets go, so the audit never claims a
+			// lock held longer than it was.
+			g.audit(AuditEvent{Op: AuditRelease, Time: time.Now(), Request: g.req, Holder: g.holder, Guard: g.id})
+			if g.released != nil {
+				close(g.released)
+			}
+		}
 		if err := g.lease.Release(); err != nil {
 			g.err = fmt.Errorf("release %s: %w", g.req, err)
 			g.log.Warn("lock release failed", "lock", g.req.String(), "err", err)
