@@ -892,41 +892,27 @@ func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFu
 	}
 
 	bg := context.WithoutCancel(ctx)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(gcLeaseRefresh)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			cur, err := s.readGCLease(bg)
-			if (err == nil && cur.ID != me.ID) || errors.Is(err, fs.ErrNotExist) {
-				cancel(fmt.Errorf("garbage collection of store %q: %w (now held by %s pid %d)", s.name, ErrGCLeaseLost, cur.Host, cur.PID))
-				return
-			}
-			me.Heartbeat = time.Now().UTC()
-			if data, err := json.Marshal(me); err == nil {
-				err = s.b.WriteFile(bg, gcLeasePath, data)
-				if err != nil {
-					s.log.Warn("gc lease heartbeat failed", "err", err)
-				}
+	stopBeat := heartbeat(gcLeaseRefresh, func() bool {
+		cur, err := s.readGCLease(bg)
+		if (err == nil && cur.ID != me.ID) || errors.Is(err, fs.ErrNotExist) {
+			cancel(fmt.Errorf("garbage collection of store %q: %w (now held by %s pid %d)", s.name, ErrGCLeaseLost, cur.Host, cur.PID))
+			return false
+		}
+		me.Heartbeat = time.Now().UTC()
+		if data, err := json.Marshal(me); err == nil {
+			if err := s.b.WriteFile(bg, gcLeasePath, data); err != nil {
+				s.log.Warn("gc lease heartbeat failed", "err", err)
 			}
 		}
-	}()
+		return true
+	})
 	return func() {
-		close(stop)
-		wg.Wait()
+		stopBeat()
 		rctx, rcancel := context.WithTimeout(bg, time.Minute)
 		defer rcancel()
 		if cur, err := s.readGCLease(rctx); err == nil && cur.ID == me.ID {
 			if err := s.b.Remove(rctx, gcLeasePath); err != nil {
-				s.log.Warn("could not remove the GC lease; the next GC finds it stale after a day", "err", err)
+				s.log.Warn("could not remove the GC lease; the next GC finds it stale after ten missed heartbeats", "err", err)
 			}
 		}
 	}, nil

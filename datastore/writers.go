@@ -73,30 +73,17 @@ func (s *Store) registerWriter(ctx context.Context) (done func(), err error) {
 	// The heartbeat outlives a cancelled ctx until done is called: the entry
 	// must stay fresh for as long as the writer may still insert chunks.
 	bg := context.WithoutCancel(ctx)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(writerHeartbeat)
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				e.Heartbeat = time.Now().UTC()
-				if err := s.writeWriterEntry(bg, &e); err != nil {
-					s.log.Warn("writer heartbeat failed; a garbage collection may not see this writer", "writer", e.ID, "err", err)
-				}
-			}
+	stopBeat := heartbeat(writerHeartbeat, func() bool {
+		e.Heartbeat = time.Now().UTC()
+		if err := s.writeWriterEntry(bg, &e); err != nil {
+			s.log.Warn("writer heartbeat failed; a garbage collection may not see this writer", "writer", e.ID, "err", err)
 		}
-	}()
+		return true
+	})
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			close(stop)
-			wg.Wait()
+			stopBeat()
 			rctx, cancel := context.WithTimeout(bg, time.Minute)
 			defer cancel()
 			if err := s.b.Remove(rctx, writerPath(e.ID)); err != nil {
@@ -154,4 +141,32 @@ func (s *Store) activeWriters(ctx context.Context) (live []writerEntry, stale []
 		live = append(live, e)
 	}
 	return live, stale, nil
+}
+
+// heartbeat calls beat every interval until beat returns false or the
+// returned stop is called; stop waits for a running beat to finish. The GC
+// lease and the writer registry both stay fresh this way.
+func heartbeat(every time.Duration, beat func() bool) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if !beat() {
+					return
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
 }
