@@ -30,6 +30,24 @@ type SnapshotInfo struct {
 
 // ListSnapshots returns the snapshots of g, oldest first.
 func (s *Store) ListSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo, error) {
+	snaps, err := s.snapshotDirs(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]SnapshotInfo, 0, len(snaps))
+	for _, sn := range snaps {
+		info, err := s.snapshotInfo(ctx, sn)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// snapshotDirs lists the snapshot directories of g, oldest first, without
+// looking inside them; other entries are ignored.
+func (s *Store) snapshotDirs(ctx context.Context, g name.Group) ([]name.Snapshot, error) {
 	ents, err := s.b.List(ctx, g.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -37,7 +55,7 @@ func (s *Store) ListSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo
 	if err != nil {
 		return nil, fmt.Errorf("list snapshots of group %s in namespace %q: %w", g, g.NS, err)
 	}
-	var out []SnapshotInfo
+	var out []name.Snapshot
 	for _, e := range ents {
 		if !e.Dir {
 			continue
@@ -46,11 +64,7 @@ func (s *Store) ListSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo
 		if err != nil {
 			continue // not a snapshot directory
 		}
-		info, err := s.snapshotInfo(ctx, name.Snapshot{Group: g, Time: t})
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, info)
+		out = append(out, name.Snapshot{Group: g, Time: t})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil

@@ -517,25 +517,14 @@ func (s *Store) listGroupSnapshots(ctx context.Context, g name.Group) ([]Snapsho
 	if !s.b.Features().ImplicitDirs {
 		return s.ListSnapshots(ctx, g)
 	}
-	ents, err := s.b.List(ctx, g.Path())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
+	snaps, err := s.snapshotDirs(ctx, g)
 	if err != nil {
-		return nil, fmt.Errorf("list snapshots of group %s in namespace %q: %w", g, g.NS, err)
+		return nil, err
 	}
-	var out []SnapshotInfo
-	for _, e := range ents {
-		if !e.Dir {
-			continue
-		}
-		t, err := name.ParseTime(e.Name)
-		if err != nil {
-			continue // not a snapshot directory
-		}
-		out = append(out, SnapshotInfo{Snapshot: name.Snapshot{Group: g, Time: t}})
+	out := make([]SnapshotInfo, len(snaps))
+	for i, sn := range snaps {
+		out[i] = SnapshotInfo{Snapshot: sn}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Time.Before(out[j].Time) })
 	return out, nil
 }
 
