@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"io"
 	"io/fs"
 	"runtime"
 	"sort"
@@ -110,6 +112,9 @@ type verifier struct {
 	checked map[Digest]chunkState
 	reasons map[Digest]string
 	workers int
+
+	decoders     *decoderPool
+	idleCheckers []*chunkChecker
 }
 
 // Verify checks snapshots as PBS does: manifest, index checksums and sizes,
@@ -123,7 +128,10 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		checked: map[Digest]chunkState{},
 		reasons: map[Digest]string{},
 		workers: runtime.GOMAXPROCS(0),
+
+		decoders: newDecoderPool(verifyDecodeBudget),
 	}
+	defer v.decoders.close()
 	snaps, err := s.scopeSnapshots(ctx, req.Scope)
 	if err != nil {
 		return nil, err
@@ -344,11 +352,10 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var rbuf, dbuf []byte
+			c := v.checker()
+			defer v.putChecker(c)
 			for r := range jobs {
-				var st chunkState
-				var why string
-				st, why, rbuf, dbuf = v.checkChunk(ctx, r, rbuf, dbuf)
+				st, why := v.checkChunk(ctx, r, c)
 				if st == 0 {
 					errOnce.Do(func() { firstErr = errors.New(why) })
 					continue
@@ -415,43 +422,126 @@ func (v *verifier) record(r chunkRef, st chunkState, why string) {
 	v.rep.message(msg)
 }
 
+// Verify streams every chunk through the CRC, the zstd decoder and SHA-256
+// in pieces, so its memory does not grow with chunk size or core count:
+// one read buffer per worker plus decoders within verifyDecodeBudget.
+const (
+	verifyReadBuffer   = 256 << 10
+	verifyDecodeBudget = 40 << 20
+	// verifyReadAttempts: a chunk whose read fails midway (an S3 body cut
+	// off) is read again from the start before the task gives up.
+	verifyReadAttempts = 3
+)
+
+// chunkChecker is one worker's reusable state.
+type chunkChecker struct {
+	blob *format.BlobStreamer
+	hash hash.Hash
+	sum  Digest
+}
+
+func (v *verifier) checker() *chunkChecker {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if n := len(v.idleCheckers); n > 0 {
+		c := v.idleCheckers[n-1]
+		v.idleCheckers = v.idleCheckers[:n-1]
+		return c
+	}
+	return &chunkChecker{blob: format.NewBlobStreamer(verifyReadBuffer), hash: sha256.New()}
+}
+
+func (v *verifier) putChecker(c *chunkChecker) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.idleCheckers = append(v.idleCheckers, c)
+}
+
+// errChunkRead marks a failed read, which is not the chunk's fault.
+var errChunkRead = errors.New("read failed")
+
 // checkChunk reads and checks one chunk. State 0 means an I/O error that is
 // not the chunk's fault (the task fails rather than blaming the data).
-func (v *verifier) checkChunk(ctx context.Context, r chunkRef, rbuf, dbuf []byte) (chunkState, string, []byte, []byte) {
-	raw, err := backend.ReadFileInto(ctx, v.s.b, ChunkPath(r.digest), rbuf)
+func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, string) {
+	window := uint64(0)
+	for attempt := 1; ; attempt++ {
+		st, err := v.checkChunkOnce(ctx, r, c, window)
+		switch {
+		case errors.Is(err, format.ErrWindowTooLarge) && window < maxChunkWindow:
+			// A later zstd frame wants more history than the first one:
+			// once more with a decoder for the largest chunk window.
+			window = maxChunkWindow
+		case errors.Is(err, errChunkRead) && attempt < verifyReadAttempts && ctx.Err() == nil:
+		case errors.Is(err, errChunkRead):
+			return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err)
+		case err != nil:
+			return chunkCorrupt, err.Error()
+		default:
+			return st, ""
+		}
+	}
+}
+
+// checkChunkOnce streams one chunk; minWindow forces a decoder at least
+// that large. Errors are corruption unless they wrap errChunkRead.
+func (v *verifier) checkChunkOnce(ctx context.Context, r chunkRef, c *chunkChecker, minWindow uint64) (chunkState, error) {
+	rc, err := backend.Open(ctx, v.s.b, ChunkPath(r.digest))
 	if errors.Is(err, fs.ErrNotExist) {
-		return chunkMissing, "missing", rbuf, dbuf
+		return chunkMissing, nil
 	}
 	if err != nil {
-		return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err), rbuf, dbuf
+		return 0, fmt.Errorf("%w: %w", errChunkRead, err)
 	}
-	rbuf = raw
-	kind, err := format.InspectBlob(raw)
+	defer rc.Close()
+	readErr := func(err error) error {
+		if rerr := c.blob.ReadError(); rerr != nil {
+			return fmt.Errorf("%w: %w", errChunkRead, rerr)
+		}
+		return err
+	}
+	kind, err := c.blob.Open(rc)
+	if err != nil {
+		return 0, readErr(err)
+	}
+	// One byte more than the index promises is enough to tell a size
+	// mismatch, without decoding whatever a damaged frame expands to.
+	limit := int64(min(r.size, format.MaxBlobSize)) + 1
+	c.hash.Reset()
+	var n int64
 	switch {
-	case err != nil:
-		return chunkCorrupt, err.Error(), rbuf, dbuf
 	case kind.IsEncrypted():
-		return chunkEncrypted, "", rbuf, dbuf
-	}
-	// A plain chunk is hashed where it lies; only zstd ones need a second
-	// buffer, sized from the index's length plus the decoder's slack so it
-	// is allocated once per worker.
-	data := raw[kind.HeaderSize():]
-	if kind.IsCompressed() {
-		if need := int(min(r.size, format.MaxBlobSize)) + 1<<18; cap(dbuf) < need {
-			dbuf = make([]byte, 0, need)
+		// No keys: the CRC is all that can be checked.
+		if _, err := c.blob.Copy(io.Discard, format.MaxBlobSize); err != nil {
+			return 0, readErr(err)
 		}
-		data, _, err = format.DecodeBlobAppend(dbuf[:0], raw)
+		return chunkEncrypted, nil
+	case kind.IsCompressed():
+		window, err := c.blob.FrameWindow()
 		if err != nil {
-			return chunkCorrupt, err.Error(), rbuf, dbuf
+			return 0, readErr(err)
 		}
-		dbuf = data
+		if window > maxChunkWindow {
+			return 0, readErr(fmt.Errorf("zstd frame declares a %d-byte window, more than any chunk needs", window))
+		}
+		dec, err := v.decoders.get(ctx, max(window, minWindow))
+		if err != nil {
+			return 0, fmt.Errorf("%w: %w", errChunkRead, err)
+		}
+		n, err = c.blob.Decode(dec, c.hash, limit)
+		v.decoders.put(dec)
+		if err != nil {
+			return 0, readErr(err)
+		}
+	default:
+		if n, err = c.blob.Copy(c.hash, limit); err != nil {
+			return 0, readErr(err)
+		}
 	}
-	if Digest(sha256.Sum256(data)) != r.digest {
-		return chunkCorrupt, "SHA-256 differs from the chunk's name", rbuf, dbuf
+	if Digest(c.hash.Sum(c.sum[:0])) != r.digest {
+		return 0, errors.New("SHA-256 differs from the chunk's name")
 	}
-	if uint64(len(data)) != r.size {
-		return chunkCorrupt, fmt.Sprintf("%d bytes, the index says %d", len(data), r.size), rbuf, dbuf
+	if uint64(n) != r.size {
+		return 0, fmt.Errorf("%d bytes, the index says %d", n, r.size)
 	}
-	return chunkOK, "", rbuf, dbuf
+	return chunkOK, nil
 }

@@ -129,19 +129,22 @@ type workerFlags struct {
 	concurrency     int
 	listen          string
 	shutdownTimeout time.Duration
+	schedules       bool
 }
 
 func (f *workerFlags) register(cmd *cobra.Command, listenHelp string) {
 	cmd.Flags().IntVar(&f.concurrency, "concurrency", 0, "tasks run at once (default: number of CPUs)")
 	cmd.Flags().StringVar(&f.listen, "listen", "", listenHelp+" (default metrics.listen from the config, 127.0.0.1:9464; \"off\": none)")
 	cmd.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are re-queued")
+	cmd.Flags().BoolVar(&f.schedules, "schedules", true, "queue the config's schedules (each fire is claimed in Redis: any number of hosts may run them)")
 }
 
 // workerRuntime is a running worker and what it needs.
 type workerRuntime struct {
-	w      *worker.Worker
-	stores *workerStores
-	reg    *prometheus.Registry
+	w             *worker.Worker
+	stores        *workerStores
+	reg           *prometheus.Registry
+	stopScheduler func()
 }
 
 func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f workerFlags) (*workerRuntime, error) {
@@ -159,7 +162,28 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 	if err := w.Start(ctx); err != nil {
 		return nil, err
 	}
-	return &workerRuntime{w: w, stores: stores, reg: reg}, nil
+	rt := &workerRuntime{w: w, stores: stores, reg: reg, stopScheduler: func() {}}
+	if scheds := a.cfg.schedules(); f.schedules && len(scheds) > 0 {
+		enq, err := worker.NewEnqueuer(conn)
+		if err != nil {
+			w.Shutdown()
+			return nil, err
+		}
+		sch := worker.NewScheduler(enq, scheds, worker.SchedulerOptions{Logger: a.log, Registerer: reg})
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sch.Run(ctx)
+		}()
+		rt.stopScheduler = func() {
+			cancel()
+			<-done
+			_ = enq.Close()
+		}
+		a.log.Info("scheduler running", "schedules", len(scheds))
+	}
+	return rt, nil
 }
 
 // metricsHandler serves the registry; a failing collector (Redis down for
@@ -169,6 +193,7 @@ func (rt *workerRuntime) metricsHandler() http.Handler {
 }
 
 func (rt *workerRuntime) shutdown() {
+	rt.stopScheduler()
 	rt.w.Shutdown()
 	_ = rt.stores.Close()
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,6 +17,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pbsq/pbsq/datastore/name"
+	"github.com/pbsq/pbsq/tasks"
+	"github.com/pbsq/pbsq/worker"
 )
 
 // Config is the YAML config file (DESIGN §8).
@@ -22,6 +27,7 @@ type Config struct {
 	Locks      LocksConfig                `yaml:"locks,omitempty"`
 	Metrics    MetricsConfig              `yaml:"metrics,omitempty"`
 	Datastores map[string]DatastoreConfig `yaml:"datastores,omitempty"`
+	Schedules  map[string]ScheduleConfig  `yaml:"schedules,omitempty"`
 
 	// path is where the config was read from ("" when none exists yet).
 	path string
@@ -75,6 +81,61 @@ type S3Config struct {
 	Bucket    string `yaml:"bucket"`
 	Prefix    string `yaml:"prefix,omitempty"`
 	PathStyle bool   `yaml:"path-style,omitempty"`
+}
+
+// ScheduleConfig queues a job periodically; `pbsq serve` and `pbsq worker`
+// run the schedules (each fire is claimed in Redis, so several hosts may).
+type ScheduleConfig struct {
+	// Cron is a five-field cron line, a descriptor (@daily), optionally
+	// after CRON_TZ=<zone>, or "@every <duration>".
+	Cron string `yaml:"cron"`
+	// Task is the job type: move-group, move-namespace, prune, verify,
+	// sync or gc.
+	Task string `yaml:"task"`
+	// Payload holds the job's keys as `pbsq enqueue` takes them
+	// (kebab-case, as PBS's API).
+	Payload map[string]any `yaml:"payload"`
+}
+
+// schedule validates the schedule as `pbsq enqueue` validates a job.
+func (c *Config) schedule(scheduleName string, sc ScheduleConfig) (worker.Schedule, error) {
+	typ := sc.Task
+	if !strings.HasPrefix(typ, "datastore:") {
+		typ = "datastore:" + typ
+	}
+	if !slices.Contains(tasks.Types, typ) {
+		return worker.Schedule{}, fmt.Errorf("schedules.%s.task %q: must be one of move-group, move-namespace, prune, verify, sync, gc", scheduleName, sc.Task)
+	}
+	raw, err := json.Marshal(sc.Payload)
+	if err != nil {
+		return worker.Schedule{}, fmt.Errorf("schedules.%s.payload: %w", scheduleName, err)
+	}
+	p, err := tasks.Decode(typ, raw)
+	if err != nil {
+		return worker.Schedule{}, fmt.Errorf("schedules.%s.payload: %w", scheduleName, err)
+	}
+	for _, st := range p.Stores() {
+		if _, ok := c.Datastores[st]; !ok {
+			return worker.Schedule{}, fmt.Errorf("schedules.%s.payload: unknown datastore %q (configured: %s)", scheduleName, st, c.storeNames())
+		}
+	}
+	s, err := worker.ParseSchedule(scheduleName, sc.Cron, p)
+	if err != nil {
+		return worker.Schedule{}, fmt.Errorf("schedules.%s: %w", scheduleName, err)
+	}
+	return s, nil
+}
+
+// schedules returns the configured schedules, sorted by name; the config
+// was validated when it was read.
+func (c *Config) schedules() []worker.Schedule {
+	var out []worker.Schedule
+	for _, n := range slices.Sorted(maps.Keys(c.Schedules)) {
+		if s, err := c.schedule(n, c.Schedules[n]); err == nil {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // Defaults of DESIGN §3 and §6.
@@ -154,6 +215,11 @@ func (c *Config) validate() error {
 			return fmt.Errorf("datastores: %w", err)
 		}
 		if err := ds.validate(n); err != nil {
+			return err
+		}
+	}
+	for _, n := range slices.Sorted(maps.Keys(c.Schedules)) {
+		if _, err := c.schedule(n, c.Schedules[n]); err != nil {
 			return err
 		}
 	}

@@ -480,3 +480,77 @@ func TestServeEmbedded(t *testing.T) {
 	}
 	e.expect(2, "tasks", "ls")
 }
+
+// TestSchedules: schedules in the config are validated as `enqueue`
+// validates a job (exit 2 naming the schedule and the value, nothing
+// changed), and `pbsq worker` runs them: an @every 1s verify completes
+// through the queue and `schedules ls` shows its last fire.
+func TestSchedules(t *testing.T) {
+	e := newEnv(t, true)
+	e.backups()
+	base, err := os.ReadFile(e.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"  bad:\n    cron: \"61 * * * *\"\n    task: verify\n    payload: {store: demo}\n", `"61 * * * *"`},
+		{"  bad:\n    cron: \"@daily\"\n    task: scrub\n    payload: {store: demo}\n", `"scrub"`},
+		{"  bad:\n    cron: \"@daily\"\n    task: verify\n    payload: {store: nowhere}\n", `"nowhere"`},
+		{"  bad:\n    cron: \"@daily\"\n    task: verify\n    payload: {store: demo, keep-daily: 3}\n", `keep-daily`},
+		{"  bad:\n    cron: \"@daily\"\n    task: move-namespace\n    payload: {store: demo, ns: a, target-ns: a/b/c}\n", `"a/b/c"`},
+		{"  \"bad name\":\n    cron: \"@daily\"\n    task: gc\n    payload: {store: demo}\n", `"bad name"`},
+	} {
+		cfg := string(base) + "schedules:\n" + tc.yaml
+		if err := os.WriteFile(e.config, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errs := e.expect(2, "schedules", "ls")
+		if !strings.Contains(errs, "schedules.") || !strings.Contains(errs, tc.want) {
+			t.Errorf("schedule %q: error %q does not name the schedule and %s", tc.yaml, errs, tc.want)
+		}
+		if after, _ := os.ReadFile(e.config); string(after) != cfg {
+			t.Errorf("config changed by a refused command")
+		}
+	}
+
+	cfg := string(base) + `schedules:
+  often:
+    cron: "@every 1s"
+    task: verify
+    payload: {store: demo, ignore-verified: false}
+  nightly-prune:
+    cron: "CRON_TZ=UTC 30 2 * * *"
+    task: prune
+    payload:
+      store: demo
+      ns: a
+      keep-last: 1
+`
+	if err := os.WriteFile(e.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start("worker")
+	var rows []scheduleRow
+	waitFor(t, 30*time.Second, func() bool {
+		out, _ := e.expect(0, "schedules", "ls", "--json")
+		rows = nil
+		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+			t.Fatalf("schedules ls --json: %v\n%s", err, out)
+		}
+		ins := e.inspector()
+		done, _ := ins.ListCompletedTasks(tasks.Queue)
+		return len(rows) == 2 && rows[1].Last != nil && rows[1].Last.TaskID != "" && len(done) >= 2
+	})
+	if rows[0].Name != "nightly-prune" || rows[0].Last != nil || rows[0].Next.UTC().Format("15:04") != "02:30" {
+		t.Errorf("nightly-prune: %+v", rows[0])
+	}
+	if rows[1].Name != "often" || rows[1].Type != tasks.TypeVerify || time.Until(rows[1].Next) > 2*time.Second {
+		t.Errorf("often: %+v", rows[1])
+	}
+	out := e.mustRun("schedules", "ls")
+	for _, want := range []string{"NAME", "often", "@every 1s", "verify", "nightly-prune", "CRON_TZ=UTC 30 2 * * *"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("schedules ls lacks %q:\n%s", want, out)
+		}
+	}
+}

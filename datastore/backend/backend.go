@@ -9,9 +9,11 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"strings"
@@ -134,6 +136,26 @@ func ReadFileInto(ctx context.Context, b Backend, name string, buf []byte) ([]by
 		return br.ReadFileInto(ctx, name, buf)
 	}
 	return b.ReadFile(ctx, name)
+}
+
+// Opener is implemented by backends that can stream a file, so that hot
+// paths over large files (verify) hold a read buffer, not the whole file.
+type Opener interface {
+	// Open returns a reader of name; fs.ErrNotExist when missing. The
+	// caller closes it.
+	Open(ctx context.Context, name string) (io.ReadCloser, error)
+}
+
+// Open streams name when b supports it, and reads it whole otherwise.
+func Open(ctx context.Context, b Backend, name string) (io.ReadCloser, error) {
+	if o, ok := b.(Opener); ok {
+		return o.Open(ctx, name)
+	}
+	data, err := b.ReadFile(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(data)), nil
 }
 
 // Syncer is implemented by backends whose CreateFile does not make data

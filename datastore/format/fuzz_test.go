@@ -61,7 +61,9 @@ func checkBlob(t *testing.T, raw []byte) {
 	}
 }
 
-func FuzzDecodeBlob(f *testing.F) {
+// addBlobSeeds seeds a blob fuzz target: encoded blobs of every kind and
+// hand-made zstd frames (libzstd's, RLE, bombs, huge declared sizes).
+func addBlobSeeds(f *testing.F) {
 	for _, data := range [][]byte{nil, []byte("x"), []byte("hello hello hello hello hello"), compressible(1 << 10)} {
 		raw, _ := EncodeBlob(data)
 		f.Add(raw)
@@ -74,6 +76,10 @@ func FuzzDecodeBlob(f *testing.F) {
 	}
 	f.Add(handBlob(f, hexEncrypted, make([]byte, 32), []byte("ct")))
 	f.Add(handBlob(f, hexEncZstd, make([]byte, 32), nil))
+}
+
+func FuzzDecodeBlob(f *testing.F) {
+	addBlobSeeds(f)
 	f.Add([]byte{})
 	f.Add(unhex(f, hexPlain))
 	f.Add(unhex(f, hexPlain+"ffffffff"))

@@ -91,6 +91,19 @@ func (f *FS) ReadFile(ctx context.Context, name string) ([]byte, error) {
 	return data, notExist(err)
 }
 
+// Open implements backend.Opener.
+func (f *FS) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	p, err := f.filePath(name)
+	if err != nil {
+		return nil, err
+	}
+	fh, err := os.Open(p)
+	if err != nil {
+		return nil, notExist(err)
+	}
+	return fh, nil
+}
+
 // ReadFileInto implements backend.BufferedReader.
 func (f *FS) ReadFileInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	p, err := f.path(name)

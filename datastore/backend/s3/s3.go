@@ -25,6 +25,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -449,6 +450,43 @@ func (s *S3) ReadFile(ctx context.Context, name string) ([]byte, error) {
 		return nil, s.wrap("read", name, err)
 	}
 	return data, nil
+}
+
+// Open implements backend.Opener: one GetObject whose body is read as the
+// caller goes. The request keeps its concurrency slot and timeout until
+// Close; a failed read is the caller's to retry (the SDK retries only up to
+// the response headers).
+func (s *S3) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	key, err := s.key(name)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		cancel()
+		<-s.sem
+		return nil, s.wrap("read", name, err)
+	}
+	return &objectReader{ReadCloser: out.Body, release: func() { cancel(); <-s.sem }}, nil
+}
+
+// objectReader is an object's body that gives back its request's slot once.
+type objectReader struct {
+	io.ReadCloser
+	release func()
+	once    sync.Once
+}
+
+func (r *objectReader) Close() error {
+	err := r.ReadCloser.Close()
+	r.once.Do(r.release)
+	return err
 }
 
 // WriteFile is a single PutObject, which S3 makes visible atomically.
