@@ -44,6 +44,16 @@ step "datastore and namespaces"
 run datastore create demo --path "$demo/store"
 for ns in prod prod/db staging archive; do run ns create --store demo --ns "$ns"; done
 
+step "a schedule: serve's scheduler queues this verify every 10 s"
+cat >>"$PBSQ_CONFIG" <<EOF
+schedules:
+  verify-prod:
+    cron: "@every 10s"
+    task: verify
+    payload: {store: demo, ns: prod, outdated-after: 7}
+EOF
+sed -n '/^schedules:/,$p' "$PBSQ_CONFIG"
+
 step "sample data: disk image (random + zeros), a tar-like archive, a config"
 f="$demo/files"
 # Deterministic-looking but incompressible data, a few MiB in all.
@@ -119,6 +129,13 @@ run ls --store demo -r
 
 step "tasks"
 run tasks ls
+
+step "schedules: the config's periodic jobs, queued by serve's scheduler"
+for _ in $(seq 60); do
+	"$pbsq" schedules ls --json | grep -q '"task-id"' && break
+	sleep 0.5
+done
+run schedules ls
 
 step "metrics (excerpt of $metrics)"
 curl -fsS "$metrics" | grep -E '^pbsq_(tasks_total\{.*(ok|failed)|verify_chunks_total|move_snapshots_total|lock_acquire_total)|^asynq_tasks_enqueued_total' | grep -v ' 0$' | head -20 || true
