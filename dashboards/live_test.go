@@ -152,6 +152,14 @@ func TestLiveDashboardQueries(t *testing.T) {
 		e.pbsq("backup", "--store", "main", "--ns", "a", "--type", "vm", "--id", fmt.Sprint(100+i%2), "--time", at, data)
 	}
 
+	// A schedule, so the scheduler's series exist (it need not fire).
+	sched := "schedules:\n  mirror-gc:\n    cron: \"@daily\"\n    task: gc\n    payload: {store: mirror, dry-run: true}\n"
+	if f, err := os.OpenFile(e.config, os.O_APPEND|os.O_WRONLY, 0); err != nil {
+		t.Fatal(err)
+	} else if _, err := f.WriteString(sched); err != nil || f.Close() != nil {
+		t.Fatalf("append a schedule to %s: %v", e.config, err)
+	}
+
 	listen := freePort(t)
 	startProcess(t, []string{"PBSQ_CONFIG=" + e.config, "PBSQ_LOCKS_DIR=" + filepath.Join(e.dir, "locks")}, e.bin, "serve", "--listen", listen)
 	metricsURL := "http://" + listen + "/metrics"
