@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -110,21 +110,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"store", "backend"}),
 	}
 	if reg != nil {
-		m.tasks = register(reg, m.tasks)
-		m.duration = register(reg, m.duration)
-		m.inProgress = register(reg, m.inProgress)
-		m.progress = register(reg, m.progress)
-		m.verifyChunks = register(reg, m.verifyChunks)
-		m.verifyBytes = register(reg, m.verifyBytes)
-		m.pruneSnapshots = register(reg, m.pruneSnapshots)
-		m.moveSnapshots = register(reg, m.moveSnapshots)
-		m.moveObjects = register(reg, m.moveObjects)
-		m.syncChunks = register(reg, m.syncChunks)
-		m.syncBytes = register(reg, m.syncBytes)
-		m.skipped = register(reg, m.skipped)
-		m.gcRemoved = register(reg, m.gcRemoved)
-		m.gcRemovedBytes = register(reg, m.gcRemovedBytes)
-		m.storeInfo = register(reg, m.storeInfo)
+		m.tasks = promreg.Register(reg, m.tasks)
+		m.duration = promreg.Register(reg, m.duration)
+		m.inProgress = promreg.Register(reg, m.inProgress)
+		m.progress = promreg.Register(reg, m.progress)
+		m.verifyChunks = promreg.Register(reg, m.verifyChunks)
+		m.verifyBytes = promreg.Register(reg, m.verifyBytes)
+		m.pruneSnapshots = promreg.Register(reg, m.pruneSnapshots)
+		m.moveSnapshots = promreg.Register(reg, m.moveSnapshots)
+		m.moveObjects = promreg.Register(reg, m.moveObjects)
+		m.syncChunks = promreg.Register(reg, m.syncChunks)
+		m.syncBytes = promreg.Register(reg, m.syncBytes)
+		m.skipped = promreg.Register(reg, m.skipped)
+		m.gcRemoved = promreg.Register(reg, m.gcRemoved)
+		m.gcRemovedBytes = promreg.Register(reg, m.gcRemovedBytes)
+		m.storeInfo = promreg.Register(reg, m.storeInfo)
 	}
 	m.Lock = lock.NewMetrics(reg)
 	// Known series start at 0, so that rate() and absent() work from the
@@ -136,22 +136,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}
 	}
 	return m
-}
-
-// register registers c, or returns the equal collector registered before.
-// Other errors are programming errors, hence the panic (as MustRegister).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if old, ok := are.ExistingCollector.(C); ok {
-			return old
-		}
-	}
-	panic(err)
 }
 
 // Observer feeds the datastore counters of one store; the worker attaches

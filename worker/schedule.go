@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/robfig/cron/v3"
 
+	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -159,7 +160,8 @@ func NewScheduler(enq *Enqueuer, schedules []Schedule, opts SchedulerOptions) *S
 		s.host = fmt.Sprintf("%s/%d", h, os.Getpid())
 	}
 	if opts.Registerer != nil {
-		opts.Registerer.MustRegister(s.runs, s.next)
+		s.runs = promreg.Register(opts.Registerer, s.runs)
+		s.next = promreg.Register(opts.Registerer, s.next)
 	}
 	for _, sc := range schedules {
 		for _, r := range []string{ScheduleEnqueued, ScheduleDuplicate, ScheduleError} {

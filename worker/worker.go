@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -97,7 +98,7 @@ func New(opts Options) *Worker {
 	}
 	w.stores = observedStores{Stores: opts.Stores, metrics: w.metrics}
 	if opts.Registerer != nil {
-		register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
+		promreg.Register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
 	}
 	w.mux = asynq.NewServeMux()
 	for _, t := range tasks.Types {

@@ -1,10 +1,11 @@
 package lock
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/pbsq/pbsq/internal/promreg"
 )
 
 // Metrics are the Locker's Prometheus metrics. A nil *Metrics records
@@ -30,27 +31,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "mode"}),
 	}
 	if reg != nil {
-		m.acquire = register(reg, m.acquire)
-		m.wait = register(reg, m.wait)
+		m.acquire = promreg.Register(reg, m.acquire)
+		m.wait = promreg.Register(reg, m.wait)
 	}
 	return m
-}
-
-// register registers c, or returns the equal collector registered before.
-// Other registration errors are programming errors, hence the panic (as
-// with prometheus.MustRegister).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	err := reg.Register(c)
-	if err == nil {
-		return c
-	}
-	var are prometheus.AlreadyRegisteredError
-	if errors.As(err, &are) {
-		if old, ok := are.ExistingCollector.(C); ok {
-			return old
-		}
-	}
-	panic(err)
 }
 
 func (m *Metrics) observe(req Request, result string, waited time.Duration) {
