@@ -24,14 +24,7 @@ func (p *MoveGroup) Wait() *Duration  { return p.LockWait }
 
 // Validate implements Payload.
 func (p *MoveGroup) Validate() error {
-	if err := validateStore("store", p.Store); err != nil {
-		return err
-	}
-	ns, err := validateNS("ns", p.NS)
-	if err != nil {
-		return err
-	}
-	target, err := validateNS("target-ns", p.TargetNS)
+	ns, target, err := validateMove(p.Store, p.NS, p.TargetNS)
 	if err != nil {
 		return err
 	}
@@ -42,6 +35,19 @@ func (p *MoveGroup) Validate() error {
 		return err
 	}
 	return validateWait(p.LockWait)
+}
+
+// validateMove checks what both moves share: the store and the source and
+// target namespaces.
+func validateMove(store, nsArg, targetArg string) (ns, target name.Namespace, err error) {
+	if err := validateStore("store", store); err != nil {
+		return ns, target, err
+	}
+	if ns, err = validateNS("ns", nsArg); err != nil {
+		return ns, target, err
+	}
+	target, err = validateNS("target-ns", targetArg)
+	return ns, target, err
 }
 
 // MoveNamespace moves a namespace subtree.
@@ -61,14 +67,7 @@ func (p *MoveNamespace) Wait() *Duration  { return p.LockWait }
 
 // Validate implements Payload.
 func (p *MoveNamespace) Validate() error {
-	if err := validateStore("store", p.Store); err != nil {
-		return err
-	}
-	ns, err := validateNS("ns", p.NS)
-	if err != nil {
-		return err
-	}
-	target, err := validateNS("target-ns", p.TargetNS)
+	ns, target, err := validateMove(p.Store, p.NS, p.TargetNS)
 	if err != nil {
 		return err
 	}
