@@ -194,27 +194,7 @@ func testDiskFullBackup(t *testing.T) {
 	checkAfterENOSPC(t, ss, "backup", err)
 
 	// With space, the same backup (same time) goes through.
-	ss.grow(t, "64m")
-	res, err := ss.s.Backup(ctx, req, nil)
-	if err != nil {
-		t.Fatalf("backup rerun with space: %v", err)
-	}
-	exp := invariant.NewExpect()
-	exp.Strict = true
-	exp.Want(res.SnapshotName())
-	rep, err := invariant.Check(ctx, ss.s, exp, invariant.Options{Deep: true, Verify: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := rep.Err(); err != nil {
-		t.Error(err)
-	}
-	checkWhole(t, ss, "backup rerun")
-	if out, err := invariant.PBSFmtCheck(ctx, ss.dir); err != nil {
-		t.Error(err)
-	} else {
-		t.Log(strings.TrimSpace(out))
-	}
+	rerunBackupWithSpace(t, ss, req)
 }
 
 // testDiskFullBackupMidway: the disk fills up after the first archive's
@@ -231,7 +211,14 @@ func testDiskFullBackupMidway(t *testing.T) {
 	req := datastore.BackupRequest{Group: g, Time: time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC), Owner: "root@pam", Sources: append(first, second...)}
 	_, err := ss.s.Backup(ctx, req, nil)
 	checkAfterENOSPC(t, ss, "backup, disk full at the second archive", err)
+	rerunBackupWithSpace(t, ss, req)
+}
 
+// rerunBackupWithSpace grows the disk and reruns the failed backup req: it
+// must go through, leaving exactly its snapshot, whole and PBS-valid.
+func rerunBackupWithSpace(t *testing.T, ss *smallStore, req datastore.BackupRequest) {
+	t.Helper()
+	ctx := context.Background()
 	ss.grow(t, "64m")
 	res, err := ss.s.Backup(ctx, req, nil)
 	if err != nil {

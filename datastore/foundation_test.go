@@ -88,6 +88,17 @@ func ftBackup(t testing.TB, s *Store, ns, typ, id string, at time.Time, files ..
 	return res
 }
 
+// allSnapshots lists every snapshot of the store (finished or not), through
+// the same scope listing the operations use.
+func allSnapshots(t testing.TB, s *Store) []SnapshotInfo {
+	t.Helper()
+	snaps, err := s.scopeSnapshots(context.Background(), Scope{NS: name.Root, MaxDepth: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snaps
+}
+
 // ftTree returns every file below dir with its content, to show that a
 // refused operation changed nothing.
 func ftTree(t testing.TB, dir string) map[string]string {

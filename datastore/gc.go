@@ -402,22 +402,16 @@ func inLayout(p string) bool {
 
 // markTree walks namespaces, groups and snapshots, marking every index.
 func (g *gcRun) markTree(ctx context.Context) error {
-	nss, err := g.s.ListNamespaces(ctx, name.Root, -1)
+	groups, err := g.s.scopeGroups(ctx, Scope{NS: name.Root, MaxDepth: -1})
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
-	for _, ns := range nss {
-		groups, err := g.s.ListGroups(ctx, ns)
-		if err != nil {
-			return fmt.Errorf("gc: %w", err)
+	for _, grp := range groups {
+		if err := context.Cause(ctx); err != nil {
+			return err
 		}
-		for _, grp := range groups {
-			if err := context.Cause(ctx); err != nil {
-				return err
-			}
-			if err := g.markGroup(ctx, grp); err != nil {
-				return err
-			}
+		if err := g.markGroup(ctx, grp); err != nil {
+			return err
 		}
 	}
 	return nil

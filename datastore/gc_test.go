@@ -118,40 +118,24 @@ func gtFinishedChunks(t testing.TB, s *Store) map[Digest]string {
 	t.Helper()
 	ctx := context.Background()
 	out := map[Digest]string{}
-	nss, err := s.ListNamespaces(ctx, name.Root, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range nss {
-		groups, err := s.ListGroups(ctx, ns)
+	for _, sn := range allSnapshots(t, s) {
+		if !sn.Finished {
+			continue
+		}
+		m, err := s.ReadManifest(ctx, sn.Snapshot)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, g := range groups {
-			snaps, err := s.ListSnapshots(ctx, g)
+		for _, f := range m.Files {
+			if !isIndexFile(f.Filename) {
+				continue
+			}
+			idx, err := s.ReadIndex(ctx, sn.Snapshot, f.Filename)
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, sn := range snaps {
-				if !sn.Finished {
-					continue
-				}
-				m, err := s.ReadManifest(ctx, sn.Snapshot)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, f := range m.Files {
-					if !isIndexFile(f.Filename) {
-						continue
-					}
-					idx, err := s.ReadIndex(ctx, sn.Snapshot, f.Filename)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for i := 0; i < idx.ChunkCount(); i++ {
-						out[Digest(idx.ChunkDigest(i))] = sn.File(f.Filename)
-					}
-				}
+			for i := 0; i < idx.ChunkCount(); i++ {
+				out[Digest(idx.ChunkDigest(i))] = sn.File(f.Filename)
 			}
 		}
 	}

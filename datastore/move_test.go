@@ -293,29 +293,12 @@ func mtWhereWalk(t testing.TB, s *Store) map[string][]string {
 // namespaces holding it.
 func mtWhere(t testing.TB, s *Store) map[string][]string {
 	t.Helper()
-	ctx := context.Background()
-	nss, err := s.ListNamespaces(ctx, name.Root, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][]string{}
-	for _, ns := range nss {
-		groups, err := s.ListGroups(ctx, ns)
-		if err != nil {
-			t.Fatal(err)
+	for _, sn := range allSnapshots(t, s) {
+		if !sn.Finished {
+			t.Errorf("unfinished snapshot %s:%s", sn.NS, sn.Snapshot)
 		}
-		for _, g := range groups {
-			snaps, err := s.ListSnapshots(ctx, g)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, sn := range snaps {
-				if !sn.Finished {
-					t.Errorf("unfinished snapshot %s:%s", ns, sn.Snapshot)
-				}
-				out[sn.Snapshot.String()] = append(out[sn.Snapshot.String()], ns.String())
-			}
-		}
+		out[sn.Snapshot.String()] = append(out[sn.Snapshot.String()], sn.NS.String())
 	}
 	return out
 }

@@ -271,27 +271,20 @@ func TestVerifyIndependentStore(t *testing.T) {
 	}
 	// Every snapshot whose index references d must fail, all others pass.
 	var want []string
-	nss, _ := s.ListNamespaces(ctx, name.Root, -1)
 	finished := 0
-	for _, ns := range nss {
-		groups, _ := s.ListGroups(ctx, ns)
-		for _, gr := range groups {
-			ss, _ := s.ListSnapshots(ctx, gr)
-			for _, sn := range ss {
-				if !sn.Finished {
-					continue
-				}
-				finished++
-				refs := false
-				for _, f := range []string{"drive-scsi0.img.fidx", "root.pxar.didx"} {
-					for _, x := range vtDigests(t, s, sn.Snapshot, f) {
-						refs = refs || x == d
-					}
-				}
-				if refs {
-					want = append(want, sn.Snapshot.String())
-				}
+	for _, sn := range allSnapshots(t, s) {
+		if !sn.Finished {
+			continue
+		}
+		finished++
+		refs := false
+		for _, f := range []string{"drive-scsi0.img.fidx", "root.pxar.didx"} {
+			for _, x := range vtDigests(t, s, sn.Snapshot, f) {
+				refs = refs || x == d
 			}
+		}
+		if refs {
+			want = append(want, sn.Snapshot.String())
 		}
 	}
 	sort.Strings(want)

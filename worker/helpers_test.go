@@ -109,18 +109,7 @@ func newFixture(t testing.TB) *fixture {
 // newEmptyFixture is a datastore without snapshots.
 func newEmptyFixture(t testing.TB) *fixture {
 	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := fsbackend.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := datastore.Open(testStoreName, b, datastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, dir := newFSStore(t, testStoreName)
 	f := &fixture{dir: dir, locksDir: filepath.Join(t.TempDir(), "locks"), store: s}
 	f.stores = &testStores{dirs: map[string]string{testStoreName: dir}, locksDir: f.locksDir}
 	return f
