@@ -800,20 +800,6 @@ func stCorruptChunk(t testing.TB, dir string, d Digest) {
 	}
 }
 
-// stDigests lists the chunks of a snapshot's index file.
-func stDigests(t testing.TB, s *Store, snap name.Snapshot, file string) []Digest {
-	t.Helper()
-	idx, err := s.ReadIndex(context.Background(), snap, file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []Digest
-	for i := 0; i < idx.ChunkCount(); i++ {
-		out = append(out, Digest(idx.ChunkDigest(i)))
-	}
-	return out
-}
-
 // TestSyncCorruptSourceChunk: a source chunk with a bad CRC, and one that
 // decodes to data of another digest, each fail only their snapshot, which
 // stays unfinished in the target without the bad chunk; the rest syncs.
@@ -825,10 +811,10 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 	c0 := stBackup(t, src, "", "ct/200", stAt(0), map[string][]byte{"root.pxar": stData("c", 300<<10, true)})
 	stBackup(t, src, "", "ct/200", stAt(1), map[string][]byte{"root.pxar": stData("d", 300<<10, true)})
 
-	badCRC := stDigests(t, src, s0, "drive-scsi0.img.fidx")[1]
+	badCRC := vtDigests(t, src, s0, "drive-scsi0.img.fidx")[1]
 	stCorruptChunk(t, srcDir, badCRC)
 	// A well-formed blob under the wrong name.
-	wrong := stDigests(t, src, c0, "root.pxar.didx")[0]
+	wrong := vtDigests(t, src, c0, "root.pxar.didx")[0]
 	blob, err := format.EncodeBlob(stData("other", 1000, true))
 	if err != nil {
 		t.Fatal(err)
@@ -876,14 +862,14 @@ func TestSyncResyncCorrupt(t *testing.T) {
 	stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 
 	// snaps[0]: verify finds the corrupt chunk and renames it .bad.
-	d0 := stDigests(t, dst, snaps[0], "drive-scsi0.img.fidx")[0]
+	d0 := vtDigests(t, dst, snaps[0], "drive-scsi0.img.fidx")[0]
 	stCorruptChunk(t, dstDir, d0)
 	vres, err := dst.Verify(ctx, VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
 	if err != nil || len(vres.Failed) != 1 {
 		t.Fatalf("verify: %v %s", err, stJSON(vres))
 	}
 	// snaps[1]: marked failed, its chunk corrupted afterwards (not renamed).
-	d1 := stDigests(t, dst, snaps[1], "drive-scsi0.img.fidx")[1]
+	d1 := vtDigests(t, dst, snaps[1], "drive-scsi0.img.fidx")[1]
 	stCorruptChunk(t, dstDir, d1)
 	if err := dst.UpdateManifest(ctx, snaps[1], func(m *format.Manifest) error { m.SetVerifyState(format.VerifyFailed, "UPID:test"); return nil }); err != nil {
 		t.Fatal(err)

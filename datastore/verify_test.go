@@ -30,8 +30,9 @@ func vtSetup(t *testing.T, n int) (*Store, string, []*BackupResult, string) {
 	return s, dir, res, shared
 }
 
-// vtDigests returns the chunk digests of one index file of a snapshot.
-func vtDigests(t *testing.T, s *Store, snap name.Snapshot, file string) []Digest {
+// vtDigests returns the chunk digests of one index file of a snapshot
+// (verify and sync tests).
+func vtDigests(t testing.TB, s *Store, snap name.Snapshot, file string) []Digest {
 	idx, err := s.ReadIndex(context.Background(), snap, file)
 	if err != nil {
 		t.Fatal(err)
