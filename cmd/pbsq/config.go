@@ -31,6 +31,8 @@ type Config struct {
 
 	// path is where the config was read from ("" when none exists yet).
 	path string
+	// scheds are Schedules as validated when the config was read.
+	scheds []worker.Schedule
 }
 
 // RedisConfig names the Redis connection; absent means `pbsq serve` runs
@@ -126,17 +128,9 @@ func (c *Config) schedule(scheduleName string, sc ScheduleConfig) (worker.Schedu
 	return s, nil
 }
 
-// schedules returns the configured schedules, sorted by name; the config
-// was validated when it was read.
-func (c *Config) schedules() []worker.Schedule {
-	var out []worker.Schedule
-	for _, n := range slices.Sorted(maps.Keys(c.Schedules)) {
-		if s, err := c.schedule(n, c.Schedules[n]); err == nil {
-			out = append(out, s)
-		}
-	}
-	return out
-}
+// schedules returns the configured schedules, sorted by name, as
+// validated when the config was read.
+func (c *Config) schedules() []worker.Schedule { return c.scheds }
 
 // Defaults of DESIGN §3 and §6.
 const (
@@ -218,10 +212,13 @@ func (c *Config) validate() error {
 			return err
 		}
 	}
+	c.scheds = nil
 	for _, n := range slices.Sorted(maps.Keys(c.Schedules)) {
-		if _, err := c.schedule(n, c.Schedules[n]); err != nil {
+		s, err := c.schedule(n, c.Schedules[n])
+		if err != nil {
 			return err
 		}
+		c.scheds = append(c.scheds, s)
 	}
 	return nil
 }
