@@ -31,33 +31,62 @@ type serveState struct {
 	Dashboard string `json:"dashboard,omitempty"`
 }
 
-// serveStatePaths are where the state file goes: next to the config, or,
-// when that directory is not writable, in the runtime dir, keyed by the
-// config's path.
-func (a *app) serveStatePaths() []string {
+// serveStateDirs are where the state file may go, in order: the user's
+// runtime dir ($XDG_RUNTIME_DIR/pbsq), then /run/pbsq/serve for root or
+// the user's cache dir otherwise. Each is made 0700 and must belong to
+// this user and be writable by it alone: never a shared $TMPDIR, where
+// another user could plant a state file or pre-create the directory.
+func serveStateDirs() []string {
+	var dirs []string
+	if run := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(run) {
+		dirs = append(dirs, filepath.Join(run, "pbsq"))
+	}
+	if os.Geteuid() == 0 {
+		return append(dirs, "/run/pbsq/serve")
+	}
+	if cache, err := os.UserCacheDir(); err == nil && filepath.IsAbs(cache) {
+		dirs = append(dirs, filepath.Join(cache, "pbsq", "run"))
+	}
+	return dirs
+}
+
+// serveStateName is the state file's name, keyed by the config's path so
+// that serves of different configs do not meet.
+func (a *app) serveStateName() string {
 	abs, err := filepath.Abs(a.configPath)
 	if err != nil {
 		abs = a.configPath
 	}
-	paths := []string{filepath.Join(filepath.Dir(abs), "serve.json")}
-	run := os.Getenv("XDG_RUNTIME_DIR")
-	if run == "" {
-		run = os.TempDir()
-	}
 	sum := sha256.Sum256([]byte(abs))
-	return append(paths, filepath.Join(run, "pbsq", "serve-"+hex.EncodeToString(sum[:6])+".json"))
+	return "serve-" + hex.EncodeToString(sum[:6]) + ".json"
 }
 
+// maxServeState bounds what is read of a state file.
+const maxServeState = 64 << 10
+
 // readServeState returns the state of a live `pbsq serve` of this config,
-// or nil; state files of dead processes are ignored.
+// or nil; state files of dead processes are ignored, and so are (with a
+// warning) files or directories another user could have written.
 func (a *app) readServeState() (*serveState, string, error) {
-	for _, p := range a.serveStatePaths() {
-		data, err := os.ReadFile(p)
+	name := a.serveStateName()
+	for _, dir := range serveStateDirs() {
+		p := filepath.Join(dir, name)
+		d, err := openPrivateDir(dir, false)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, "", fmt.Errorf("serve state %s: %w", p, err)
+			a.log.Warn("ignoring serve state directory", "err", err)
+			continue
+		}
+		data, err := readPrivateFile(d, name, maxServeState)
+		d.Close()
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			a.log.Warn("ignoring serve state file", "path", p, "err", err)
+			continue
 		}
 		var st serveState
 		if err := json.Unmarshal(data, &st); err != nil || st.Redis == "" {
@@ -81,25 +110,27 @@ func processAlive(pid int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// writeServeState writes st to the first place that takes it.
+// writeServeState writes st to the first state directory that takes it.
 func (a *app) writeServeState(st serveState) (string, error) {
 	data, _ := json.MarshalIndent(st, "", "  ")
+	name := a.serveStateName()
 	var errs []error
-	for _, p := range a.serveStatePaths() {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	for _, dir := range serveStateDirs() {
+		d, err := openPrivateDir(dir, true)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		tmp := p + ".tmp"
-		if err := os.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+		err = writeFileAtomicAt(d, name, append(data, '\n'), 0o600)
+		d.Close()
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if err := os.Rename(tmp, p); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		return p, nil
+		return filepath.Join(dir, name), nil
+	}
+	if len(errs) == 0 {
+		errs = append(errs, errors.New("no private directory: set XDG_RUNTIME_DIR"))
 	}
 	return "", fmt.Errorf("serve state: %w", errors.Join(errs...))
 }
@@ -115,8 +146,9 @@ dashboard (at /monitoring on the same listener, or on --dashboard-listen).
 
 Without redis in the config it runs an in-process Redis on a loopback port:
 tasks then live in memory and are lost when serve stops. Other pbsq commands
-of the same config (enqueue, tasks) find it through a state file next to the
-config, removed on exit.`,
+of the same config (enqueue, tasks) find it through a state file in a
+directory only this user can write ($XDG_RUNTIME_DIR/pbsq, or /run/pbsq/serve
+for root), removed on exit.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()

@@ -344,9 +344,12 @@ func addDatastore(path, store string, ds DatastoreConfig) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+	perm := os.FileMode(0o644)
+	if fi, err := os.Stat(path); err == nil {
+		perm = fi.Mode().Perm() // keep a config made private private
+	}
+	if err := writeFileAtomic(path, out, perm); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	return os.Rename(tmp, path)
+	return nil
 }

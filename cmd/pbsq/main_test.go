@@ -80,8 +80,14 @@ func (e *env) cmd(args ...string) *exec.Cmd {
 			c.Env = append(c.Env, kv)
 		}
 	}
-	c.Env = append(c.Env, "PBSQ_CONFIG="+e.config)
+	// serve's state goes to the test's own runtime dir.
+	c.Env = append(c.Env, "PBSQ_CONFIG="+e.config, "XDG_RUNTIME_DIR="+filepath.Join(e.dir, "run"))
 	return c
+}
+
+// statePath is where `pbsq serve` of this env writes its state.
+func (e *env) statePath() string {
+	return filepath.Join(e.dir, "run", "pbsq", (&app{configPath: e.config}).serveStateName())
 }
 
 // run runs pbsq and returns stdout, stderr and the exit code.
@@ -416,7 +422,7 @@ func TestServeEmbedded(t *testing.T) {
 	e := newEnv(t, false)
 	e.backups()
 	serve := e.start("serve")
-	statePath := filepath.Join(e.dir, "serve.json")
+	statePath := e.statePath()
 	var st serveState
 	waitFor(t, 10*time.Second, func() bool {
 		b, err := os.ReadFile(statePath)

@@ -293,7 +293,7 @@ func startWithEnv(t *testing.T, e *env, extra []string, args ...string) *proc {
 
 func waitServeState(t *testing.T, e *env) serveState {
 	t.Helper()
-	p := filepath.Join(e.dir, "serve.json")
+	p := e.statePath()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		data, err := os.ReadFile(p)
