@@ -142,7 +142,13 @@ func (a *app) serveCmd() *cobra.Command {
 		Use:   "serve",
 		Short: "Embedded default: Redis (in-process unless configured), a worker, /metrics and the asynq dashboard",
 		Long: `serve runs everything on one host: a worker, /metrics and the asynq web
-dashboard (at /monitoring on the same listener, or on --dashboard-listen).
+dashboard (at /monitoring on the same listener, or on dashboard.listen /
+--dashboard-listen).
+
+The dashboard is read-only unless dashboard.read-only is false, which needs
+dashboard.token-file; changes are accepted only from the dashboard's own
+origin. It shares the /metrics listener only while that is loopback: a
+metrics.listen open to the network does not open the dashboard.
 
 Without redis in the config it runs an in-process Redis on a loopback port:
 tasks then live in memory and are lost when serve stops. Other pbsq commands
@@ -182,32 +188,64 @@ for root), removed on exit.`,
 			}
 			defer rt.shutdown()
 
-			dash := asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: conn})
-			defer dash.Close()
+			dc := a.cfg.Dashboard
+			dashAddr := dc.Listen
+			if dashListen != "" {
+				if err := dc.check("--dashboard-listen", dashListen); err != nil {
+					return usageError{err}
+				}
+				dashAddr = dashListen
+			}
+			addr := a.listenAddr(f.listen)
+			if addr == "off" && (dashAddr == "" || dashAddr == "off") {
+				return usagef("serve needs --listen for /metrics and the dashboard")
+			}
+			var token []byte
+			if dc.TokenFile != "" {
+				if token, err = readToken(dc.TokenFile); err != nil {
+					return usageError{err}
+				}
+			}
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", rt.metricsHandler())
-			dashMux := mux
-			if dashListen != "" {
+			var dashMux *http.ServeMux
+			switch {
+			case dashAddr == "off":
+			case dashAddr != "":
 				dashMux = http.NewServeMux()
+			case isLoopbackAddr(addr):
+				dashMux = mux
+			default:
+				a.log.Warn("dashboard not served: metrics.listen is not loopback and opening /metrics does not open the dashboard; set dashboard.listen (with dashboard.token-file) to serve it",
+					"metrics", addr)
 			}
-			dashMux.Handle("/monitoring", dash)
-			dashMux.Handle("/monitoring/", dash)
+			if dashMux != nil {
+				dash := asynqmon.New(asynqmon.Options{RootPath: "/monitoring", RedisConnOpt: conn, ReadOnly: dc.readOnly()})
+				defer dash.Close()
+				loopback := isLoopbackAddr(addr)
+				if dashAddr != "" {
+					loopback = isLoopbackAddr(dashAddr)
+				}
+				guarded := newDashboardGuard(dc.readOnly(), token, loopback).wrap(dash)
+				dashMux.Handle("/monitoring", guarded)
+				dashMux.Handle("/monitoring/", guarded)
+			}
 
 			var servers []*http.Server
 			defer func() { shutdownHTTP(servers...) }()
-			addr := a.listenAddr(f.listen)
-			if addr == "off" {
-				return usagef("serve needs --listen for /metrics and the dashboard")
+			if addr != "off" {
+				srv, bound, err := serveHTTP(addr, mux)
+				if err != nil {
+					return err
+				}
+				servers = append(servers, srv)
+				st.Metrics = "http://" + bound + "/metrics"
+				if dashMux == mux {
+					st.Dashboard = "http://" + bound + "/monitoring/"
+				}
 			}
-			srv, bound, err := serveHTTP(addr, mux)
-			if err != nil {
-				return err
-			}
-			servers = append(servers, srv)
-			st.Metrics = "http://" + bound + "/metrics"
-			st.Dashboard = "http://" + bound + "/monitoring/"
-			if dashListen != "" {
-				dsrv, dbound, err := serveHTTP(dashListen, dashMux)
+			if dashMux != nil && dashMux != mux {
+				dsrv, dbound, err := serveHTTP(dashAddr, dashMux)
 				if err != nil {
 					return err
 				}
@@ -223,7 +261,7 @@ for root), removed on exit.`,
 			}
 			defer os.Remove(statePath)
 			fmt.Printf("pbsq serve: pid %d, redis %s%s\n", st.PID, st.Redis, map[bool]string{true: " (in-process, not durable)", false: ""}[st.Embedded])
-			fmt.Printf("  dashboard: %s\n  metrics:   %s\n  state:     %s\n", st.Dashboard, st.Metrics, statePath)
+			fmt.Printf("  dashboard: %s%s\n  metrics:   %s\n  state:     %s\n", orNone(st.Dashboard), map[bool]string{true: " (read-only)", false: ""}[a.cfg.Dashboard.readOnly()], orNone(st.Metrics), statePath)
 			fmt.Println("  stop with Ctrl-C or SIGTERM; running tasks get the shutdown timeout")
 			<-ctx.Done()
 			// The state goes first, so no new command picks a dying Redis.
@@ -233,8 +271,15 @@ for root), removed on exit.`,
 		},
 	}
 	f.register(cmd, "address of /metrics and /monitoring (the dashboard)")
-	cmd.Flags().StringVar(&dashListen, "dashboard-listen", "", "serve the dashboard on its own address instead")
+	cmd.Flags().StringVar(&dashListen, "dashboard-listen", "", "serve the dashboard on its own address instead (default dashboard.listen; \"off\": none)")
 	return cmd
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
 }
 
 // tickMiniredis lets keys with a TTL expire: miniredis only ages them when

@@ -26,6 +26,7 @@ type Config struct {
 	Redis      RedisConfig                `yaml:"redis,omitempty"`
 	Locks      LocksConfig                `yaml:"locks,omitempty"`
 	Metrics    MetricsConfig              `yaml:"metrics,omitempty"`
+	Dashboard  DashboardConfig            `yaml:"dashboard,omitempty"`
 	Datastores map[string]DatastoreConfig `yaml:"datastores,omitempty"`
 	Schedules  map[string]ScheduleConfig  `yaml:"schedules,omitempty"`
 
@@ -204,6 +205,9 @@ func (c *Config) validate() error {
 	if c.Redis.DB < 0 || c.Redis.DB > 15 {
 		return fmt.Errorf("redis.db %d: must be 0..15", c.Redis.DB)
 	}
+	if err := c.Dashboard.validate(); err != nil {
+		return err
+	}
 	for n, ds := range c.Datastores {
 		if err := name.ValidateStore(n); err != nil {
 			return fmt.Errorf("datastores: %w", err)
@@ -263,6 +267,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Metrics.Listen == "" {
 		c.Metrics.Listen = defaultMetrics
+	}
+	if c.Dashboard.TokenFile != "" && !filepath.IsAbs(c.Dashboard.TokenFile) && c.path != "" {
+		c.Dashboard.TokenFile = filepath.Join(filepath.Dir(c.path), c.Dashboard.TokenFile)
 	}
 	if c.Datastores == nil {
 		c.Datastores = map[string]DatastoreConfig{}
