@@ -122,13 +122,13 @@ func TestVerifyChunkWindows(t *testing.T) {
 	c := v.checker()
 	data := bytes.Repeat([]byte("pbsq streams chunks through zstd; "), 100_000) // 3.3 MiB
 	r := putRawChunk(t, s, data, zstdFrames(t, data[:64<<10], data[64<<10:]))
-	if st, why := v.checkChunk(context.Background(), r, c); st != chunkOK {
+	if st, why, _ := v.checkChunk(context.Background(), r, c); st != chunkOK {
 		t.Errorf("two frames, growing window: %v %s", st, why)
 	}
 	// A frame declaring a 32 MiB window (descriptor 0x78) for five bytes.
 	frame := append([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x78, 5<<3 | 1, 0, 0}, "hello"...)
 	r = putRawChunk(t, s, []byte("hello"), frame)
-	if st, why := v.checkChunk(context.Background(), r, c); st != chunkCorrupt || !strings.Contains(why, "33554432-byte window") {
+	if st, why, _ := v.checkChunk(context.Background(), r, c); st != chunkCorrupt || !strings.Contains(why, "33554432-byte window") {
 		t.Errorf("32 MiB window: %v %q, want corrupt naming the window", st, why)
 	}
 }
@@ -175,7 +175,8 @@ func TestVerifyReadErrors(t *testing.T) {
 	check := func() (chunkState, string) {
 		v := &verifier{s: s, decoders: newDecoderPool(verifyDecodeBudget)}
 		defer v.decoders.close()
-		return v.checkChunk(context.Background(), r, v.checker())
+		st, why, _ := v.checkChunk(context.Background(), r, v.checker())
+		return st, why
 	}
 	flaky.fails.Store(verifyReadAttempts - 1)
 	if st, why := check(); st != chunkOK {

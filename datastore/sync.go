@@ -185,6 +185,8 @@ type syncer struct {
 	done map[string]bool
 	// bufs recycles *chunkBuffers across snapshots.
 	bufs sync.Pool
+	// decoders bound the memory of chunk decoding, as in verify.
+	decoders *decoderPool
 }
 
 // nsPair is a source namespace and the target namespace it maps to.
@@ -231,7 +233,9 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 		bad:          map[Digest]string{},
 		inflight:     map[Digest]chan struct{}{},
 		done:         map[string]bool{},
+		decoders:     newDecoderPool(verifyDecodeBudget),
 	}
+	defer y.decoders.close()
 
 	defer func() {
 		y.regMu.Lock()
@@ -981,9 +985,9 @@ func (y *syncer) copyChunks(ctx context.Context, refs []chunkRef, verifyTarget b
 		}
 		b, _ := y.bufs.Get().(*chunkBuffers)
 		if b == nil {
-			b = &chunkBuffers{}
+			b = &chunkBuffers{chk: &chunkChecker{blob: format.NewBlobStreamer(verifyReadBuffer), hash: sha256.New()}}
 		}
-		why, ins, err := y.chunk(ctx, todo[i], verifyTarget, &b.raw, &b.data)
+		why, ins, err := y.chunk(ctx, todo[i], verifyTarget, b)
 		y.bufs.Put(b)
 		<-y.slots
 		mu.Lock()
@@ -1023,13 +1027,16 @@ func (y *syncer) registerWriter(ctx context.Context) error {
 	return nil
 }
 
-// chunkBuffers are a chunk worker's read and decode buffers.
-type chunkBuffers struct{ raw, data []byte }
+// chunkBuffers are a chunk worker's read buffer and streaming checker.
+type chunkBuffers struct {
+	raw []byte
+	chk *chunkChecker
+}
 
 // chunk provides one chunk in the target. It returns a reason when the
 // source cannot provide it, an error when the task cannot go on, and
 // whether it inserted the chunk.
-func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, rbuf, dbuf *[]byte) (string, bool, error) {
+func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *chunkBuffers) (string, bool, error) {
 	release, why, err := y.claim(ctx, r.digest, verifyTarget)
 	if release == nil {
 		return why, false, err
@@ -1037,11 +1044,24 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, rbuf,
 	defer release()
 	p := ChunkPath(r.digest)
 	if verifyTarget {
-		raw, err := backend.ReadFileInto(ctx, y.dst.b, p, *rbuf)
+		raw, err := readChunkFile(ctx, y.dst.b, p, b.raw)
+		b.raw = raw
+		var why string
+		var bad bool
+		if err == nil {
+			why, bad, err = y.checkChunk(ctx, raw, r, b.chk)
+			if err != nil {
+				return "", false, err
+			}
+			if why != "" && !bad {
+				return why, false, nil // the index is wrong, not the chunk
+			}
+		} else if errors.Is(err, errChunkTooLarge) {
+			err, bad = nil, true
+		}
 		switch {
 		case err == nil:
-			*rbuf = raw
-			if checkChunkBlob(raw, r, dbuf) == "" {
+			if !bad {
 				// Good: touch it as below (its access time is unknown).
 				err := y.dst.b.Touch(ctx, p)
 				if err == nil {
@@ -1088,19 +1108,29 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, rbuf,
 		// Missing (or gone between Stat and Touch): copy it.
 	}
 
-	raw, err := backend.ReadFileInto(ctx, y.src.b, p, *rbuf)
+	raw, err := readChunkFile(ctx, y.src.b, p, b.raw)
+	b.raw = raw
 	if errors.Is(err, fs.ErrNotExist) {
 		return y.markBad(r.digest, fmt.Sprintf("chunk %s missing in the source", r.digest)), false, nil
+	}
+	if errors.Is(err, errChunkTooLarge) {
+		return y.markBad(r.digest, fmt.Sprintf("chunk %s corrupt: %v (in the source)", r.digest, err)), false, nil
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("read chunk %s on store %q: %w", r.digest, y.src.name, err)
 	}
-	*rbuf = raw
 	if err := y.lim.wait(ctx, len(raw)); err != nil {
 		return "", false, err
 	}
-	if why := checkChunkBlob(raw, r, dbuf); why != "" {
+	why, bad, err := y.checkChunk(ctx, raw, r, b.chk)
+	if err != nil {
+		return "", false, err
+	}
+	if bad {
 		return y.markBad(r.digest, why+" (in the source)"), false, nil
+	}
+	if why != "" {
+		return why, false, nil // the index is wrong, not the chunk
 	}
 	inserted, err := y.dst.InsertChunk(ctx, r.digest, raw)
 	if err != nil {
@@ -1156,25 +1186,22 @@ func (y *syncer) claim(ctx context.Context, d Digest, verifyTarget bool) (releas
 	}
 }
 
-// checkChunkBlob verifies a chunk as verify does: CRC, decoding, SHA-256
-// equal to its name, length as the index says. Encrypted chunks can only
-// have their CRC checked.
-func checkChunkBlob(raw []byte, r chunkRef, dbuf *[]byte) string {
-	data, _, err := format.DecodeBlobAppend((*dbuf)[:0], raw)
-	if errors.Is(err, format.ErrEncrypted) {
-		return ""
+// checkChunk checks a chunk file held in raw as verify does: CRC,
+// decoding (streamed, no more than the index says), SHA-256 equal to its
+// name, length as the index says. bad: the chunk itself is corrupt;
+// otherwise a reason means the index lists a good chunk with another
+// length. Encrypted chunks can only have their CRC checked.
+func (y *syncer) checkChunk(ctx context.Context, raw []byte, r chunkRef, c *chunkChecker) (why string, bad bool, err error) {
+	st, n, err := checkChunkStream(ctx, y.decoders, c, memChunk(raw), r)
+	switch {
+	case errors.Is(err, errChunkRead):
+		return "", false, err // only the context can fail a read from memory
+	case err != nil:
+		return fmt.Sprintf("chunk %s corrupt: %v", r.digest, err), true, nil
+	case st == chunkOK && uint64(n) != r.size:
+		return sizeMismatch(r, n), false, nil
 	}
-	if err != nil {
-		return fmt.Sprintf("chunk %s corrupt: %v", r.digest, err)
-	}
-	*dbuf = data
-	if Digest(sha256.Sum256(data)) != r.digest {
-		return fmt.Sprintf("chunk %s corrupt: SHA-256 differs from the chunk's name", r.digest)
-	}
-	if uint64(len(data)) != r.size {
-		return fmt.Sprintf("chunk %s corrupt: %d bytes, the index says %d", r.digest, len(data), r.size)
-	}
-	return ""
+	return "", false, nil
 }
 
 func (y *syncer) markPresent(d Digest, size int64, touched bool) {

@@ -96,6 +96,13 @@ func (c chunkState) String() string {
 	return "unknown"
 }
 
+// chunkVerdict is a checked chunk's state and, when good, its decoded
+// length (at most 16 MiB), which every index listing it must agree with.
+type chunkVerdict struct {
+	st   chunkState
+	size uint32
+}
+
 type chunkRef struct {
 	digest Digest
 	size   uint64
@@ -109,7 +116,7 @@ type verifier struct {
 	rep     *reporter
 	start   time.Time
 	mu      sync.Mutex
-	checked map[Digest]chunkState
+	checked map[Digest]chunkVerdict
 	reasons map[Digest]string
 	workers int
 
@@ -125,7 +132,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 	v := &verifier{
 		s: s, req: req, start: time.Now(),
 		res:     &VerifyResult{Failed: []FailedSnapshot{}, Skipped: []Skipped{}, Unfinished: []string{}},
-		checked: map[Digest]chunkState{},
+		checked: map[Digest]chunkVerdict{},
 		reasons: map[Digest]string{},
 		workers: runtime.GOMAXPROCS(0),
 
@@ -355,7 +362,7 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 			c := v.checker()
 			defer v.putChecker(c)
 			for r := range jobs {
-				st, why := v.checkChunk(ctx, r, c)
+				st, why, n := v.checkChunk(ctx, r, c)
 				if st == 0 {
 					errOnce.Do(func() { firstErr = errors.New(why) })
 					continue
@@ -369,7 +376,7 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 						v.mu.Unlock()
 					}
 				}
-				v.record(r, st, why)
+				v.record(r, st, why, n)
 			}
 		}()
 	}
@@ -391,18 +398,22 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for _, r := range refs {
-		switch st := v.checked[r.digest]; st {
-		case chunkOK, chunkEncrypted:
+		switch c := v.checked[r.digest]; c.st {
+		case chunkOK:
+			if uint64(c.size) != r.size {
+				reasons = append(reasons, sizeMismatch(r, int64(c.size)))
+			}
+		case chunkEncrypted:
 		default:
-			reasons = append(reasons, fmt.Sprintf("chunk %s %s: %s", r.digest, st, v.reasons[r.digest]))
+			reasons = append(reasons, fmt.Sprintf("chunk %s %s: %s", r.digest, c.st, v.reasons[r.digest]))
 		}
 	}
 	return reasons, nil
 }
 
-func (v *verifier) record(r chunkRef, st chunkState, why string) {
+func (v *verifier) record(r chunkRef, st chunkState, why string, size int64) {
 	v.mu.Lock()
-	v.checked[r.digest] = st
+	v.checked[r.digest] = chunkVerdict{st: st, size: uint32(size)}
 	if why != "" {
 		v.reasons[r.digest] = why
 	}
@@ -461,87 +472,20 @@ func (v *verifier) putChecker(c *chunkChecker) {
 var errChunkRead = errors.New("read failed")
 
 // checkChunk reads and checks one chunk. State 0 means an I/O error that is
-// not the chunk's fault (the task fails rather than blaming the data).
-func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, string) {
-	window := uint64(0)
+// not the chunk's fault (the task fails rather than blaming the data). A
+// good chunk's decoded length is returned for the indexes to be compared.
+func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, string, int64) {
+	open := func() (io.ReadCloser, error) { return backend.Open(ctx, v.s.b, ChunkPath(r.digest)) }
 	for attempt := 1; ; attempt++ {
-		st, err := v.checkChunkOnce(ctx, r, c, window)
+		st, n, err := checkChunkStream(ctx, v.decoders, c, open, r)
 		switch {
-		case errors.Is(err, format.ErrWindowTooLarge) && window < maxChunkWindow:
-			// A later zstd frame wants more history than the first one:
-			// once more with a decoder for the largest chunk window.
-			window = maxChunkWindow
 		case errors.Is(err, errChunkRead) && attempt < verifyReadAttempts && ctx.Err() == nil:
 		case errors.Is(err, errChunkRead):
-			return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err)
+			return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err), 0
 		case err != nil:
-			return chunkCorrupt, err.Error()
+			return chunkCorrupt, err.Error(), 0
 		default:
-			return st, ""
+			return st, "", n
 		}
 	}
-}
-
-// checkChunkOnce streams one chunk; minWindow forces a decoder at least
-// that large. Errors are corruption unless they wrap errChunkRead.
-func (v *verifier) checkChunkOnce(ctx context.Context, r chunkRef, c *chunkChecker, minWindow uint64) (chunkState, error) {
-	rc, err := backend.Open(ctx, v.s.b, ChunkPath(r.digest))
-	if errors.Is(err, fs.ErrNotExist) {
-		return chunkMissing, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("%w: %w", errChunkRead, err)
-	}
-	defer rc.Close()
-	readErr := func(err error) error {
-		if rerr := c.blob.ReadError(); rerr != nil {
-			return fmt.Errorf("%w: %w", errChunkRead, rerr)
-		}
-		return err
-	}
-	kind, err := c.blob.Open(rc)
-	if err != nil {
-		return 0, readErr(err)
-	}
-	// One byte more than the index promises is enough to tell a size
-	// mismatch, without decoding whatever a damaged frame expands to.
-	limit := int64(min(r.size, format.MaxBlobSize)) + 1
-	c.hash.Reset()
-	var n int64
-	switch {
-	case kind.IsEncrypted():
-		// No keys: the CRC is all that can be checked.
-		if _, err := c.blob.Copy(io.Discard, format.MaxBlobSize); err != nil {
-			return 0, readErr(err)
-		}
-		return chunkEncrypted, nil
-	case kind.IsCompressed():
-		window, err := c.blob.FrameWindow()
-		if err != nil {
-			return 0, readErr(err)
-		}
-		if window > maxChunkWindow {
-			return 0, readErr(fmt.Errorf("zstd frame declares a %d-byte window, more than any chunk needs", window))
-		}
-		dec, err := v.decoders.get(ctx, max(window, minWindow))
-		if err != nil {
-			return 0, fmt.Errorf("%w: %w", errChunkRead, err)
-		}
-		n, err = c.blob.Decode(dec, c.hash, limit)
-		v.decoders.put(dec)
-		if err != nil {
-			return 0, readErr(err)
-		}
-	default:
-		if n, err = c.blob.Copy(c.hash, limit); err != nil {
-			return 0, readErr(err)
-		}
-	}
-	if Digest(c.hash.Sum(c.sum[:0])) != r.digest {
-		return 0, errors.New("SHA-256 differs from the chunk's name")
-	}
-	if uint64(n) != r.size {
-		return 0, fmt.Errorf("%d bytes, the index says %d", n, r.size)
-	}
-	return chunkOK, nil
 }

@@ -473,15 +473,20 @@ func (s *S3) Open(ctx context.Context, name string) (io.ReadCloser, error) {
 		<-s.sem
 		return nil, s.wrap("read", name, err)
 	}
-	return &objectReader{ReadCloser: out.Body, release: func() { cancel(); <-s.sem }}, nil
+	return &objectReader{ReadCloser: out.Body, size: aws.ToInt64(out.ContentLength), release: func() { cancel(); <-s.sem }}, nil
 }
 
 // objectReader is an object's body that gives back its request's slot once.
 type objectReader struct {
 	io.ReadCloser
+	size    int64
 	release func()
 	once    sync.Once
 }
+
+// Size is the object's Content-Length, so callers can refuse an object
+// too large for what it should be before reading it.
+func (r *objectReader) Size() int64 { return r.size }
 
 func (r *objectReader) Close() error {
 	err := r.ReadCloser.Close()
