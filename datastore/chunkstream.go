@@ -28,9 +28,9 @@ const maxChunkBlob = dynMaxChunk + 64
 // errChunkTooLarge: a chunk file larger than any chunk can be.
 var errChunkTooLarge = errors.New("larger than any chunk")
 
-// chunkSize returns how long a chunk file is, when the reader knows
+// knownSize returns how long a file being read is, when the reader knows
 // without reading it (an S3 object's Content-Length, a file's stat).
-func chunkSize(rc io.Reader) (int64, bool) {
+func knownSize(rc io.Reader) (int64, bool) {
 	switch r := rc.(type) {
 	case interface{ Size() int64 }:
 		return r.Size(), r.Size() >= 0
@@ -51,7 +51,7 @@ func readChunkFile(ctx context.Context, b backend.Backend, p string, buf []byte)
 		return buf, err
 	}
 	defer rc.Close()
-	if n, ok := chunkSize(rc); ok {
+	if n, ok := knownSize(rc); ok {
 		if n > maxChunkBlob {
 			return buf, fmt.Errorf("chunk file %s of %d bytes: %w (%d)", p, n, errChunkTooLarge, maxChunkBlob)
 		}
@@ -192,4 +192,31 @@ func sizeMismatch(r chunkRef, actual int64) string {
 // memChunk opens raw as a chunk file.
 func memChunk(raw []byte) func() (io.ReadCloser, error) {
 	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil }
+}
+
+// scanIndexFile streams index file p through format.ScanIndex: memory
+// stays one piece however large the index is. fn sees entries before the
+// checksum is checked; on error they are not to be trusted.
+func scanIndexFile(ctx context.Context, b backend.Backend, p string, fn func(i int, d [32]byte, start, end uint64) error) (format.IndexInfo, error) {
+	rc, err := backend.Open(ctx, b, p)
+	if err != nil {
+		return format.IndexInfo{}, err
+	}
+	defer rc.Close()
+	size, ok := knownSize(rc)
+	if !ok {
+		size = -1
+	}
+	return format.ScanIndex(p, rc, size, fn)
+}
+
+// isFormatError reports whether err is a format's verdict on the data
+// rather than a failed read.
+func isFormatError(err error) bool {
+	for _, e := range []error{format.ErrTruncated, format.ErrBadMagic, format.ErrCorrupt, format.ErrBadChecksum, format.ErrTooLarge} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -513,32 +512,33 @@ func (g *gcRun) markJournal(ctx context.Context) error {
 // returned as fs.ErrNotExist; count adds it to the index statistics (the
 // journal's re-marks are not counted twice).
 func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
-	raw, err := g.s.b.ReadFile(ctx, p)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		return fmt.Errorf("gc: read index %s: %w", p, err)
-	}
-	idx, err := format.ParseIndex(p, raw)
-	if err != nil {
-		return fmt.Errorf("gc: index %s is unreadable, so the chunks it needs are unknown; not sweeping: %w", p, err)
-	}
-	if count {
-		g.res.IndexFiles++
-		g.res.IndexDataBytes += idx.DataSize()
-		g.rep.add(1)
-	}
-	for i, n := 0, idx.ChunkCount(); i < n; i++ {
-		d := Digest(idx.ChunkDigest(i))
+	// Streamed in bounded pieces: a huge (or sparse) index costs GC time,
+	// not memory.
+	info, err := scanIndexFile(ctx, g.s.b, p, func(_ int, d [32]byte, _, _ uint64) error {
 		if !g.marked.add(d) || g.touchq == nil {
-			continue
+			return nil
 		}
 		select {
 		case g.touchq <- d:
+			return nil
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
+	})
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return err
+	case isFormatError(err):
+		return fmt.Errorf("gc: index %s is unreadable, so the chunks it needs are unknown; not sweeping: %w", p, err)
+	case err != nil && ctx.Err() == nil:
+		return fmt.Errorf("gc: read index %s: %w", p, err)
+	case err != nil:
+		return context.Cause(ctx)
+	}
+	if count {
+		g.res.IndexFiles++
+		g.res.IndexDataBytes += info.DataSize
+		g.rep.add(1)
 	}
 	return nil
 }
