@@ -80,7 +80,7 @@ func manifestErr(format string, args ...any) error {
 
 // ParseManifest decodes a manifest blob and parses and validates its JSON.
 func ParseManifest(blob []byte) (*Manifest, error) {
-	data, err := DecodeBlob(blob)
+	data, err := DecodeBlobLimit(blob, MaxManifestSize)
 	if err != nil {
 		return nil, fmt.Errorf("manifest blob: %w", err)
 	}
@@ -91,8 +91,8 @@ func ParseManifest(blob []byte) (*Manifest, error) {
 // exactly (encoding/json alone would fold case), and the fields PBS
 // requires must be present and not null.
 func ParseManifestJSON(b []byte) (*Manifest, error) {
-	if len(b) > MaxBlobSize {
-		return nil, fmt.Errorf("manifest of %d bytes: %w", len(b), ErrTooLarge)
+	if len(b) > MaxManifestSize {
+		return nil, fmt.Errorf("manifest of %d bytes, over %d: %w", len(b), MaxManifestSize, ErrTooLarge)
 	}
 	top, err := jsonObject(b)
 	if err != nil {
@@ -277,6 +277,10 @@ func (m *Manifest) Marshal() ([]byte, error) {
 	b, err := m.JSON()
 	if err != nil {
 		return nil, err
+	}
+	if len(b) > MaxManifestSize {
+		// Never write a manifest that readers would refuse.
+		return nil, fmt.Errorf("manifest of %d bytes, over %d: %w", len(b), MaxManifestSize, ErrTooLarge)
 	}
 	return EncodeBlob(b)
 }
