@@ -49,7 +49,7 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 	note := func(s string) {
 		if s != lastNote {
 			lastNote = s
-			fmt.Fprintf(os.Stderr, "task %s: %s\n", id, s)
+			fmt.Fprintf(os.Stderr, "task %s: %s\n", safeLine(id), safeLine(s))
 		}
 	}
 	for {
@@ -84,7 +84,7 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 				return finishTask(info, rec, asJSON)
 			case asynq.TaskStateActive:
 				if rec.State == "running" && rec.Phase != "starting" {
-					bar.show(rec.Phase, rec.Done, rec.Total, rec.Message)
+					bar.show(safeLine(rec.Phase), rec.Done, rec.Total, safeLine(rec.Message))
 				} else {
 					note("running")
 				}
@@ -137,7 +137,7 @@ func finishTask(info *asynq.TaskInfo, rec tasks.Record, asJSON bool) error {
 		if len(rec.Result) > 0 {
 			var buf bytes.Buffer
 			if json.Indent(&buf, rec.Result, "", "  ") == nil {
-				fmt.Println(buf.String())
+				fmt.Println(safeText(buf.String()))
 			}
 		}
 		line := fmt.Sprintf("task %s: %s", info.ID, outcome)
@@ -147,7 +147,7 @@ func finishTask(info *asynq.TaskInfo, rec tasks.Record, asJSON bool) error {
 		if msg != "" {
 			line += ": " + msg
 		}
-		fmt.Fprintln(os.Stderr, line)
+		fmt.Fprintln(os.Stderr, safeLine(line))
 	}
 	if code := outcomeCode(outcome); code != exitOK {
 		return &exitError{code: code}
@@ -293,8 +293,8 @@ func (a *app) tasksCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tSTATE\tTYPE\tTARGET\tSTATUS\tRETRIED")
 			for _, info := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\n", info.ID, info.State, strings.TrimPrefix(info.Type, "datastore:"),
-					target(info.Payload), status(info), info.Retried, info.MaxRetry)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d/%d\n", safeLine(info.ID), info.State, safeLine(strings.TrimPrefix(info.Type, "datastore:")),
+					safeLine(target(info.Payload)), safeLine(status(info)), info.Retried, info.MaxRetry)
 			}
 			return tw.Flush()
 		},
@@ -332,9 +332,9 @@ func (a *app) tasksCmd() *cobra.Command {
 				}
 				return buf.String()
 			}
-			fmt.Printf("id:       %s\ntype:     %s\nstate:    %s\nretried:  %d/%d\n", v.ID, v.Type, v.State, v.Retried, v.MaxRetry)
+			fmt.Printf("id:       %s\ntype:     %s\nstate:    %s\nretried:  %d/%d\n", safeLine(v.ID), safeLine(v.Type), v.State, v.Retried, v.MaxRetry)
 			if v.LastError != "" {
-				fmt.Printf("error:    %s\n", v.LastError)
+				fmt.Printf("error:    %s\n", safeLine(v.LastError))
 			}
 			if v.NextRun != nil {
 				fmt.Printf("next run: %s\n", v.NextRun.Local().Format(time.RFC3339))
@@ -342,9 +342,9 @@ func (a *app) tasksCmd() *cobra.Command {
 			if v.Completed != nil {
 				fmt.Printf("finished: %s\n", v.Completed.Local().Format(time.RFC3339))
 			}
-			fmt.Printf("payload:  %s\n", indent(v.Payload))
+			fmt.Printf("payload:  %s\n", safeText(indent(v.Payload)))
 			if v.Record != nil {
-				fmt.Printf("record:   %s\n", indent(v.Record))
+				fmt.Printf("record:   %s\n", safeText(indent(v.Record)))
 			}
 			return nil
 		},

@@ -84,7 +84,12 @@ func newWorkerStores(a *app, m *lock.Metrics) *workerStores {
 func (s *workerStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
 	ds, err := s.a.storeConfig(store)
 	if err != nil {
-		return nil, err
+		// A store this worker does not know will not appear by retrying:
+		// the task is archived at once (worker.conclude).
+		if errors.Is(err, tasks.ErrInvalid) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", tasks.ErrInvalid, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
