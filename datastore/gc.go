@@ -356,6 +356,13 @@ func (g *gcRun) scanIndexFiles(ctx context.Context) (int, []string, error) {
 			if !isIndexFile(fi.Name[strings.LastIndexByte(fi.Name, '/')+1:]) {
 				return nil
 			}
+			if err := backend.ValidPath(fi.Name); err != nil {
+				// An object key no path names (ns//x/…, ns/../x/…): nothing
+				// pbsq or PBS writes, nor can read; one must not stop
+				// every GC from sweeping.
+				g.warn(fmt.Sprintf("skipped index file at a non-canonical key %q: not a datastore path", fi.Name))
+				return nil
+			}
 			total++
 			if !inLayout(fi.Name) {
 				strays = append(strays, fi.Name)
