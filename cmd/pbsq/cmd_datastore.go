@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"sort"
 
@@ -34,6 +35,14 @@ func (a *app) datastoreCmd() *cobra.Command {
 			ds, err := datastoreFlags(path, s3c, store)
 			if err != nil {
 				return err
+			}
+			if ds.S3 != nil {
+				// Checked before anything is written to the bucket.
+				probe := &Config{Datastores: maps.Clone(a.cfg.Datastores)}
+				probe.Datastores[store] = ds
+				if err := probe.checkS3Overlap(); err != nil {
+					return usageError{err}
+				}
 			}
 			ctx := cmd.Context()
 			if ds.S3 == nil {
@@ -143,7 +152,10 @@ func datastoreFlags(path string, s3c S3Config, store string) (DatastoreConfig, e
 			s3c.Prefix = store
 		}
 		ds := DatastoreConfig{S3: &s3c}
-		return ds, ds.validate(store)
+		if err := ds.validate(store); err != nil {
+			return ds, usageError{err}
+		}
+		return ds, nil
 	}
 	return DatastoreConfig{}, usagef("give --path DIR or --s3-endpoint URL --s3-bucket B")
 }

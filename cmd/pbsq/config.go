@@ -216,6 +216,9 @@ func (c *Config) validate() error {
 			return err
 		}
 	}
+	if err := c.checkS3Overlap(); err != nil {
+		return err
+	}
 	c.scheds = nil
 	for _, n := range slices.Sorted(maps.Keys(c.Schedules)) {
 		s, err := c.schedule(n, c.Schedules[n])
@@ -237,6 +240,43 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
 	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:
 		return fmt.Errorf("datastores.%s.s3.prefix %q: must not start or end with '/'", store, d.S3.Prefix)
+	case d.S3 != nil && d.S3.Prefix != "":
+		for _, c := range strings.Split(d.S3.Prefix, "/") {
+			if c == "" || c == "." || c == ".." || strings.ContainsFunc(c, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				return fmt.Errorf("datastores.%s.s3.prefix %q: components must not be empty, '.' or '..', nor hold control characters", store, d.S3.Prefix)
+			}
+		}
+	}
+	return nil
+}
+
+// s3Prefix is the prefix a datastore's keys live under (the store name
+// when none is configured, as applyDefaults sets).
+func (d DatastoreConfig) s3Prefix(store string) string {
+	if d.S3.Prefix == "" {
+		return store
+	}
+	return d.S3.Prefix
+}
+
+// checkS3Overlap refuses two datastores whose key prefixes in the same
+// bucket of the same endpoint are equal or nested: one's GC would sweep
+// the other's chunks, one's listing would see the other's snapshots.
+func (c *Config) checkS3Overlap() error {
+	type place struct{ store, where, prefix string }
+	var seen []place
+	for _, n := range slices.Sorted(maps.Keys(c.Datastores)) {
+		ds := c.Datastores[n]
+		if ds.S3 == nil {
+			continue
+		}
+		p := place{n, strings.ToLower(strings.TrimRight(ds.S3.Endpoint, "/")) + " " + ds.S3.Bucket, ds.s3Prefix(n)}
+		for _, o := range seen {
+			if o.where == p.where && (strings.HasPrefix(p.prefix+"/", o.prefix+"/") || strings.HasPrefix(o.prefix+"/", p.prefix+"/")) {
+				return fmt.Errorf("datastores.%s.s3.prefix %q overlaps datastores.%s.s3.prefix %q in bucket %s: prefixes of one bucket must not be equal or nested", n, p.prefix, o.store, o.prefix, ds.S3.Bucket)
+			}
+		}
+		seen = append(seen, p)
 	}
 	return nil
 }

@@ -72,3 +72,43 @@ func TestWorkerUnknownStoreArchived(t *testing.T) {
 		t.Errorf("record is not invalid: %s", out)
 	}
 }
+
+// TestS3PrefixValidation: s3.prefix components that are empty, '.' or
+// '..', and prefixes equal to or nested in another store's in the same
+// bucket of the same endpoint, are exit 2 naming the value; the same
+// prefix in another bucket is fine. `datastore create` refuses an
+// overlapping prefix before touching the bucket.
+func TestS3PrefixValidation(t *testing.T) {
+	e := newEnv(t, false)
+	s3 := func(name, bucket, prefix string) string {
+		y := "  " + name + ":\n    s3:\n      endpoint: http://127.0.0.1:1\n      bucket: " + bucket + "\n"
+		if prefix != "" {
+			y += "      prefix: " + prefix + "\n"
+		}
+		return y
+	}
+	for _, c := range []struct{ stores, want string }{
+		{s3("one", "b", "a/../b"), `"a/../b"`},
+		{s3("one", "b", "a//b"), `"a//b"`},
+		{s3("one", "b", "./a"), `"./a"`},
+		{s3("one", "b", "x") + s3("two", "b", "x/y"), `prefix "x/y" overlaps datastores.one.s3.prefix "x"`},
+		{s3("one", "b", "") + s3("two", "b", "one"), `datastores.two.s3.prefix "one" overlaps`},
+		{s3("one", "b", "shared") + s3("two", "b", "shared"), `overlaps`},
+	} {
+		e.writeConfig(c.stores)
+		_, errs := e.expect(2, "datastore", "ls")
+		if !strings.Contains(errs, c.want) {
+			t.Errorf("%s: stderr lacks %q:\n%s", c.stores, c.want, errs)
+		}
+	}
+	e.writeConfig(s3("one", "b", "x") + s3("two", "other", "x") + s3("three", "b", "xy"))
+	e.mustRun("datastore", "ls")
+	_, errs := e.expect(2, "datastore", "create", "four", "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "b", "--s3-prefix", "x/sub")
+	if !strings.Contains(errs, `"x/sub"`) || !strings.Contains(errs, "overlaps") {
+		t.Errorf("create with a nested prefix: %s", errs)
+	}
+	_, errs = e.expect(2, "datastore", "create", "five", "--s3-endpoint", "http://127.0.0.1:1", "--s3-bucket", "b", "--s3-prefix", "x/../y")
+	if !strings.Contains(errs, `"x/../y"`) {
+		t.Errorf("create with '..': %s", errs)
+	}
+}
