@@ -10,6 +10,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/format"
+	"github.com/pbsq/pbsq/datastore/name"
 )
 
 // Chunk checks shared by verify and sync. A chunk streams through the CRC,
@@ -219,4 +220,34 @@ func isFormatError(err error) bool {
 		}
 	}
 	return false
+}
+
+// indexRefs streams index file f of snapshot sn (memory: one piece plus
+// its distinct new chunks) and returns its chunks not yet in seen, adding
+// them; or why the index fails: unreadable, or its checksum or size
+// differs from the manifest's. Errors are only the context's.
+func (v *verifier) indexRefs(ctx context.Context, sn name.Snapshot, f format.FileInfo, seen map[Digest]bool) ([]chunkRef, string, error) {
+	var refs []chunkRef
+	local := map[Digest]bool{}
+	info, err := scanIndexFile(ctx, v.s.b, sn.File(f.Filename), func(_ int, d [32]byte, start, end uint64) error {
+		if !seen[d] && !local[d] {
+			local[d] = true
+			refs = append(refs, chunkRef{digest: d, size: end - start})
+		}
+		return nil
+	})
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, "", ctx.Err()
+	case err != nil:
+		return nil, fmt.Sprintf("%s: %v", f.Filename, err), nil
+	case info.Checksum != f.Csum:
+		return nil, fmt.Sprintf("%s: index checksum differs from the manifest", f.Filename), nil
+	case info.DataSize != f.Size:
+		return nil, fmt.Sprintf("%s: size %d differs from the manifest's %d", f.Filename, info.DataSize, f.Size), nil
+	}
+	for d := range local {
+		seen[d] = true
+	}
+	return refs, "", nil
 }

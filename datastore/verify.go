@@ -287,6 +287,17 @@ func (v *verifier) files(ctx context.Context, sn name.Snapshot, m *format.Manife
 	var refs []chunkRef
 	seen := map[Digest]bool{}
 	for _, f := range m.Files {
+		if !isBlobFile(f.Filename) {
+			r, why, err := v.indexRefs(ctx, sn, f, seen)
+			if err != nil {
+				return nil, err
+			}
+			if why != "" {
+				reasons = append(reasons, why)
+			}
+			refs = append(refs, r...)
+			continue
+		}
 		raw, err := v.s.b.ReadFile(ctx, sn.File(f.Filename))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -295,35 +306,12 @@ func (v *verifier) files(ctx context.Context, sn name.Snapshot, m *format.Manife
 			reasons = append(reasons, fmt.Sprintf("%s: %v", f.Filename, err))
 			continue
 		}
-		if isBlobFile(f.Filename) {
-			if uint64(len(raw)) != f.Size || sha256.Sum256(raw) != f.Csum {
-				reasons = append(reasons, fmt.Sprintf("%s: checksum or size differs from the manifest", f.Filename))
-			} else if _, err := format.InspectBlob(raw); err != nil && !errors.Is(err, format.ErrEncrypted) {
-				reasons = append(reasons, fmt.Sprintf("%s: %v", f.Filename, err))
-			}
-			v.res.Bytes += int64(len(raw))
-			continue
-		}
-		idx, err := format.ParseIndex(f.Filename, raw)
-		if err != nil {
+		if uint64(len(raw)) != f.Size || sha256.Sum256(raw) != f.Csum {
+			reasons = append(reasons, fmt.Sprintf("%s: checksum or size differs from the manifest", f.Filename))
+		} else if _, err := format.InspectBlob(raw); err != nil && !errors.Is(err, format.ErrEncrypted) {
 			reasons = append(reasons, fmt.Sprintf("%s: %v", f.Filename, err))
-			continue
 		}
-		if idx.Checksum() != f.Csum {
-			reasons = append(reasons, fmt.Sprintf("%s: index checksum differs from the manifest", f.Filename))
-			continue
-		}
-		if idx.DataSize() != f.Size {
-			reasons = append(reasons, fmt.Sprintf("%s: size %d differs from the manifest's %d", f.Filename, idx.DataSize(), f.Size))
-			continue
-		}
-		for i := 0; i < idx.ChunkCount(); i++ {
-			d := Digest(idx.ChunkDigest(i))
-			if !seen[d] {
-				seen[d] = true
-				refs = append(refs, chunkRef{digest: d, size: idx.ChunkLen(i)})
-			}
-		}
+		v.res.Bytes += int64(len(raw))
 	}
 	bad, err := v.chunks(ctx, refs)
 	if err != nil {

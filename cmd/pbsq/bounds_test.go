@@ -256,6 +256,19 @@ func TestGCSparseHugeIndexBounded(t *testing.T) {
 	if rss >= maxRSS {
 		t.Errorf("gc --dry-run over a crafted sparse 640 MiB index peaked at %d MiB RSS", rss>>20)
 	}
+
+	// verify streams the indexes the manifest lists too.
+	must(t, os.Remove(crafted))
+	listed := filepath.Join(snap, "bomb.img.fidx")
+	must(t, os.Truncate(listed, 0))
+	must(t, os.Truncate(listed, 1536<<20))
+	out, code, rss = e.rssRun("run", "verify", "--store", "demo2")
+	if code == 0 || !strings.Contains(out, "bomb.img.fidx") {
+		t.Errorf("verify over a sparse listed index: exit %d:\n%s", code, out)
+	}
+	if rss >= maxRSS {
+		t.Errorf("verify over a sparse 1.5 GiB index peaked at %d MiB RSS", rss>>20)
+	}
 }
 
 // TestVerifyManifestBombBounded: a ~3 KB manifest that decodes to 100 MiB
