@@ -253,7 +253,10 @@ for root), removed on exit.`,
 				st.Dashboard = "http://" + dbound + "/monitoring/"
 				dashMux.Handle("/{$}", indexHandler(st))
 			}
-			mux.Handle("/{$}", indexHandler(st))
+			if dashMux == mux {
+				// The index names Redis: only beside the dashboard it links.
+				mux.Handle("/{$}", indexHandler(st))
+			}
 
 			statePath, err := a.writeServeState(st)
 			if err != nil {
