@@ -115,6 +115,7 @@ func newRootCmd() *cobra.Command {
 	for _, c := range extraCommands {
 		root.AddCommand(c(a))
 	}
+	strictArgs(root)
 	return root
 }
 
