@@ -258,8 +258,7 @@ func (r *recorder) final(res tasks.Result, out Outcome, start time.Time) {
 	res.State = "done"
 	res.Seconds = time.Since(start).Seconds()
 	if out != nil {
-		// A typed nil result marshals as "null": leave it out.
-		if b, err := json.Marshal(out); err == nil && string(b) != "null" {
+		if b, err := json.Marshal(out); err == nil {
 			res.Result = b
 		}
 	}

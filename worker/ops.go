@@ -43,7 +43,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		if err != nil {
 			return nil, err
 		}
-		return s.Verify(ctx, req, progress)
+		return outcome(s.Verify(ctx, req, progress))
 	case *tasks.Prune:
 		s, err := open(p.Store)
 		if err != nil {
@@ -53,7 +53,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		if err != nil {
 			return nil, err
 		}
-		return s.Prune(ctx, req, progress)
+		return outcome(s.Prune(ctx, req, progress))
 	case *tasks.MoveGroup:
 		return runMoveGroup(ctx, open, p, progress)
 	case *tasks.MoveNamespace:
@@ -64,6 +64,19 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		return runGC(ctx, open, p, progress)
 	}
 	return nil, fmt.Errorf("%w task type %s", tasks.ErrInvalid, p.TaskType())
+}
+
+// outcome returns an operation's result as an Outcome, and a nil result as
+// a nil Outcome: a nil *VerifyResult in the interface would not compare
+// equal to nil, and callers would print or record it as "null".
+func outcome[R any, P interface {
+	*R
+	Outcome
+}](res P, err error) (Outcome, error) {
+	if res == nil {
+		return nil, err
+	}
+	return res, err
 }
 
 // opener opens a datastore for the running task.
