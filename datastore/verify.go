@@ -355,10 +355,14 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 			c := v.checker()
 			defer v.putChecker(c)
 			for r := range jobs {
-				st, why := v.checkChunk(ctx, r, c)
+				st, err := v.checkChunk(ctx, r, c)
 				if st == 0 {
-					errOnce.Do(func() { firstErr = errors.New(why) })
+					errOnce.Do(func() { firstErr = err })
 					continue
+				}
+				var why string
+				if err != nil {
+					why = err.Error()
 				}
 				if st == chunkCorrupt {
 					if p, err := v.s.RenameCorruptChunk(ctx, r.digest); err != nil {
@@ -460,9 +464,10 @@ func (v *verifier) putChecker(c *chunkChecker) {
 // errChunkRead marks a failed read, which is not the chunk's fault.
 var errChunkRead = errors.New("read failed")
 
-// checkChunk reads and checks one chunk. State 0 means an I/O error that is
-// not the chunk's fault (the task fails rather than blaming the data).
-func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, string) {
+// checkChunk reads and checks one chunk; the error says what is wrong with
+// it. State 0 means an I/O error that is not the chunk's fault (the task
+// fails with it rather than blaming the data).
+func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, error) {
 	window := uint64(0)
 	for attempt := 1; ; attempt++ {
 		st, err := v.checkChunkOnce(ctx, r, c, window)
@@ -473,11 +478,11 @@ func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) 
 			window = maxChunkWindow
 		case errors.Is(err, errChunkRead) && attempt < verifyReadAttempts && ctx.Err() == nil:
 		case errors.Is(err, errChunkRead):
-			return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err)
+			return 0, fmt.Errorf("read chunk %s: %w", r.digest, err)
 		case err != nil:
-			return chunkCorrupt, err.Error()
+			return chunkCorrupt, err
 		default:
-			return st, ""
+			return st, nil
 		}
 	}
 }
