@@ -166,8 +166,6 @@ func (s *Store) newMover(op string, progress ProgressFunc) *mover {
 	return m
 }
 
-func moveGroupLabel(g name.Group) string { return g.NS.String() + ":" + g.String() }
-
 // ---- move-group
 
 // MoveGroup moves a backup group into another namespace (DESIGN §4). Every
@@ -231,7 +229,7 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 			err = m.execGroup(ctx, p)
 		}
 		if errors.Is(err, lock.ErrBusy) {
-			m.skip(moveGroupLabel(src), err, "busy")
+			m.skip(groupLabel(src), err, "busy")
 			err = nil
 		}
 	}
@@ -311,7 +309,7 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 			return m.res, err
 		}
 		for _, j := range again {
-			m.skip(moveGroupLabel(j.src), j.busy, "busy")
+			m.skip(groupLabel(j.src), j.busy, "busy")
 		}
 	}
 	// Source namespaces holding skipped groups stay, with their ancestors.
@@ -505,7 +503,7 @@ func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, paral
 					mu.Unlock()
 					continue // counted when retried
 				case errors.Is(err, ErrInvalid):
-					m.skip(moveGroupLabel(j.src), err, "refused")
+					m.skip(groupLabel(j.src), err, "refused")
 				default:
 					mu.Lock()
 					if firstErr == nil {
@@ -980,7 +978,7 @@ func (m *mover) execGroup(ctx context.Context, p *groupPlan) error {
 	m.mu.Lock()
 	m.res.Groups++
 	if p.merge {
-		m.res.MergedGroups = append(m.res.MergedGroups, moveGroupLabel(p.dst))
+		m.res.MergedGroups = append(m.res.MergedGroups, groupLabel(p.dst))
 	}
 	m.mu.Unlock()
 	return nil
@@ -1349,7 +1347,7 @@ func (s *Store) hasMoveRecord(ctx context.Context, src, dst name.Group) (bool, e
 }
 
 func (s *Store) writeMoveRecord(ctx context.Context, src, dst name.Group) error {
-	data, err := json.Marshal(moveRecord{From: moveGroupLabel(src), To: moveGroupLabel(dst), Created: time.Now().UTC()})
+	data, err := json.Marshal(moveRecord{From: groupLabel(src), To: groupLabel(dst), Created: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
