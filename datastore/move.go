@@ -210,7 +210,7 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 		return nil, err
 	} else if !ok {
 		return nil, fmt.Errorf("%w: move-group: target namespace %q does not exist on store %q (create it with `pbsq ns create`): %w",
-			ErrInvalid, dst.NS, s.name, ErrNotFound)
+			name.ErrInvalid, dst.NS, s.name, ErrNotFound)
 	}
 	p, err := m.planGroup(ctx, src, dst.NS, req.MergeGroup)
 	if err != nil {
@@ -360,7 +360,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 			return nil, nil, nil, err
 		} else if !ok {
 			return nil, nil, nil, fmt.Errorf("%w: move-namespace: the parent %q of target-ns %q does not exist on store %q (create it first): %w",
-				ErrInvalid, dst.Parent(), dst, s.name, ErrNotFound)
+				name.ErrInvalid, dst.Parent(), dst, s.name, ErrNotFound)
 		}
 	}
 	nss, err := s.ListNamespaces(ctx, src, req.MaxDepth)
@@ -409,7 +409,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 	err = m.forEach(ctx, len(jobs), m.groupParallel, func(ctx context.Context, i int) error {
 		checks[i] = m.checkGroup(ctx, jobs[i].src, jobs[i].dstNS, req.MergeGroups)
 		m.rep.add(1)
-		if checks[i] != nil && !errors.Is(checks[i], ErrInvalid) {
+		if checks[i] != nil && !errors.Is(checks[i], name.ErrInvalid) {
 			return checks[i]
 		}
 		return nil
@@ -431,7 +431,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 		}
 		// The sentinel is already in each message; keep it once.
 		for i := range shown {
-			shown[i] = strings.TrimPrefix(shown[i], ErrInvalid.Error()+": ")
+			shown[i] = strings.TrimPrefix(shown[i], name.ErrInvalid.Error()+": ")
 		}
 		return nil, nil, nil, invalidf("move-namespace %q to %q refused, nothing was changed: %d group(s) cannot move: %s%s",
 			src, dst, len(refusals), strings.Join(shown, "; "), more)
@@ -502,7 +502,7 @@ func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, paral
 					aside = append(aside, busyJob{moveJob: j, busy: err})
 					mu.Unlock()
 					continue // counted when retried
-				case errors.Is(err, ErrInvalid):
+				case errors.Is(err, name.ErrInvalid):
 					m.skip(groupLabel(j.src), err, "refused")
 				default:
 					mu.Lock()

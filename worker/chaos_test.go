@@ -179,7 +179,7 @@ type chaosStores struct {
 func (s *chaosStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
 	spec, ok := s.specs[store]
 	if !ok {
-		return nil, fmt.Errorf("%w: unknown datastore %q", tasks.ErrInvalid, store)
+		return nil, fmt.Errorf("%w: unknown datastore %q", name.ErrInvalid, store)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

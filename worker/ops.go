@@ -63,7 +63,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 	case *tasks.GC:
 		return runGC(ctx, open, p, progress)
 	}
-	return nil, fmt.Errorf("%w task type %s", tasks.ErrInvalid, p.TaskType())
+	return nil, fmt.Errorf("%w task type %s", name.ErrInvalid, p.TaskType())
 }
 
 // outcome returns an operation's result as an Outcome, and a nil result as
@@ -135,7 +135,7 @@ func pruneRequest(p *tasks.Prune) (datastore.PruneRequest, error) {
 	var setErr error
 	p.Keep.Each(func(key string, v int) {
 		if err := keep.Set(key, v); err != nil && setErr == nil {
-			setErr = fmt.Errorf("%w: %w", datastore.ErrInvalid, err)
+			setErr = fmt.Errorf("%w: %w", name.ErrInvalid, err)
 		}
 	})
 	if setErr != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/robfig/cron/v3"
 
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -43,28 +44,28 @@ var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month 
 // "@every <duration>", whose fire times are multiples of the duration
 // since the Unix epoch — so every host computes the same ones. The payload
 // is validated as `pbsq enqueue` does.
-func ParseSchedule(name, spec string, p tasks.Payload) (Schedule, error) {
-	if !scheduleName.MatchString(name) {
-		return Schedule{}, fmt.Errorf("%w schedule name %q: letters, digits, '_', '.', '-', at most 64", tasks.ErrInvalid, name)
+func ParseSchedule(schedName, spec string, p tasks.Payload) (Schedule, error) {
+	if !scheduleName.MatchString(schedName) {
+		return Schedule{}, fmt.Errorf("%w schedule name %q: letters, digits, '_', '.', '-', at most 64", name.ErrInvalid, schedName)
 	}
 	if p == nil {
-		return Schedule{}, fmt.Errorf("%w schedule %s: no task", tasks.ErrInvalid, name)
+		return Schedule{}, fmt.Errorf("%w schedule %s: no task", name.ErrInvalid, schedName)
 	}
 	if err := p.Validate(); err != nil {
-		return Schedule{}, fmt.Errorf("schedule %s: %w", name, err)
+		return Schedule{}, fmt.Errorf("schedule %s: %w", schedName, err)
 	}
-	s := Schedule{Name: name, Spec: spec, Payload: p}
+	s := Schedule{Name: schedName, Spec: spec, Payload: p}
 	if every, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
 		d, err := time.ParseDuration(strings.TrimSpace(every))
 		if err != nil || d < minEvery {
-			return Schedule{}, fmt.Errorf("%w schedule %s: %q: @every needs a duration of at least %s", tasks.ErrInvalid, name, spec, minEvery)
+			return Schedule{}, fmt.Errorf("%w schedule %s: %q: @every needs a duration of at least %s", name.ErrInvalid, schedName, spec, minEvery)
 		}
 		s.when = everySchedule(d)
 		return s, nil
 	}
 	when, err := cronParser.Parse(spec)
 	if err != nil {
-		return Schedule{}, fmt.Errorf("%w schedule %s: cron spec %q: %v", tasks.ErrInvalid, name, spec, err)
+		return Schedule{}, fmt.Errorf("%w schedule %s: cron spec %q: %v", name.ErrInvalid, schedName, spec, err)
 	}
 	s.when = when
 	return s, nil

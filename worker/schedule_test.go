@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -40,7 +41,7 @@ func TestParseSchedule(t *testing.T) {
 		{"ok", "@daily", &tasks.Verify{Store: "../x"}, `"../x"`},
 	} {
 		_, err := ParseSchedule(tc.name, tc.spec, tc.p)
-		if !errors.Is(err, tasks.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+		if !errors.Is(err, name.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseSchedule(%q, %q) = %v; want ErrInvalid naming %s", tc.name, tc.spec, err, tc.want)
 		}
 	}
