@@ -13,7 +13,7 @@ import (
 	"github.com/pbsq/pbsq/tasks"
 )
 
-// Metrics are the worker's Prometheus metrics (DESIGN §6). A nil *Metrics
+// Metrics are the worker's Prometheus metrics (docs/DESIGN.md §6). A nil *Metrics
 // records nothing. The lock metrics are the lockers' own (lock.NewMetrics),
 // made once by whatever builds the lockers: the Stores.
 type Metrics struct {
