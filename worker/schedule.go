@@ -196,6 +196,9 @@ func (s *Scheduler) loop(ctx context.Context, sc Schedule) {
 			return
 		case <-t.C:
 		}
+		if ctx.Err() != nil {
+			return
+		}
 		s.fire(ctx, sc, next)
 		// Late (a suspended host, a slow Redis): skip to the next future
 		// fire rather than queue a burst.
@@ -210,8 +213,20 @@ func latest(a, b time.Time) time.Time {
 	return b
 }
 
-// fire claims the fire at `at` and queues the job if the claim is ours.
+// fireGrace is how long a fire that has begun may go on once the
+// scheduler is stopping.
+const fireGrace = 10 * time.Second
+
+// fire claims the fire at `at` and queues the job if the claim is ours. A
+// fire that has begun finishes (within fireGrace) even if the scheduler is
+// stopped meanwhile: once it is claimed no other scheduler handles it, so
+// giving up half way would drop it.
 func (s *Scheduler) fire(ctx context.Context, sc Schedule, at time.Time) {
+	parent := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	defer cancel()
+	stop := context.AfterFunc(parent, func() { time.AfterFunc(fireGrace, cancel) })
+	defer stop()
 	rdb := s.enq.Redis()
 	// The claim outlives every other scheduler's chance to handle the same
 	// fire, however late its timer is.

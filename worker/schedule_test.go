@@ -97,7 +97,17 @@ func TestSchedulersShareFires(t *testing.T) {
 			s.Run(ctx)
 		}()
 	}
-	time.Sleep(3500 * time.Millisecond)
+	// Run until two fires were claimed; a fire under way when the
+	// schedulers stop still finishes with one outcome.
+	rdb := rs.Client()
+	claimed := func() []string {
+		keys, err := rdb.Keys(context.Background(), "pbsq:schedule:often:fire:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	waitUntil(t, "two fires claimed", func() bool { return len(claimed()) >= 2 })
 	cancel()
 	wg.Wait()
 	end := time.Now()
@@ -109,11 +119,7 @@ func TestSchedulersShareFires(t *testing.T) {
 	for at := sched.Next(start); !at.After(end); at = sched.Next(at) {
 		fires++
 	}
-	rdb := rs.Client()
-	claims, err := rdb.Keys(context.Background(), "pbsq:schedule:often:fire:*").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	claims := claimed()
 	if len(claims) < 2 || len(claims) > fires {
 		t.Fatalf("%d fires claimed of %d fire times in %s", len(claims), fires, end.Sub(start))
 	}
@@ -143,6 +149,30 @@ func TestSchedulersShareFires(t *testing.T) {
 }
 
 // testutilCounters returns a counter vector's values by its result label.
+// TestFireFinishesWhenStopped: a fire that has begun (its timer fired)
+// claims its time and queues its job even if the scheduler is stopped
+// meanwhile; dropping it half way would lose it, since no other
+// scheduler handles a claimed fire.
+func TestFireFinishesWhenStopped(t *testing.T) {
+	rs := redistest.Start(t)
+	sched, err := ParseSchedule("stopping", "@every 1h", &tasks.Verify{Store: testStoreName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	e := newEnqueuer(t, rs.Addr())
+	s := NewScheduler(e, []Schedule{sched}, SchedulerOptions{Logger: testLogger(t), Registerer: reg, Host: "h"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.fire(ctx, sched, time.Now().Truncate(time.Hour))
+	if runs := testutilCounters(t, reg, "pbsq_schedule_runs_total"); runs[ScheduleEnqueued] != 1 || runs[ScheduleError] != 0 {
+		t.Errorf("runs %v, want the job enqueued", runs)
+	}
+	if dup, err := e.FindDuplicate(context.Background(), sched.Payload); err != nil || dup == nil {
+		t.Errorf("job not queued: %v, %v", dup, err)
+	}
+}
+
 func testutilCounters(t *testing.T, reg *prometheus.Registry, metric string) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
