@@ -173,6 +173,42 @@ func TestFireFinishesWhenStopped(t *testing.T) {
 	}
 }
 
+// TestWorkerRunsSchedules: a worker given schedules runs them from Start
+// to Shutdown, and the queued job is run.
+func TestWorkerRunsSchedules(t *testing.T) {
+	rs := redistest.Start(t)
+	f := newFixture(t)
+	sched, err := ParseSchedule("every-second", "@every 1s", &tasks.Verify{Store: testStoreName, NS: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	opts := fastOptions(t, rs.Addr(), f.stores, reg)
+	opts.Schedules = []Schedule{sched}
+	w := New(opts)
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a scheduled verify completed", func() bool {
+		return testutil.ToFloat64(w.Metrics().tasks.WithLabelValues(tasks.TypeVerify, tasks.OutcomeOK)) >= 1
+	})
+	w.Shutdown()
+	// Stopped with the worker, each claimed fire handled once.
+	runs := func(result string) int {
+		return int(testutil.ToFloat64(w.scheduler.runs.WithLabelValues("every-second", result)))
+	}
+	if runs(ScheduleEnqueued) < 1 || runs(ScheduleError) != 0 {
+		t.Errorf("schedule runs: %d enqueued, %d errors; want enqueued and no errors", runs(ScheduleEnqueued), runs(ScheduleError))
+	}
+	fires, err := rs.Client().Keys(context.Background(), "pbsq:schedule:every-second:fire:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, handled := len(fires), runs(ScheduleEnqueued)+runs(ScheduleDuplicate); n != handled {
+		t.Errorf("%d fires claimed, %d handled", n, handled)
+	}
+}
+
 func testutilCounters(t *testing.T, reg *prometheus.Registry, metric string) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()

@@ -141,49 +141,31 @@ func (f *workerFlags) register(cmd *cobra.Command, listenHelp string) {
 
 // workerRuntime is a running worker and what it needs.
 type workerRuntime struct {
-	w             *worker.Worker
-	stores        *workerStores
-	reg           *prometheus.Registry
-	stopScheduler func()
+	w      *worker.Worker
+	stores *workerStores
+	reg    *prometheus.Registry
 }
 
 func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f workerFlags) (*workerRuntime, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	stores := newWorkerStores(a, lock.NewMetrics(reg))
-	w := worker.New(worker.Options{
+	opts := worker.Options{
 		Redis:           conn,
 		Stores:          stores,
 		Logger:          a.log,
 		Registerer:      reg,
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
-	})
+	}
+	if f.schedules {
+		opts.Schedules = a.cfg.schedules()
+	}
+	w := worker.New(opts)
 	if err := w.Start(ctx); err != nil {
 		return nil, err
 	}
-	rt := &workerRuntime{w: w, stores: stores, reg: reg, stopScheduler: func() {}}
-	if scheds := a.cfg.schedules(); f.schedules && len(scheds) > 0 {
-		enq, err := worker.NewEnqueuer(conn)
-		if err != nil {
-			w.Shutdown()
-			return nil, err
-		}
-		sch := worker.NewScheduler(enq, scheds, worker.SchedulerOptions{Logger: a.log, Registerer: reg})
-		ctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			sch.Run(ctx)
-		}()
-		rt.stopScheduler = func() {
-			cancel()
-			<-done
-			_ = enq.Close()
-		}
-		a.log.Info("scheduler running", "schedules", len(scheds))
-	}
-	return rt, nil
+	return &workerRuntime{w: w, stores: stores, reg: reg}, nil
 }
 
 // metricsHandler serves the registry; a failing collector (Redis down for
@@ -193,7 +175,6 @@ func (rt *workerRuntime) metricsHandler() http.Handler {
 }
 
 func (rt *workerRuntime) shutdown() {
-	rt.stopScheduler()
 	rt.w.Shutdown()
 	_ = rt.stores.Close()
 }
