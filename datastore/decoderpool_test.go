@@ -20,6 +20,7 @@ import (
 	"github.com/pbsq/pbsq/datastore/backend"
 	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
 	"github.com/pbsq/pbsq/datastore/format"
+	"github.com/pbsq/pbsq/datastore/name"
 )
 
 // TestDecoderPoolBudget: however windows mix, the decoders handed out and
@@ -122,14 +123,14 @@ func TestVerifyChunkWindows(t *testing.T) {
 	c := v.checker()
 	data := bytes.Repeat([]byte("pbsq streams chunks through zstd; "), 100_000) // 3.3 MiB
 	r := putRawChunk(t, s, data, zstdFrames(t, data[:64<<10], data[64<<10:]))
-	if st, why, _ := v.checkChunk(context.Background(), r, c); st != chunkOK {
-		t.Errorf("two frames, growing window: %v %s", st, why)
+	if st, _, err := v.checkChunk(context.Background(), r, c); st != chunkOK {
+		t.Errorf("two frames, growing window: %v %v", st, err)
 	}
 	// A frame declaring a 32 MiB window (descriptor 0x78) for five bytes.
 	frame := append([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x78, 5<<3 | 1, 0, 0}, "hello"...)
 	r = putRawChunk(t, s, []byte("hello"), frame)
-	if st, why, _ := v.checkChunk(context.Background(), r, c); st != chunkCorrupt || !strings.Contains(why, "33554432-byte window") {
-		t.Errorf("32 MiB window: %v %q, want corrupt naming the window", st, why)
+	if st, _, err := v.checkChunk(context.Background(), r, c); st != chunkCorrupt || err == nil || !strings.Contains(err.Error(), "33554432-byte window") {
+		t.Errorf("32 MiB window: %v %v, want corrupt naming the window", st, err)
 	}
 }
 
@@ -172,22 +173,33 @@ func TestVerifyReadErrors(t *testing.T) {
 	}
 	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10)
 	r := putRawChunk(t, s, data, zstdFrames(t, data))
-	check := func() (chunkState, string) {
+	check := func() (chunkState, error) {
 		v := &verifier{s: s, decoders: newDecoderPool(verifyDecodeBudget)}
 		defer v.decoders.close()
-		st, why, _ := v.checkChunk(context.Background(), r, v.checker())
-		return st, why
+		st, _, err := v.checkChunk(context.Background(), r, v.checker())
+		return st, err
 	}
 	flaky.fails.Store(verifyReadAttempts - 1)
-	if st, why := check(); st != chunkOK {
-		t.Errorf("after %d cut reads: %v %s, want ok", verifyReadAttempts-1, st, why)
+	if st, err := check(); st != chunkOK {
+		t.Errorf("after %d cut reads: %v %v, want ok", verifyReadAttempts-1, st, err)
 	}
 	flaky.fails.Store(verifyReadAttempts)
-	st, why := check()
-	if st != 0 || !bytes.Contains([]byte(why), []byte(errCut.Error())) {
-		t.Errorf("reads always cut: %v %q, want a read error naming the cause", st, why)
+	st, err := check()
+	if st != 0 || !errors.Is(err, errCut) || !strings.Contains(err.Error(), r.digest.String()) {
+		t.Errorf("reads always cut: %v %v, want a read error wrapping the cause and naming the chunk", st, err)
 	}
 	if _, err := b.Stat(context.Background(), ChunkPath(r.digest)); err != nil {
 		t.Errorf("chunk moved after read errors: %v", err)
+	}
+
+	// The whole operation fails with the cause itself, not its text.
+	ftBackup(t, s, "a", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "disk", 64<<10, 0))
+	flaky.fails.Store(1 << 30)
+	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
+	if !errors.Is(err, errCut) {
+		t.Errorf("verify with failing reads: %v, want an error wrapping %q", err, errCut)
+	}
+	if res != nil && (res.ChunksCorrupt != 0 || len(res.RenamedBad) != 0) {
+		t.Errorf("read errors blamed on chunks: %+v", res)
 	}
 }

@@ -214,7 +214,7 @@ func TestNamespaces(t *testing.T) {
 	if ok, _ := s.NamespaceExists(ctx, name.MustNamespace("a/b/c")); ok {
 		t.Fatal("a/b/c still exists")
 	}
-	if err := s.RemoveNamespace(ctx, name.Root); !errors.Is(err, ErrInvalid) {
+	if err := s.RemoveNamespace(ctx, name.Root); !errors.Is(err, name.ErrInvalid) {
 		t.Fatalf("root removal: %v", err)
 	}
 }
@@ -276,8 +276,8 @@ func TestBackupRefusals(t *testing.T) {
 		"invalid group": {Group: name.Group{NS: name.Root, Type: "vm", ID: "../1"}, Time: time.Unix(1800000000, 0), Owner: "root@pam", Sources: []BackupSource{{Path: f}}},
 	}
 	for what, req := range cases {
-		if _, err := s.Backup(ctx, req, nil); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrNotFound) {
-			t.Errorf("%s: err = %v, want ErrInvalid/ErrNotFound", what, err)
+		if _, err := s.Backup(ctx, req, nil); !errors.Is(err, name.ErrInvalid) && !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s: err = %v, want name.ErrInvalid/ErrNotFound", what, err)
 		}
 	}
 	ftSameTree(t, before, ftTree(t, dir))

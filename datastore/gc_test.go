@@ -1044,8 +1044,8 @@ func TestGCDigestSet(t *testing.T) {
 
 func TestGCRejectsTinyCutoff(t *testing.T) {
 	s, _, _ := ftStoreLocks(t)
-	if _, err := s.GC(context.Background(), GCRequest{Cutoff: 30 * time.Second}, nil); !errors.Is(err, ErrInvalid) {
-		t.Errorf("cutoff 30s: %v, want ErrInvalid", err)
+	if _, err := s.GC(context.Background(), GCRequest{Cutoff: 30 * time.Second}, nil); !errors.Is(err, name.ErrInvalid) {
+		t.Errorf("cutoff 30s: %v, want name.ErrInvalid", err)
 	}
 }
 

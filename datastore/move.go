@@ -166,8 +166,6 @@ func (s *Store) newMover(op string, progress ProgressFunc) *mover {
 	return m
 }
 
-func moveGroupLabel(g name.Group) string { return g.NS.String() + ":" + g.String() }
-
 // ---- move-group
 
 // MoveGroup moves a backup group into another namespace (DESIGN §4). Every
@@ -212,7 +210,7 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 		return nil, err
 	} else if !ok {
 		return nil, fmt.Errorf("%w: move-group: target namespace %q does not exist on store %q (create it with `pbsq ns create`): %w",
-			ErrInvalid, dst.NS, s.name, ErrNotFound)
+			name.ErrInvalid, dst.NS, s.name, ErrNotFound)
 	}
 	p, err := m.planGroup(ctx, src, dst.NS, req.MergeGroup)
 	if err != nil {
@@ -231,7 +229,7 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 			err = m.execGroup(ctx, p)
 		}
 		if errors.Is(err, lock.ErrBusy) {
-			m.skip(moveGroupLabel(src), err, "busy")
+			m.skip(groupLabel(src), err, "busy")
 			err = nil
 		}
 	}
@@ -311,7 +309,7 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 			return m.res, err
 		}
 		for _, j := range again {
-			m.skip(moveGroupLabel(j.src), j.busy, "busy")
+			m.skip(groupLabel(j.src), j.busy, "busy")
 		}
 	}
 	// Source namespaces holding skipped groups stay, with their ancestors.
@@ -362,7 +360,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 			return nil, nil, nil, err
 		} else if !ok {
 			return nil, nil, nil, fmt.Errorf("%w: move-namespace: the parent %q of target-ns %q does not exist on store %q (create it first): %w",
-				ErrInvalid, dst.Parent(), dst, s.name, ErrNotFound)
+				name.ErrInvalid, dst.Parent(), dst, s.name, ErrNotFound)
 		}
 	}
 	nss, err := s.ListNamespaces(ctx, src, req.MaxDepth)
@@ -411,7 +409,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 	err = m.forEach(ctx, len(jobs), m.groupParallel, func(ctx context.Context, i int) error {
 		checks[i] = m.checkGroup(ctx, jobs[i].src, jobs[i].dstNS, req.MergeGroups)
 		m.rep.add(1)
-		if checks[i] != nil && !errors.Is(checks[i], ErrInvalid) {
+		if checks[i] != nil && !errors.Is(checks[i], name.ErrInvalid) {
 			return checks[i]
 		}
 		return nil
@@ -433,7 +431,7 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 		}
 		// The sentinel is already in each message; keep it once.
 		for i := range shown {
-			shown[i] = strings.TrimPrefix(shown[i], ErrInvalid.Error()+": ")
+			shown[i] = strings.TrimPrefix(shown[i], name.ErrInvalid.Error()+": ")
 		}
 		return nil, nil, nil, invalidf("move-namespace %q to %q refused, nothing was changed: %d group(s) cannot move: %s%s",
 			src, dst, len(refusals), strings.Join(shown, "; "), more)
@@ -504,8 +502,8 @@ func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, paral
 					aside = append(aside, busyJob{moveJob: j, busy: err})
 					mu.Unlock()
 					continue // counted when retried
-				case errors.Is(err, ErrInvalid):
-					m.skip(moveGroupLabel(j.src), err, "refused")
+				case errors.Is(err, name.ErrInvalid):
+					m.skip(groupLabel(j.src), err, "refused")
 				default:
 					mu.Lock()
 					if firstErr == nil {
@@ -980,7 +978,7 @@ func (m *mover) execGroup(ctx context.Context, p *groupPlan) error {
 	m.mu.Lock()
 	m.res.Groups++
 	if p.merge {
-		m.res.MergedGroups = append(m.res.MergedGroups, moveGroupLabel(p.dst))
+		m.res.MergedGroups = append(m.res.MergedGroups, groupLabel(p.dst))
 	}
 	m.mu.Unlock()
 	return nil
@@ -1349,7 +1347,7 @@ func (s *Store) hasMoveRecord(ctx context.Context, src, dst name.Group) (bool, e
 }
 
 func (s *Store) writeMoveRecord(ctx context.Context, src, dst name.Group) error {
-	data, err := json.Marshal(moveRecord{From: moveGroupLabel(src), To: moveGroupLabel(dst), Created: time.Now().UTC()})
+	data, err := json.Marshal(moveRecord{From: groupLabel(src), To: groupLabel(dst), Created: time.Now().UTC()})
 	if err != nil {
 		return err
 	}

@@ -500,15 +500,15 @@ func TestMoveRefusals(t *testing.T) {
 			want []error
 			text []string
 		}{
-			{"same namespace", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("a"), MergeGroup: true}, []error{ErrInvalid}, []string{`"a"`}},
-			{"missing target namespace", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("nope"), MergeGroup: true}, []error{ErrInvalid, ErrNotFound}, []string{`"nope"`}},
+			{"same namespace", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("a"), MergeGroup: true}, []error{name.ErrInvalid}, []string{`"a"`}},
+			{"missing target namespace", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("nope"), MergeGroup: true}, []error{name.ErrInvalid, ErrNotFound}, []string{`"nope"`}},
 			{"missing source namespace", MoveGroupRequest{Group: grp("zz", "vm/1"), TargetNS: ns("b"), MergeGroup: true}, []error{ErrNotFound}, []string{`"zz"`}},
 			{"missing group", MoveGroupRequest{Group: grp("a", "vm/99"), TargetNS: ns("b"), MergeGroup: true}, []error{ErrNotFound}, []string{"vm/99"}},
-			{"bad group", MoveGroupRequest{Group: name.Group{NS: ns("a"), Type: "xx", ID: "1"}, TargetNS: ns("b")}, []error{ErrInvalid}, []string{`"xx"`}},
-			{"merge off", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("b"), MergeGroup: false}, []error{ErrInvalid}, []string{"vm/1", `"b"`, "merge"}},
-			{"owner mismatch", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("b"), MergeGroup: true}, []error{ErrInvalid}, []string{"alice@pbs", "bob@pbs"}},
-			{"target not older", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("t"), MergeGroup: true}, []error{ErrInvalid}, []string{mtAt(15).Format(name.TimeLayout), mtAt(10).Format(name.TimeLayout), "not older"}},
-			{"same snapshot on both sides", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("t2"), MergeGroup: true}, []error{ErrInvalid}, []string{mtAt(10).Format(name.TimeLayout)}},
+			{"bad group", MoveGroupRequest{Group: name.Group{NS: ns("a"), Type: "xx", ID: "1"}, TargetNS: ns("b")}, []error{name.ErrInvalid}, []string{`"xx"`}},
+			{"merge off", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("b"), MergeGroup: false}, []error{name.ErrInvalid}, []string{"vm/1", `"b"`, "merge"}},
+			{"owner mismatch", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("b"), MergeGroup: true}, []error{name.ErrInvalid}, []string{"alice@pbs", "bob@pbs"}},
+			{"target not older", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("t"), MergeGroup: true}, []error{name.ErrInvalid}, []string{mtAt(15).Format(name.TimeLayout), mtAt(10).Format(name.TimeLayout), "not older"}},
+			{"same snapshot on both sides", MoveGroupRequest{Group: grp("a", "vm/1"), TargetNS: ns("t2"), MergeGroup: true}, []error{name.ErrInvalid}, []string{mtAt(10).Format(name.TimeLayout)}},
 		}
 		for _, c := range groupCases {
 			res, err := s.MoveGroup(ctx, c.req, nil)
@@ -520,17 +520,17 @@ func TestMoveRefusals(t *testing.T) {
 			want []error
 			text []string
 		}{
-			{"root source", MoveNamespaceRequest{NS: name.Root, TargetNS: ns("x"), MaxDepth: -1}, []error{ErrInvalid}, []string{"root"}},
-			{"same namespace", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("a"), MaxDepth: -1}, []error{ErrInvalid}, []string{`"a"`}},
-			{"target inside source", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("a/b/x"), MaxDepth: -1}, []error{ErrInvalid}, []string{`"a/b/x"`}},
-			{"target parent missing", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("nope/x"), MaxDepth: -1}, []error{ErrInvalid, ErrNotFound}, []string{`"nope"`}},
+			{"root source", MoveNamespaceRequest{NS: name.Root, TargetNS: ns("x"), MaxDepth: -1}, []error{name.ErrInvalid}, []string{"root"}},
+			{"same namespace", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("a"), MaxDepth: -1}, []error{name.ErrInvalid}, []string{`"a"`}},
+			{"target inside source", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("a/b/x"), MaxDepth: -1}, []error{name.ErrInvalid}, []string{`"a/b/x"`}},
+			{"target parent missing", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("nope/x"), MaxDepth: -1}, []error{name.ErrInvalid, ErrNotFound}, []string{`"nope"`}},
 			{"source missing", MoveNamespaceRequest{NS: ns("zz"), TargetNS: ns("x"), MaxDepth: -1}, []error{ErrNotFound}, []string{`"zz"`}},
-			{"too deep", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("deep/1/2/3/4/5"), MaxDepth: -1}, []error{ErrInvalid}, []string{`"a/b/c"`, "depth 8"}},
-			{"merge off", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("t"), MaxDepth: -1, MergeGroups: false}, []error{ErrInvalid}, []string{"vm/1", "merg"}},
-			{"target not older", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("t"), MaxDepth: -1, MergeGroups: true}, []error{ErrInvalid}, []string{"not older"}},
+			{"too deep", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("deep/1/2/3/4/5"), MaxDepth: -1}, []error{name.ErrInvalid}, []string{`"a/b/c"`, "depth 8"}},
+			{"merge off", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("t"), MaxDepth: -1, MergeGroups: false}, []error{name.ErrInvalid}, []string{"vm/1", "merg"}},
+			{"target not older", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("t"), MaxDepth: -1, MergeGroups: true}, []error{name.ErrInvalid}, []string{"not older"}},
 			// The only refused group is the last one: nothing moves first.
-			{"owner mismatch below", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("own"), MaxDepth: -1, MergeGroups: true, DeleteSource: true}, []error{ErrInvalid}, []string{"ct/3", "bob@pbs", "nothing was changed"}},
-			{"target is being moved", MoveNamespaceRequest{NS: ns("p/q"), TargetNS: ns("p"), MaxDepth: -1, MergeGroups: true}, []error{ErrInvalid}, []string{`"p/q"`}},
+			{"owner mismatch below", MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("own"), MaxDepth: -1, MergeGroups: true, DeleteSource: true}, []error{name.ErrInvalid}, []string{"ct/3", "bob@pbs", "nothing was changed"}},
+			{"target is being moved", MoveNamespaceRequest{NS: ns("p/q"), TargetNS: ns("p"), MaxDepth: -1, MergeGroups: true}, []error{name.ErrInvalid}, []string{`"p/q"`}},
 		}
 		for _, c := range nsCases {
 			res, err := s.MoveNamespace(ctx, c.req, nil)
@@ -964,7 +964,7 @@ func TestMoveConcurrent(t *testing.T) {
 					switch {
 					case err == nil:
 						won++
-					case errors.Is(err, lock.ErrBusy), errors.Is(err, ErrNotFound), errors.Is(err, ErrInvalid):
+					case errors.Is(err, lock.ErrBusy), errors.Is(err, ErrNotFound), errors.Is(err, name.ErrInvalid):
 						t.Logf("move %d lost: %v", i, err)
 					default:
 						t.Errorf("move %d: %v", i, err)

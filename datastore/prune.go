@@ -57,7 +57,7 @@ func (r *PruneResult) Outcome() error {
 // and snapshots are retried once at the end, then reported as skipped.
 func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFunc) (*PruneResult, error) {
 	if err := req.Keep.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", name.ErrInvalid, err)
 	}
 	if req.Snapshot != nil {
 		return nil, invalidf("prune works on groups or namespaces, not on one snapshot")

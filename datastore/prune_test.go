@@ -527,8 +527,8 @@ func TestPruneOpRejectsBadKeep(t *testing.T) {
 		counts := []*int{&keep.KeepLast, &keep.KeepHourly, &keep.KeepDaily, &keep.KeepWeekly, &keep.KeepMonthly, &keep.KeepYearly}
 		*counts[i] = -1
 		res, err := s.Prune(ctx, PruneRequest{Scope: Scope{MaxDepth: -1}, Keep: keep}, nil)
-		if !errors.Is(err, ErrInvalid) || res != nil {
-			t.Errorf("%s -1: got %v, %v; want ErrInvalid and no result", opt, res, err)
+		if !errors.Is(err, name.ErrInvalid) || res != nil {
+			t.Errorf("%s -1: got %v, %v; want name.ErrInvalid and no result", opt, res, err)
 		} else if !strings.Contains(err.Error(), opt) {
 			t.Errorf("%s -1: error %q does not name the option", opt, err)
 		}
@@ -537,8 +537,8 @@ func TestPruneOpRejectsBadKeep(t *testing.T) {
 		}
 	}
 	sn := name.NewSnapshot(g, ptTime(t, "2024-01-01T00:00:00Z"))
-	if _, err := s.Prune(ctx, PruneRequest{Scope: Scope{Group: &g, Snapshot: &sn}, Keep: prune.Options{KeepLast: 1}}, nil); !errors.Is(err, ErrInvalid) {
-		t.Errorf("prune of one snapshot: %v, want ErrInvalid", err)
+	if _, err := s.Prune(ctx, PruneRequest{Scope: Scope{Group: &g, Snapshot: &sn}, Keep: prune.Options{KeepLast: 1}}, nil); !errors.Is(err, name.ErrInvalid) {
+		t.Errorf("prune of one snapshot: %v, want name.ErrInvalid", err)
 	}
 	ftSameTree(t, before, ftTree(t, dir))
 }

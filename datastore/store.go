@@ -19,20 +19,19 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// Errors callers map to exit codes.
+// Errors callers map to exit codes. Bad input (a name, a request or a
+// precondition that makes the request impossible as asked; nothing has
+// been changed) wraps name.ErrInvalid, as everywhere in pbsq.
 var (
-	// ErrInvalid marks bad input: a name, a request or a precondition that
-	// makes the request impossible as asked. Nothing has been changed.
-	ErrInvalid = name.ErrInvalid
 	// ErrNotFound marks a missing namespace, group or snapshot.
 	ErrNotFound = errors.New("not found")
 	// ErrSkipped marks a result that completed but left busy items aside.
 	ErrSkipped = errors.New("completed with skipped items")
 )
 
-// invalidf builds an ErrInvalid error.
+// invalidf builds a name.ErrInvalid error.
 func invalidf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", name.ErrInvalid, fmt.Sprintf(format, args...))
 }
 
 // Store is one datastore.

@@ -659,17 +659,17 @@ func TestSyncNamespaceMapping(t *testing.T) {
 	stSmall(t, src, deep, "vm/9", 0)
 	before := ftTree(t, dstDir)
 	_, err := Sync(ctx, src, dst, SyncRequest{NS: name.MustNamespace("z"), MaxDepth: -1}, nil)
-	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), deep) {
-		t.Fatalf("too deep: %v, want ErrInvalid naming %s", err, deep)
+	if !errors.Is(err, name.ErrInvalid) || !strings.Contains(err.Error(), deep) {
+		t.Fatalf("too deep: %v, want name.ErrInvalid naming %s", err, deep)
 	}
 	ftSameTree(t, before, ftTree(t, dstDir))
 
-	if _, err := Sync(ctx, src, src, SyncRequest{SourceNS: name.MustNamespace("a"), NS: name.MustNamespace("a/b")}, nil); !errors.Is(err, ErrInvalid) {
-		t.Errorf("overlapping namespaces in one store: %v, want ErrInvalid", err)
+	if _, err := Sync(ctx, src, src, SyncRequest{SourceNS: name.MustNamespace("a"), NS: name.MustNamespace("a/b")}, nil); !errors.Is(err, name.ErrInvalid) {
+		t.Errorf("overlapping namespaces in one store: %v, want name.ErrInvalid", err)
 	}
 	for _, req := range []SyncRequest{{TransferLast: -1}, {Owner: "nobody"}, {Rate: -1}, {MaxDepth: 8}} {
-		if _, err := Sync(ctx, src, dst, req, nil); !errors.Is(err, ErrInvalid) {
-			t.Errorf("%+v: %v, want ErrInvalid", req, err)
+		if _, err := Sync(ctx, src, dst, req, nil); !errors.Is(err, name.ErrInvalid) {
+			t.Errorf("%+v: %v, want name.ErrInvalid", req, err)
 		}
 	}
 	if _, err := Sync(ctx, src, dst, SyncRequest{SourceNS: name.MustNamespace("nope")}, nil); !errors.Is(err, ErrNotFound) {

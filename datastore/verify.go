@@ -350,10 +350,14 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 			c := v.checker()
 			defer v.putChecker(c)
 			for r := range jobs {
-				st, why, n := v.checkChunk(ctx, r, c)
+				st, n, err := v.checkChunk(ctx, r, c)
 				if st == 0 {
-					errOnce.Do(func() { firstErr = errors.New(why) })
+					errOnce.Do(func() { firstErr = err })
 					continue
+				}
+				var why string
+				if err != nil {
+					why = err.Error()
 				}
 				if st == chunkCorrupt {
 					if p, err := v.s.RenameCorruptChunk(ctx, r.digest); err != nil {
@@ -459,21 +463,22 @@ func (v *verifier) putChecker(c *chunkChecker) {
 // errChunkRead marks a failed read, which is not the chunk's fault.
 var errChunkRead = errors.New("read failed")
 
-// checkChunk reads and checks one chunk. State 0 means an I/O error that is
-// not the chunk's fault (the task fails rather than blaming the data). A
-// good chunk's decoded length is returned for the indexes to be compared.
-func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, string, int64) {
+// checkChunk reads and checks one chunk; the error says what is wrong with
+// it. State 0 means an I/O error that is not the chunk's fault (the task
+// fails with it rather than blaming the data). A good chunk's decoded length
+// is returned for the indexes to be compared.
+func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) (chunkState, int64, error) {
 	open := func() (io.ReadCloser, error) { return backend.Open(ctx, v.s.b, ChunkPath(r.digest)) }
 	for attempt := 1; ; attempt++ {
 		st, n, err := checkChunkStream(ctx, v.decoders, c, open, r)
 		switch {
 		case errors.Is(err, errChunkRead) && attempt < verifyReadAttempts && ctx.Err() == nil:
 		case errors.Is(err, errChunkRead):
-			return 0, fmt.Sprintf("read chunk %s: %v", r.digest, err), 0
+			return 0, 0, fmt.Errorf("read chunk %s: %w", r.digest, err)
 		case err != nil:
-			return chunkCorrupt, err.Error(), 0
+			return chunkCorrupt, 0, err
 		default:
-			return st, "", n
+			return st, n, nil
 		}
 	}
 }

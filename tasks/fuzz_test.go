@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+
+	"github.com/pbsq/pbsq/datastore/name"
 )
 
 // FuzzDecode feeds arbitrary payloads to every task type: Decode never
@@ -30,8 +32,8 @@ func FuzzDecode(f *testing.F) {
 		typ := Types[int(which)%len(Types)]
 		p, err := Decode(typ, data)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("Decode(%s, %q): %v does not wrap ErrInvalid", typ, data, err)
+			if !errors.Is(err, name.ErrInvalid) {
+				t.Fatalf("Decode(%s, %q): %v does not wrap name.ErrInvalid", typ, data, err)
 			}
 			return
 		}

@@ -29,7 +29,7 @@ func (p *MoveGroup) Validate() error {
 		return err
 	}
 	if ns == target {
-		return fmt.Errorf("%w move-group: ns and target-ns are both %q", ErrInvalid, p.NS)
+		return fmt.Errorf("%w move-group: ns and target-ns are both %q", name.ErrInvalid, p.NS)
 	}
 	if _, err := name.NewGroup(ns, p.BackupType, p.BackupID); err != nil {
 		return err
@@ -73,11 +73,11 @@ func (p *MoveNamespace) Validate() error {
 	}
 	switch {
 	case ns.IsRoot():
-		return fmt.Errorf("%w move-namespace: the root namespace cannot be moved", ErrInvalid)
+		return fmt.Errorf("%w move-namespace: the root namespace cannot be moved", name.ErrInvalid)
 	case ns == target:
-		return fmt.Errorf("%w move-namespace: ns and target-ns are both %q", ErrInvalid, p.NS)
+		return fmt.Errorf("%w move-namespace: ns and target-ns are both %q", name.ErrInvalid, p.NS)
 	case ns.Contains(target):
-		return fmt.Errorf("%w move-namespace: target-ns %q lies inside the source %q", ErrInvalid, p.TargetNS, p.NS)
+		return fmt.Errorf("%w move-namespace: target-ns %q lies inside the source %q", name.ErrInvalid, p.TargetNS, p.NS)
 	}
 	if err := validateDepth(p.MaxDepth); err != nil {
 		return err
@@ -112,7 +112,7 @@ func (k *Keep) validate() error {
 	var err error
 	k.Each(func(key string, v int) {
 		if v < 1 && err == nil {
-			err = fmt.Errorf("%w %s %d: must be at least 1 (leave it out to unset)", ErrInvalid, key, v)
+			err = fmt.Errorf("%w %s %d: must be at least 1 (leave it out to unset)", name.ErrInvalid, key, v)
 		}
 	})
 	return err
@@ -184,7 +184,7 @@ func (p *Verify) Validate() error {
 	}
 	if p.Snapshot != "" {
 		if p.BackupType == "" {
-			return fmt.Errorf("%w snapshot %q: needs backup-type and backup-id", ErrInvalid, p.Snapshot)
+			return fmt.Errorf("%w snapshot %q: needs backup-type and backup-id", name.ErrInvalid, p.Snapshot)
 		}
 		if _, err := name.ParseTime(p.Snapshot); err != nil {
 			return err
@@ -194,7 +194,7 @@ func (p *Verify) Validate() error {
 		return err
 	}
 	if p.OutdatedAfter != nil && (*p.OutdatedAfter < 0 || *p.OutdatedAfter > 100000) {
-		return fmt.Errorf("%w outdated-after %d: must be 0..100000 days", ErrInvalid, *p.OutdatedAfter)
+		return fmt.Errorf("%w outdated-after %d: must be 0..100000 days", name.ErrInvalid, *p.OutdatedAfter)
 	}
 	return validateWait(p.LockWait)
 }
@@ -236,13 +236,13 @@ func (p *Sync) Validate() error {
 		return err
 	}
 	if p.SourceStore == p.Store && (src.Contains(dst) || dst.Contains(src)) {
-		return fmt.Errorf("%w sync: source %s:%q and target %s:%q overlap", ErrInvalid, p.SourceStore, p.SourceNS, p.Store, p.NS)
+		return fmt.Errorf("%w sync: source %s:%q and target %s:%q overlap", name.ErrInvalid, p.SourceStore, p.SourceNS, p.Store, p.NS)
 	}
 	if err := validateDepth(p.MaxDepth); err != nil {
 		return err
 	}
 	if len(p.GroupFilter) > 256 {
-		return fmt.Errorf("%w group-filter: %d filters, at most 256", ErrInvalid, len(p.GroupFilter))
+		return fmt.Errorf("%w group-filter: %d filters, at most 256", name.ErrInvalid, len(p.GroupFilter))
 	}
 	for _, f := range p.GroupFilter {
 		if _, err := name.ParseGroupFilter(f); err != nil {
@@ -250,13 +250,13 @@ func (p *Sync) Validate() error {
 		}
 	}
 	if p.TransferLast != nil && *p.TransferLast < 1 {
-		return fmt.Errorf("%w transfer-last %d: must be at least 1", ErrInvalid, *p.TransferLast)
+		return fmt.Errorf("%w transfer-last %d: must be at least 1", name.ErrInvalid, *p.TransferLast)
 	}
 	if p.Rate < 0 {
-		return fmt.Errorf("%w rate %d: must not be negative", ErrInvalid, p.Rate)
+		return fmt.Errorf("%w rate %d: must not be negative", name.ErrInvalid, p.Rate)
 	}
 	if p.Owner != "" && (len(p.Owner) > 64 || !strings.Contains(p.Owner, "@") || strings.ContainsAny(p.Owner, "\n\r\x00/ ")) {
-		return fmt.Errorf("%w owner %q: must be an auth id like root@pam", ErrInvalid, p.Owner)
+		return fmt.Errorf("%w owner %q: must be an auth id like root@pam", name.ErrInvalid, p.Owner)
 	}
 	return validateWait(p.LockWait)
 }

@@ -32,9 +32,6 @@ const (
 // Types lists every task type.
 var Types = []string{TypeMoveGroup, TypeMoveNamespace, TypePrune, TypeVerify, TypeSync, TypeGC}
 
-// ErrInvalid wraps every payload validation error.
-var ErrInvalid = name.ErrInvalid
-
 // MaxPayloadSize bounds a payload: anything larger is refused unread.
 const MaxPayloadSize = 64 << 10
 
@@ -65,14 +62,14 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &s); err == nil {
 		v, err := time.ParseDuration(s)
 		if err != nil {
-			return fmt.Errorf("%w lock-wait %q: %v", ErrInvalid, s, err)
+			return fmt.Errorf("%w lock-wait %q: %v", name.ErrInvalid, s, err)
 		}
 		d.Duration = v
 		return nil
 	}
 	var f float64
 	if err := json.Unmarshal(b, &f); err != nil {
-		return fmt.Errorf("%w lock-wait %s: must be a duration like \"5s\" or seconds", ErrInvalid, b)
+		return fmt.Errorf("%w lock-wait %s: must be a duration like \"5s\" or seconds", name.ErrInvalid, b)
 	}
 	d.Duration = time.Duration(f * float64(time.Second))
 	return nil
@@ -83,14 +80,14 @@ const MaxLockWait = time.Hour
 
 func validateWait(d *Duration) error {
 	if d != nil && (d.Duration < 0 || d.Duration > MaxLockWait) {
-		return fmt.Errorf("%w lock-wait %s: must be between 0 and %s", ErrInvalid, d.Duration, MaxLockWait)
+		return fmt.Errorf("%w lock-wait %s: must be between 0 and %s", name.ErrInvalid, d.Duration, MaxLockWait)
 	}
 	return nil
 }
 
 func validateStore(field, s string) error {
 	if s == "" {
-		return fmt.Errorf("%w %s: required", ErrInvalid, field)
+		return fmt.Errorf("%w %s: required", name.ErrInvalid, field)
 	}
 	if err := name.ValidateStore(s); err != nil {
 		return fmt.Errorf("%s: %w", field, err)
@@ -108,7 +105,7 @@ func validateNS(field, s string) (name.Namespace, error) {
 
 func validateDepth(d *int) error {
 	if d != nil && (*d < 0 || *d > name.MaxNamespaceDepth) {
-		return fmt.Errorf("%w max-depth %d: must be 0..%d", ErrInvalid, *d, name.MaxNamespaceDepth)
+		return fmt.Errorf("%w max-depth %d: must be 0..%d", name.ErrInvalid, *d, name.MaxNamespaceDepth)
 	}
 	return nil
 }
@@ -119,7 +116,7 @@ func validateGroupSel(typ, id string) error {
 		return nil
 	}
 	if typ == "" || id == "" {
-		return fmt.Errorf("%w group: backup-type and backup-id go together (got %q and %q)", ErrInvalid, typ, id)
+		return fmt.Errorf("%w group: backup-type and backup-id go together (got %q and %q)", name.ErrInvalid, typ, id)
 	}
 	_, err := name.NewGroup(name.Root, typ, id)
 	return err
@@ -129,7 +126,7 @@ func validateGroupSel(typ, id string) error {
 // trailing data and oversize payloads are refused, then Validate runs.
 func Decode(taskType string, data []byte) (Payload, error) {
 	if len(data) > MaxPayloadSize {
-		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", ErrInvalid, len(data), MaxPayloadSize)
+		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", name.ErrInvalid, len(data), MaxPayloadSize)
 	}
 	var p Payload
 	switch taskType {
@@ -146,18 +143,18 @@ func Decode(taskType string, data []byte) (Payload, error) {
 	case TypeGC:
 		p = &GC{}
 	default:
-		return nil, fmt.Errorf("%w task type %q: must be one of %s", ErrInvalid, taskType, strings.Join(Types, ", "))
+		return nil, fmt.Errorf("%w task type %q: must be one of %s", name.ErrInvalid, taskType, strings.Join(Types, ", "))
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(p); err != nil {
-		if errors.Is(err, ErrInvalid) {
+		if errors.Is(err, name.ErrInvalid) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w %s payload: %v", ErrInvalid, taskType, err)
+		return nil, fmt.Errorf("%w %s payload: %v", name.ErrInvalid, taskType, err)
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w %s payload: trailing data after the JSON object", ErrInvalid, taskType)
+		return nil, fmt.Errorf("%w %s payload: trailing data after the JSON object", name.ErrInvalid, taskType)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, err
@@ -203,7 +200,7 @@ func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 		return nil, err
 	}
 	if len(b) > MaxPayloadSize {
-		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", ErrInvalid, len(b), MaxPayloadSize)
+		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", name.ErrInvalid, len(b), MaxPayloadSize)
 	}
 	base := []asynq.Option{
 		asynq.Queue(Queue),

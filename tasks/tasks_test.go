@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pbsq/pbsq/datastore/name"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -66,8 +68,8 @@ func TestDecodeStrict(t *testing.T) {
 			t.Errorf("Decode(%s, %s): %v", c.typ, c.payload, err)
 		case c.want != "" && err == nil:
 			t.Errorf("Decode(%s, %s) accepted %+v, want error with %q", c.typ, c.payload, p, c.want)
-		case c.want != "" && !errors.Is(err, ErrInvalid):
-			t.Errorf("Decode(%s, %s): %v does not wrap ErrInvalid", c.typ, c.payload, err)
+		case c.want != "" && !errors.Is(err, name.ErrInvalid):
+			t.Errorf("Decode(%s, %s): %v does not wrap name.ErrInvalid", c.typ, c.payload, err)
 		case c.want != "" && !strings.Contains(err.Error(), c.want):
 			t.Errorf("Decode(%s, %s): %q does not mention %q", c.typ, c.payload, err, c.want)
 		case err == nil && p.TaskType() != c.typ:
@@ -149,7 +151,7 @@ func TestNewTaskOptions(t *testing.T) {
 			t.Errorf("%s: timeout %s; every type sets its own, never asynq's 30m default", p.TaskType(), d)
 		}
 	}
-	if _, err := NewTask(&Verify{Store: "x"}); !errors.Is(err, ErrInvalid) {
+	if _, err := NewTask(&Verify{Store: "x"}); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("NewTask of an invalid payload: %v", err)
 	}
 }

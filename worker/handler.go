@@ -13,6 +13,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -32,7 +33,7 @@ const (
 func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	h, pattern := w.mux.Handler(t)
 	if pattern == "" {
-		return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q: this worker handles %v", tasks.ErrInvalid, t.Type(), tasks.Types))
+		return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q: this worker handles %v", name.ErrInvalid, t.Type(), tasks.Types))
 	}
 	return h.ProcessTask(ctx, t)
 }
@@ -41,7 +42,7 @@ func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
 func (w *Worker) handler(typ string) asynq.Handler {
 	return asynq.HandlerFunc(func(ctx context.Context, t *asynq.Task) error {
 		if t.Type() != typ { // the mux also routes by prefix
-			return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q", tasks.ErrInvalid, t.Type()))
+			return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q", name.ErrInvalid, t.Type()))
 		}
 		return w.run(ctx, typ, t)
 	})
@@ -140,7 +141,7 @@ func (w *Worker) conclude(ctx context.Context, log *slog.Logger, rec *recorder, 
 		return OutcomeInterrupted, err
 	case errors.Is(err, lock.ErrBusy):
 		return w.busy(ctx, log, rec, err, final)
-	case errors.Is(err, tasks.ErrInvalid), errors.Is(err, datastore.ErrNotFound):
+	case errors.Is(err, name.ErrInvalid), errors.Is(err, datastore.ErrNotFound):
 		// A precondition (missing namespace, move into itself) that no
 		// retry can meet.
 		final(tasks.OutcomeInvalid, err)
@@ -258,8 +259,7 @@ func (r *recorder) final(res tasks.Result, out Outcome, start time.Time) {
 	res.State = "done"
 	res.Seconds = time.Since(start).Seconds()
 	if out != nil {
-		// A typed nil result marshals as "null": leave it out.
-		if b, err := json.Marshal(out); err == nil && string(b) != "null" {
+		if b, err := json.Marshal(out); err == nil {
 			res.Result = b
 		}
 	}

@@ -9,13 +9,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pbsq/pbsq/datastore"
-	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
 
-// Metrics are the worker's Prometheus metrics (DESIGN §6). A nil *Metrics
-// records nothing.
+// Metrics are the worker's Prometheus metrics (docs/DESIGN.md §6). A nil *Metrics
+// records nothing. The lock metrics are the lockers' own (lock.NewMetrics),
+// made once by whatever builds the lockers: the Stores.
 type Metrics struct {
 	tasks      *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
@@ -33,9 +33,6 @@ type Metrics struct {
 	gcRemoved      *prometheus.CounterVec
 	gcRemovedBytes *prometheus.CounterVec
 	storeInfo      *prometheus.GaugeVec
-
-	// Lock are the lock metrics on the same registry, for lock.Options.
-	Lock *lock.Metrics
 }
 
 // durationBuckets reach from a tiny verify to a day-long sync.
@@ -126,7 +123,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.gcRemovedBytes = promreg.Register(reg, m.gcRemovedBytes)
 		m.storeInfo = promreg.Register(reg, m.storeInfo)
 	}
-	m.Lock = lock.NewMetrics(reg)
 	// Known series start at 0, so that rate() and absent() work from the
 	// first scrape instead of the first event.
 	for _, t := range tasks.Types {

@@ -43,7 +43,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		if err != nil {
 			return nil, err
 		}
-		return s.Verify(ctx, req, progress)
+		return outcome(s.Verify(ctx, req, progress))
 	case *tasks.Prune:
 		s, err := open(p.Store)
 		if err != nil {
@@ -53,7 +53,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		if err != nil {
 			return nil, err
 		}
-		return s.Prune(ctx, req, progress)
+		return outcome(s.Prune(ctx, req, progress))
 	case *tasks.MoveGroup:
 		return runMoveGroup(ctx, open, p, progress)
 	case *tasks.MoveNamespace:
@@ -63,7 +63,20 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 	case *tasks.GC:
 		return runGC(ctx, open, p, progress)
 	}
-	return nil, fmt.Errorf("%w task type %s", tasks.ErrInvalid, p.TaskType())
+	return nil, fmt.Errorf("%w task type %s", name.ErrInvalid, p.TaskType())
+}
+
+// outcome returns an operation's result as an Outcome, and a nil result as
+// a nil Outcome: a nil *VerifyResult in the interface would not compare
+// equal to nil, and callers would print or record it as "null".
+func outcome[R any, P interface {
+	*R
+	Outcome
+}](res P, err error) (Outcome, error) {
+	if res == nil {
+		return nil, err
+	}
+	return res, err
 }
 
 // opener opens a datastore for the running task.
@@ -122,7 +135,7 @@ func pruneRequest(p *tasks.Prune) (datastore.PruneRequest, error) {
 	var setErr error
 	p.Keep.Each(func(key string, v int) {
 		if err := keep.Set(key, v); err != nil && setErr == nil {
-			setErr = fmt.Errorf("%w: %w", datastore.ErrInvalid, err)
+			setErr = fmt.Errorf("%w: %w", name.ErrInvalid, err)
 		}
 	})
 	if setErr != nil {

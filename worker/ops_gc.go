@@ -15,10 +15,5 @@ func runGC(ctx context.Context, open opener, p *tasks.GC, progress datastore.Pro
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.GC(ctx, datastore.GCRequest{DryRun: p.DryRun}, progress)
-	if res == nil {
-		// A nil *GCResult in the interface would not compare equal to nil.
-		return nil, err
-	}
-	return res, err
+	return outcome(s.GC(ctx, datastore.GCRequest{DryRun: p.DryRun}, progress))
 }

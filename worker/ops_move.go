@@ -56,15 +56,6 @@ func moveFlag(b *bool, def bool) bool {
 	return *b
 }
 
-// moveOutcome keeps a nil result a nil Outcome (not a typed nil), and a
-// partial result next to its error so the task record shows what was done.
-func moveOutcome(res *datastore.MoveResult, err error) (Outcome, error) {
-	if res == nil {
-		return nil, err
-	}
-	return res, err
-}
-
 func runMoveGroup(ctx context.Context, open opener, p *tasks.MoveGroup, progress datastore.ProgressFunc) (Outcome, error) {
 	req, err := moveGroupRequest(p)
 	if err != nil {
@@ -82,7 +73,9 @@ func runMoveGroup(ctx context.Context, open opener, p *tasks.MoveGroup, progress
 			return &datastore.MoveResult{Complete: true}, nil
 		}
 	}
-	return moveOutcome(res, err)
+	// A partial result stays next to its error, so the task record shows
+	// what was done.
+	return outcome(res, err)
 }
 
 // isRetry reports whether this run of a queued task follows an earlier one
@@ -107,5 +100,5 @@ func runMoveNamespace(ctx context.Context, open opener, p *tasks.MoveNamespace, 
 			return &datastore.MoveResult{Complete: true}, nil
 		}
 	}
-	return moveOutcome(res, err)
+	return outcome(res, err)
 }

@@ -39,7 +39,7 @@ func TestMoveOpsExecute(t *testing.T) {
 	}
 
 	out, err := Execute(ctx, f.stores, &tasks.MoveGroup{Store: testStoreName, NS: "a", BackupType: "vm", BackupID: "100", TargetNS: "nope"}, "t1", nil)
-	if !errors.Is(err, datastore.ErrInvalid) || out != nil {
+	if !errors.Is(err, name.ErrInvalid) || out != nil {
 		t.Fatalf("move-group to a missing namespace: %v, %#v", err, out)
 	}
 

@@ -22,12 +22,7 @@ func runSync(ctx context.Context, open opener, p *tasks.Sync, progress datastore
 	if err != nil {
 		return nil, err
 	}
-	res, err := datastore.Sync(ctx, src, dst, req, progress)
-	if res == nil {
-		// A nil *SyncResult in the interface would look like a result.
-		return nil, err
-	}
-	return res, err
+	return outcome(datastore.Sync(ctx, src, dst, req, progress))
 }
 
 // syncRequest maps the payload (already validated) to the operation's

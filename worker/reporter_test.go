@@ -37,8 +37,11 @@ func TestReporterRateLimitsAndKeepsTheLastState(t *testing.T) {
 	const every = 100 * time.Millisecond
 	var w writes
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
-	r := newReporter(w.write, g, every, slog.New(slog.DiscardHandler))
+	// The reporter's first rest starts after this, so no write can come
+	// sooner than one interval after start, however the goroutines are
+	// scheduled.
 	start := time.Now()
+	r := newReporter(w.write, g, every, slog.New(slog.DiscardHandler))
 	// 2000 updates from 4 goroutines over ~350 ms.
 	var wg sync.WaitGroup
 	for k := range 4 {
@@ -52,9 +55,13 @@ func TestReporterRateLimitsAndKeepsTheLastState(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// At least one write during the updates (a starved reporter may not
+	// have written yet), so that the trailing one makes two.
+	waitUntil(t, "a progress write", func() bool { at, _ := w.snapshot(); return len(at) > 0 })
 	r.update(datastore.Progress{Phase: "verify", Done: 999, Total: 1000, Message: "last"})
 	elapsed := time.Since(start)
-	time.Sleep(2 * every) // the trailing write comes after the rest
+	// The trailing write comes after the rest.
+	waitUntil(t, "the trailing write", func() bool { _, last := w.snapshot(); return last.Message == "last" })
 	r.stop()
 
 	at, last := w.snapshot()
@@ -77,10 +84,10 @@ func TestReporterRateLimitsAndKeepsTheLastState(t *testing.T) {
 	}
 
 	// After stop nothing is written, so the final record is never
-	// overwritten by a late progress.
+	// overwritten by a late progress: stop has ended the goroutine that
+	// writes, so nothing can come later than now.
 	n := len(at)
 	r.update(datastore.Progress{Phase: "late"})
-	time.Sleep(2 * every)
 	if at, _ := w.snapshot(); len(at) != n {
 		t.Errorf("write after stop")
 	}
@@ -91,18 +98,9 @@ func TestReporterUnknownTotal(t *testing.T) {
 	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g"})
 	r := newReporter(w.write, g, 50*time.Millisecond, slog.New(slog.DiscardHandler))
 	r.update(datastore.Progress{Phase: "scan", Done: 5})
-	deadline := time.Now().Add(time.Second)
-	for {
-		if at, last := w.snapshot(); len(at) == 1 {
-			if last.Phase != "scan" || last.Percent != 0 {
-				t.Errorf("record %+v", last)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("first update not written after the first interval")
-		}
-		time.Sleep(time.Millisecond)
+	waitUntil(t, "the first progress write", func() bool { at, _ := w.snapshot(); return len(at) == 1 })
+	if _, last := w.snapshot(); last.Phase != "scan" || last.Percent != 0 {
+		t.Errorf("record %+v", last)
 	}
 	r.stop()
 	if got := testutil.ToFloat64(g); got != 0 {

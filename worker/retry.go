@@ -15,7 +15,7 @@ import (
 	"github.com/pbsq/pbsq/tasks"
 )
 
-// What happens to a task that does not finish (DESIGN §3, §5):
+// What happens to a task that does not finish (docs/DESIGN.md §3.3, §5.4):
 //
 //   - A whole task refused by a lock (lock.ErrBusy) is re-queued after a
 //     short jittered delay without spending its retry budget (IsFailure is

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/robfig/cron/v3"
 
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -43,28 +44,28 @@ var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month 
 // "@every <duration>", whose fire times are multiples of the duration
 // since the Unix epoch — so every host computes the same ones. The payload
 // is validated as `pbsq enqueue` does.
-func ParseSchedule(name, spec string, p tasks.Payload) (Schedule, error) {
-	if !scheduleName.MatchString(name) {
-		return Schedule{}, fmt.Errorf("%w schedule name %q: letters, digits, '_', '.', '-', at most 64", tasks.ErrInvalid, name)
+func ParseSchedule(schedName, spec string, p tasks.Payload) (Schedule, error) {
+	if !scheduleName.MatchString(schedName) {
+		return Schedule{}, fmt.Errorf("%w schedule name %q: letters, digits, '_', '.', '-', at most 64", name.ErrInvalid, schedName)
 	}
 	if p == nil {
-		return Schedule{}, fmt.Errorf("%w schedule %s: no task", tasks.ErrInvalid, name)
+		return Schedule{}, fmt.Errorf("%w schedule %s: no task", name.ErrInvalid, schedName)
 	}
 	if err := p.Validate(); err != nil {
-		return Schedule{}, fmt.Errorf("schedule %s: %w", name, err)
+		return Schedule{}, fmt.Errorf("schedule %s: %w", schedName, err)
 	}
-	s := Schedule{Name: name, Spec: spec, Payload: p}
+	s := Schedule{Name: schedName, Spec: spec, Payload: p}
 	if every, ok := strings.CutPrefix(strings.TrimSpace(spec), "@every "); ok {
 		d, err := time.ParseDuration(strings.TrimSpace(every))
 		if err != nil || d < minEvery {
-			return Schedule{}, fmt.Errorf("%w schedule %s: %q: @every needs a duration of at least %s", tasks.ErrInvalid, name, spec, minEvery)
+			return Schedule{}, fmt.Errorf("%w schedule %s: %q: @every needs a duration of at least %s", name.ErrInvalid, schedName, spec, minEvery)
 		}
 		s.when = everySchedule(d)
 		return s, nil
 	}
 	when, err := cronParser.Parse(spec)
 	if err != nil {
-		return Schedule{}, fmt.Errorf("%w schedule %s: cron spec %q: %v", tasks.ErrInvalid, name, spec, err)
+		return Schedule{}, fmt.Errorf("%w schedule %s: cron spec %q: %v", name.ErrInvalid, schedName, spec, err)
 	}
 	s.when = when
 	return s, nil
@@ -195,6 +196,9 @@ func (s *Scheduler) loop(ctx context.Context, sc Schedule) {
 			return
 		case <-t.C:
 		}
+		if ctx.Err() != nil {
+			return
+		}
 		s.fire(ctx, sc, next)
 		// Late (a suspended host, a slow Redis): skip to the next future
 		// fire rather than queue a burst.
@@ -209,8 +213,20 @@ func latest(a, b time.Time) time.Time {
 	return b
 }
 
-// fire claims the fire at `at` and queues the job if the claim is ours.
+// fireGrace is how long a fire that has begun may go on once the
+// scheduler is stopping.
+const fireGrace = 10 * time.Second
+
+// fire claims the fire at `at` and queues the job if the claim is ours. A
+// fire that has begun finishes (within fireGrace) even if the scheduler is
+// stopped meanwhile: once it is claimed no other scheduler handles it, so
+// giving up half way would drop it.
 func (s *Scheduler) fire(ctx context.Context, sc Schedule, at time.Time) {
+	parent := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+	defer cancel()
+	stop := context.AfterFunc(parent, func() { time.AfterFunc(fireGrace, cancel) })
+	defer stop()
 	rdb := s.enq.Redis()
 	// The claim outlives every other scheduler's chance to handle the same
 	// fire, however late its timer is.

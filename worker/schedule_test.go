@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -40,7 +41,7 @@ func TestParseSchedule(t *testing.T) {
 		{"ok", "@daily", &tasks.Verify{Store: "../x"}, `"../x"`},
 	} {
 		_, err := ParseSchedule(tc.name, tc.spec, tc.p)
-		if !errors.Is(err, tasks.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+		if !errors.Is(err, name.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseSchedule(%q, %q) = %v; want ErrInvalid naming %s", tc.name, tc.spec, err, tc.want)
 		}
 	}
@@ -96,7 +97,17 @@ func TestSchedulersShareFires(t *testing.T) {
 			s.Run(ctx)
 		}()
 	}
-	time.Sleep(3500 * time.Millisecond)
+	// Run until two fires were claimed; a fire under way when the
+	// schedulers stop still finishes with one outcome.
+	rdb := rs.Client()
+	claimed := func() []string {
+		keys, err := rdb.Keys(context.Background(), "pbsq:schedule:often:fire:*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+	waitUntil(t, "two fires claimed", func() bool { return len(claimed()) >= 2 })
 	cancel()
 	wg.Wait()
 	end := time.Now()
@@ -108,11 +119,7 @@ func TestSchedulersShareFires(t *testing.T) {
 	for at := sched.Next(start); !at.After(end); at = sched.Next(at) {
 		fires++
 	}
-	rdb := rs.Client()
-	claims, err := rdb.Keys(context.Background(), "pbsq:schedule:often:fire:*").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	claims := claimed()
 	if len(claims) < 2 || len(claims) > fires {
 		t.Fatalf("%d fires claimed of %d fire times in %s", len(claims), fires, end.Sub(start))
 	}
@@ -142,6 +149,66 @@ func TestSchedulersShareFires(t *testing.T) {
 }
 
 // testutilCounters returns a counter vector's values by its result label.
+// TestFireFinishesWhenStopped: a fire that has begun (its timer fired)
+// claims its time and queues its job even if the scheduler is stopped
+// meanwhile; dropping it half way would lose it, since no other
+// scheduler handles a claimed fire.
+func TestFireFinishesWhenStopped(t *testing.T) {
+	rs := redistest.Start(t)
+	sched, err := ParseSchedule("stopping", "@every 1h", &tasks.Verify{Store: testStoreName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	e := newEnqueuer(t, rs.Addr())
+	s := NewScheduler(e, []Schedule{sched}, SchedulerOptions{Logger: testLogger(t), Registerer: reg, Host: "h"})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s.fire(ctx, sched, time.Now().Truncate(time.Hour))
+	if runs := testutilCounters(t, reg, "pbsq_schedule_runs_total"); runs[ScheduleEnqueued] != 1 || runs[ScheduleError] != 0 {
+		t.Errorf("runs %v, want the job enqueued", runs)
+	}
+	if dup, err := e.FindDuplicate(context.Background(), sched.Payload); err != nil || dup == nil {
+		t.Errorf("job not queued: %v, %v", dup, err)
+	}
+}
+
+// TestWorkerRunsSchedules: a worker given schedules runs them from Start
+// to Shutdown, and the queued job is run.
+func TestWorkerRunsSchedules(t *testing.T) {
+	rs := redistest.Start(t)
+	f := newFixture(t)
+	sched, err := ParseSchedule("every-second", "@every 1s", &tasks.Verify{Store: testStoreName, NS: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	opts := fastOptions(t, rs.Addr(), f.stores, reg)
+	opts.Schedules = []Schedule{sched}
+	w := New(opts)
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "a scheduled verify completed", func() bool {
+		return testutil.ToFloat64(w.Metrics().tasks.WithLabelValues(tasks.TypeVerify, tasks.OutcomeOK)) >= 1
+	})
+	w.Shutdown()
+	// Stopped with the worker, each claimed fire handled once.
+	runs := func(result string) int {
+		return int(testutil.ToFloat64(w.scheduler.runs.WithLabelValues("every-second", result)))
+	}
+	if runs(ScheduleEnqueued) < 1 || runs(ScheduleError) != 0 {
+		t.Errorf("schedule runs: %d enqueued, %d errors; want enqueued and no errors", runs(ScheduleEnqueued), runs(ScheduleError))
+	}
+	fires, err := rs.Client().Keys(context.Background(), "pbsq:schedule:every-second:fire:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, handled := len(fires), runs(ScheduleEnqueued)+runs(ScheduleDuplicate); n != handled {
+		t.Errorf("%d fires claimed, %d handled", n, handled)
+	}
+}
+
 func testutilCounters(t *testing.T, reg *prometheus.Registry, metric string) map[string]float64 {
 	t.Helper()
 	mfs, err := reg.Gather()

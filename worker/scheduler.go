@@ -14,7 +14,7 @@ import (
 )
 
 // ErrDuplicate is wrapped by Enqueue's refusal of a job identical to one
-// already queued or running (DESIGN §5).
+// already queued or running (docs/DESIGN.md §5.3).
 var ErrDuplicate = errors.New("identical task already queued")
 
 // DuplicateError names the task that holds an identical job.

@@ -48,6 +48,10 @@ type Options struct {
 	// BusyLimit is how long a busy task keeps being re-queued (default
 	// DefaultBusyLimit).
 	BusyLimit time.Duration
+	// Schedules are queued by a scheduler that runs from Start to
+	// Shutdown (none: no scheduler). Any number of workers may run the
+	// same schedules: each fire is claimed by one of them.
+	Schedules []Schedule
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
@@ -69,6 +73,9 @@ type Worker struct {
 	running sync.WaitGroup
 	// onDone, when set (benchmarks), runs after each task.
 	onDone func()
+
+	scheduler     *Scheduler // nil: no schedules
+	stopScheduler func()
 }
 
 // New builds a Worker; Start runs it.
@@ -103,6 +110,11 @@ func New(opts Options) *Worker {
 	w.mux = asynq.NewServeMux()
 	for _, t := range tasks.Types {
 		w.mux.Handle(t, w.handler(t))
+	}
+	if len(opts.Schedules) > 0 {
+		// On the worker's connection, which Shutdown closes.
+		enq := &Enqueuer{rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), ins: asynq.NewInspectorFromRedisClient(rdb)}
+		w.scheduler = NewScheduler(enq, opts.Schedules, SchedulerOptions{Logger: log, Registerer: opts.Registerer})
 	}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              opts.Concurrency,
@@ -145,6 +157,16 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	w.log.Info("worker started", "queue", tasks.Queue)
+	if w.scheduler != nil {
+		ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.scheduler.Run(ctx)
+		}()
+		w.stopScheduler = func() { cancel(); <-done }
+		w.log.Info("scheduler running", "schedules", len(w.scheduler.schedules))
+	}
 	return nil
 }
 
@@ -152,6 +174,9 @@ func (w *Worker) Start(ctx context.Context) error {
 // shutdown timeout (then they are re-queued and their contexts cancelled,
 // which the operations honour), and closes the Redis connection.
 func (w *Worker) Shutdown() {
+	if w.stopScheduler != nil {
+		w.stopScheduler()
+	}
 	w.srv.Shutdown()
 	// Abandoned handlers see their cancelled context within a second or
 	// so; wait for them briefly so they do not outlive the worker.

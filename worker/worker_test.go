@@ -342,7 +342,11 @@ func TestBusyMoveNamespace(t *testing.T) {
 	startWorker(t, fastOptions(t, rs.Addr(), f.stores, nil))
 	e := newEnqueuer(t, rs.Addr())
 	id := mustEnqueue(t, e, &tasks.MoveNamespace{Store: testStoreName, NS: "a", TargetNS: "moved", LockWait: &tasks.Duration{}})
-	time.Sleep(time.Second)
+	// Refused at least once: its busy episode is recorded.
+	waitUntil(t, "move-namespace refused as busy", func() bool {
+		n, err := e.Redis().Exists(context.Background(), busySinceKey(id)).Result()
+		return err == nil && n == 1
+	})
 	info, err := e.Inspector().GetTaskInfo(tasks.Queue, id)
 	if err != nil {
 		t.Fatal(err)
@@ -385,7 +389,10 @@ func waitRunning(t *testing.T, ins *asynq.Inspector, id string) {
 	}
 }
 
-func TestCancelRunningWithinASecond(t *testing.T) {
+// TestCancelRunning: cancelling a running task stops its handler (the
+// task would otherwise wait an hour for its locks), archives it as
+// cancelled, and it never runs again.
+func TestCancelRunning(t *testing.T) {
 	rs := redistest.Start(t)
 	f := newFixture(t)
 	w := startWorker(t, fastOptions(t, rs.Addr(), f.stores, nil))
@@ -398,30 +405,28 @@ func TestCancelRunningWithinASecond(t *testing.T) {
 	if err != nil || state != asynq.TaskStateActive {
 		t.Fatalf("Cancel: %s, %v", state, err)
 	}
-	// The handler itself must have returned: no task in progress.
-	for testutil.ToFloat64(w.Metrics().inProgress.WithLabelValues(tasks.TypeVerify)) != 0 {
-		if time.Since(start) > time.Second {
-			t.Fatal("handler still running 1s after cancel")
-		}
-		time.Sleep(5 * time.Millisecond)
+	// The handler itself must return: no task in progress. (How fast is
+	// for a benchmark; this only needs it well inside the hour.)
+	cancelled := func() float64 {
+		return testutil.ToFloat64(w.Metrics().tasks.WithLabelValues(tasks.TypeVerify, OutcomeCancelled))
 	}
+	waitUntil(t, "handler returned after cancel", func() bool {
+		return testutil.ToFloat64(w.Metrics().inProgress.WithLabelValues(tasks.TypeVerify)) == 0 && cancelled() == 1
+	})
 	t.Logf("handler returned %s after cancel", time.Since(start))
-	info := waitTask(t, e.Inspector(), id, 5*time.Second, asynq.TaskStateArchived)
-	// The record is written after the handler returns; give it a moment.
-	deadline := time.Now().Add(2 * time.Second)
-	for record(t, info).Outcome != OutcomeCancelled && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	info := waitTask(t, e.Inspector(), id, waitLimit, asynq.TaskStateArchived)
+	// The record is written after the handler returns.
+	waitUntil(t, "record says cancelled", func() bool {
 		info, _ = e.Inspector().GetTaskInfo(tasks.Queue, id)
-	}
-	if rec := record(t, info); rec.Outcome != OutcomeCancelled {
-		t.Fatalf("record %+v, want outcome cancelled", rec)
-	}
-	// Archived means it never comes back, even if asked to run again...
+		return info != nil && record(t, info).Outcome == OutcomeCancelled
+	})
+	// Archived means it never comes back, even if asked to run again: the
+	// re-run stops at its cancel mark (counted once more) and is archived.
 	if err := e.Inspector().RunTask(tasks.Queue, id); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
-	info = waitTask(t, e.Inspector(), id, 5*time.Second, asynq.TaskStateArchived)
+	waitUntil(t, "re-run stopped at its cancel mark", func() bool { return cancelled() == 2 })
+	info = waitTask(t, e.Inspector(), id, waitLimit, asynq.TaskStateArchived)
 	if rec := record(t, info); rec.Outcome != OutcomeCancelled || !strings.Contains(info.LastErr, "cancelled") {
 		t.Errorf("re-run of a cancelled task: last error %q, record %+v", info.LastErr, rec)
 	}
@@ -496,7 +501,10 @@ func TestShutdownRequeuesAndResumes(t *testing.T) {
 
 	start := time.Now()
 	w.Shutdown()
-	if d := time.Since(start); d > 3*time.Second {
+	// The configured timeout applied, not the 30 s default (the task waits
+	// an hour for its locks); the margin is for a loaded machine, not a
+	// speed requirement.
+	if d := time.Since(start); d > 20*time.Second {
 		t.Errorf("Shutdown took %s with a 500ms timeout", d)
 	}
 	info, err := e.Inspector().GetTaskInfo(tasks.Queue, id)

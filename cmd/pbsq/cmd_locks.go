@@ -70,11 +70,13 @@ func (a *app) lockCmd() *cobra.Command {
 its namespace shared), retrying for --wait, then runs CMD and releases the
 lock when CMD ends. It exits 3 when the lock stays busy, else with CMD's
 exit code. SIGTERM and Ctrl-C are passed on to CMD.`,
-		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		Args: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() > 0 {
-				return usagef("unexpected %q before --: pbsq lock --store S --ns N -- CMD ARGS", args[0])
+				return fmt.Errorf("unexpected %q before --", args[0])
 			}
+			return cobra.MinimumNArgs(1)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
 			if _, err := a.storeConfig(store); err != nil {
 				return err
 			}

@@ -14,7 +14,7 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// lsEntry is one snapshot in `ls --json` (DESIGN §7).
+// lsEntry is one snapshot in `ls --json` (docs/DESIGN.md §7).
 type lsEntry struct {
 	NS          string  `json:"ns"`
 	BackupType  string  `json:"backup-type"`

@@ -20,7 +20,7 @@ import (
 
 func init() { extraCommands = append(extraCommands, (*app).tasksCmd) }
 
-// outcomeCode maps a task's outcome to the exit codes of DESIGN §7.
+// outcomeCode maps a task's outcome to the exit codes of docs/DESIGN.md §7.
 func outcomeCode(outcome string) int {
 	switch outcome {
 	case tasks.OutcomeOK:

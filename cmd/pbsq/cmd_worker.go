@@ -18,6 +18,7 @@ import (
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 	"github.com/pbsq/pbsq/worker"
 )
@@ -86,10 +87,10 @@ func (s *workerStores) Open(ctx context.Context, store, taskID string, wait *tas
 	if err != nil {
 		// A store this worker does not know will not appear by retrying:
 		// the task is archived at once (worker.conclude).
-		if errors.Is(err, tasks.ErrInvalid) {
+		if errors.Is(err, name.ErrInvalid) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %w", tasks.ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", name.ErrInvalid, err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -146,49 +147,31 @@ func (f *workerFlags) register(cmd *cobra.Command, listenHelp string) {
 
 // workerRuntime is a running worker and what it needs.
 type workerRuntime struct {
-	w             *worker.Worker
-	stores        *workerStores
-	reg           *prometheus.Registry
-	stopScheduler func()
+	w      *worker.Worker
+	stores *workerStores
+	reg    *prometheus.Registry
 }
 
 func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f workerFlags) (*workerRuntime, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	stores := newWorkerStores(a, lock.NewMetrics(reg))
-	w := worker.New(worker.Options{
+	opts := worker.Options{
 		Redis:           conn,
 		Stores:          stores,
 		Logger:          a.log,
 		Registerer:      reg,
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
-	})
+	}
+	if f.schedules {
+		opts.Schedules = a.cfg.schedules()
+	}
+	w := worker.New(opts)
 	if err := w.Start(ctx); err != nil {
 		return nil, err
 	}
-	rt := &workerRuntime{w: w, stores: stores, reg: reg, stopScheduler: func() {}}
-	if scheds := a.cfg.schedules(); f.schedules && len(scheds) > 0 {
-		enq, err := worker.NewEnqueuer(conn)
-		if err != nil {
-			w.Shutdown()
-			return nil, err
-		}
-		sch := worker.NewScheduler(enq, scheds, worker.SchedulerOptions{Logger: a.log, Registerer: reg})
-		ctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			sch.Run(ctx)
-		}()
-		rt.stopScheduler = func() {
-			cancel()
-			<-done
-			_ = enq.Close()
-		}
-		a.log.Info("scheduler running", "schedules", len(scheds))
-	}
-	return rt, nil
+	return &workerRuntime{w: w, stores: stores, reg: reg}, nil
 }
 
 // metricsHandler serves the registry; a failing collector (Redis down for
@@ -198,7 +181,6 @@ func (rt *workerRuntime) metricsHandler() http.Handler {
 }
 
 func (rt *workerRuntime) shutdown() {
-	rt.stopScheduler()
 	rt.w.Shutdown()
 	_ = rt.stores.Close()
 }

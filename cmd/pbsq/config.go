@@ -21,7 +21,7 @@ import (
 	"github.com/pbsq/pbsq/worker"
 )
 
-// Config is the YAML config file (DESIGN §8).
+// Config is the YAML config file (docs/DESIGN.md §8).
 type Config struct {
 	Redis      RedisConfig                `yaml:"redis,omitempty"`
 	Locks      LocksConfig                `yaml:"locks,omitempty"`
@@ -133,7 +133,7 @@ func (c *Config) schedule(scheduleName string, sc ScheduleConfig) (worker.Schedu
 // validated when the config was read.
 func (c *Config) schedules() []worker.Schedule { return c.scheds }
 
-// Defaults of DESIGN §3 and §6.
+// Defaults of docs/DESIGN.md §3 and §8.
 const (
 	defaultLocksDir  = "/run/pbsq/locks"
 	defaultLockWait  = 5 * time.Second

@@ -19,7 +19,7 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// Exit codes of DESIGN §7.
+// Exit codes of docs/DESIGN.md §7.
 const (
 	exitOK      = 0
 	exitFailed  = 1
@@ -115,6 +115,7 @@ func newRootCmd() *cobra.Command {
 	for _, c := range extraCommands {
 		root.AddCommand(c(a))
 	}
+	strictArgs(root)
 	return root
 }
 
