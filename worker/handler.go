@@ -61,6 +61,8 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
+	tl := w.startLog(ctx, rec.id, typ, t.Payload())
+	ctx = withTaskLog(ctx, tl)
 	// Only a re-run can carry a cancel mark (Cancel stops a running task,
 	// which asynq re-queues as a failed attempt, and archives it; if that
 	// was interrupted, the mark stops the re-run here). First runs skip
@@ -72,6 +74,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 		}
 		if cancelled {
 			rec.final(tasks.Result{Outcome: OutcomeCancelled, Error: ErrCancelled.Error()}, nil, start)
+			w.endLog(ctx, tl, rec.id, OutcomeCancelled, ErrCancelled)
 			w.metrics.finished(typ, OutcomeCancelled, 0)
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
@@ -81,6 +84,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	res, err := Execute(ctx, w.stores, p, rec.id, rep.update)
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
+	w.endLog(ctx, tl, rec.id, outcome, logReason(ret, res))
 	end(outcome, time.Since(start))
 	return ret
 }
@@ -90,6 +94,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 func (w *Worker) invalid(ctx context.Context, typ string, t *asynq.Task, err error) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	rec.final(tasks.Result{Outcome: tasks.OutcomeInvalid, Error: err.Error()}, nil, time.Now())
+	w.endLog(ctx, w.startLog(ctx, rec.id, t.Type(), t.Payload()), rec.id, tasks.OutcomeInvalid, err)
 	w.metrics.finished(typ, tasks.OutcomeInvalid, 0)
 	w.log.Warn("invalid task archived", "task_id", rec.id, "type", t.Type(), "err", err)
 	return fmt.Errorf("%v: %w", err, asynq.SkipRetry)

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -173,15 +174,32 @@ type observedStores struct {
 
 func (o observedStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
 	s, err := o.Stores.Open(ctx, store, taskID, wait)
-	if err != nil || o.metrics == nil {
+	if err != nil {
 		return s, err
 	}
-	backend := "fs"
-	if s.Backend().Features().ImplicitDirs {
-		backend = "s3"
+	obs := o.metrics.Observer(store)
+	if o.metrics != nil {
+		backend := "fs"
+		if s.Backend().Features().ImplicitDirs {
+			backend = "s3"
+		}
+		o.metrics.storeOpened(store, backend)
 	}
-	o.metrics.storeOpened(store, backend)
-	return s.WithObserver(o.metrics.Observer(store)), nil
+	if tl := taskLogFrom(ctx); tl != nil {
+		if obs == nil {
+			obs = &datastore.Observer{}
+		}
+		obs.Log = tl.Line
+		if l := s.Locker(); l != nil {
+			s = s.WithLocker(l.WithWaitNotice(func(req lock.Request, busy error, window time.Duration) {
+				tl.Printf("waiting up to %s for lock %s: %v", window, req, busy)
+			}))
+		}
+	}
+	if obs == nil {
+		return s, nil
+	}
+	return s.WithObserver(obs), nil
 }
 
 // asynqLogger routes asynq's own logging into slog.

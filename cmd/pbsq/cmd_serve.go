@@ -154,6 +154,7 @@ config, removed on exit.`,
 			defer dash.Close()
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", rt.metricsHandler())
+			rt.handleLogs(mux)
 			dashMux := mux
 			if dashListen != "" {
 				dashMux = http.NewServeMux()

@@ -173,7 +173,10 @@ type taskView struct {
 	LastError string          `json:"last-error,omitempty"`
 	NextRun   *time.Time      `json:"next-run,omitempty"`
 	Completed *time.Time      `json:"completed,omitempty"`
-	Record    json.RawMessage `json:"record,omitempty"`
+	// Started is the first run's start, Ended the end (RFC 3339).
+	Started *time.Time      `json:"started,omitempty"`
+	Ended   *time.Time      `json:"ended,omitempty"`
+	Record  json.RawMessage `json:"record,omitempty"`
 }
 
 func newTaskView(info *asynq.TaskInfo) taskView {
@@ -288,6 +291,7 @@ func (a *app) tasksCmd() *cobra.Command {
 				for _, info := range all {
 					views = append(views, newTaskView(info))
 				}
+				withTimes(cmd.Context(), e, views)
 				return json.NewEncoder(os.Stdout).Encode(views)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -322,6 +326,9 @@ func (a *app) tasksCmd() *cobra.Command {
 				return err
 			}
 			v := newTaskView(info)
+			views := []taskView{v}
+			withTimes(cmd.Context(), e, views)
+			v = views[0]
 			if showJSON {
 				return json.NewEncoder(os.Stdout).Encode(v)
 			}
@@ -338,6 +345,9 @@ func (a *app) tasksCmd() *cobra.Command {
 			}
 			if v.NextRun != nil {
 				fmt.Printf("next run: %s\n", v.NextRun.Local().Format(time.RFC3339))
+			}
+			if v.Started != nil {
+				fmt.Printf("started:  %s\n", v.Started.Local().Format(time.RFC3339))
 			}
 			if v.Completed != nil {
 				fmt.Printf("finished: %s\n", v.Completed.Local().Format(time.RFC3339))
@@ -392,6 +402,6 @@ func (a *app) tasksCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(ls, show, wait, cancel)
+	cmd.AddCommand(ls, show, wait, cancel, a.tasksLogCmd())
 	return cmd
 }

@@ -247,6 +247,7 @@ func (a *app) workerCmd() *cobra.Command {
 			if addr := a.listenAddr(f.listen); addr != "off" {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", rt.metricsHandler())
+				rt.handleLogs(mux)
 				var bound string
 				if srv, bound, err = serveHTTP(addr, mux); err != nil {
 					return err
