@@ -68,6 +68,9 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	// was interrupted, the mark stops the re-run here). First runs skip
 	// the round trip.
 	if retried, _ := asynq.GetRetryCount(ctx); retried > 0 {
+		if done, ret := w.endedBefore(ctx, rec, tl); done {
+			return ret
+		}
 		cancelled, err := rec.start()
 		if err != nil {
 			log.Warn("cannot record the task's start", "err", err)
@@ -184,6 +187,19 @@ func (w *Worker) busy(ctx context.Context, log *slog.Logger, rec *recorder, err 
 	return tasks.OutcomeBusy, be
 }
 
+// finalRecord is the JSON of a task's final record.
+func finalRecord(res tasks.Result, out Outcome, start time.Time) ([]byte, error) {
+	res.State = "done"
+	res.Seconds = time.Since(start).Seconds()
+	if out != nil {
+		// A typed nil result marshals as "null": leave it out.
+		if b, err := json.Marshal(out); err == nil && string(b) != "null" {
+			res.Result = b
+		}
+	}
+	return json.Marshal(res)
+}
+
 // recorder writes a task's record into its result field.
 //
 // Progress goes through asynq's ResultWriter. The start and the final
@@ -260,15 +276,7 @@ func (r *recorder) progress(p tasks.Progress) {
 // final replaces the progress with the result record, and ends the task's
 // busy episode, if any, in the same round trip.
 func (r *recorder) final(res tasks.Result, out Outcome, start time.Time) {
-	res.State = "done"
-	res.Seconds = time.Since(start).Seconds()
-	if out != nil {
-		// A typed nil result marshals as "null": leave it out.
-		if b, err := json.Marshal(out); err == nil && string(b) != "null" {
-			res.Result = b
-		}
-	}
-	b, err := json.Marshal(res)
+	b, err := finalRecord(res, out, start)
 	if err == nil {
 		ctx, cancel := bookkeeping(r.ctx)
 		defer cancel()

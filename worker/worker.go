@@ -49,21 +49,27 @@ type Options struct {
 	// BusyLimit is how long a busy task keeps being re-queued (default
 	// DefaultBusyLimit).
 	BusyLimit time.Duration
+	// ChainInterval is how often held dependents of job chains are
+	// settled, besides when their tasks end (default DefaultChainInterval).
+	ChainInterval time.Duration
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
 // handler per task type.
 type Worker struct {
-	srv       *asynq.Server
-	mux       *asynq.ServeMux
-	rdb       redis.UniversalClient
-	stores    Stores
-	log       *slog.Logger
-	metrics   *Metrics
-	timeout   time.Duration
-	every     time.Duration
-	busyDelay func() time.Duration
-	busyLimit time.Duration
+	srv        *asynq.Server
+	mux        *asynq.ServeMux
+	rdb        redis.UniversalClient
+	ins        *asynq.Inspector
+	stores     Stores
+	log        *slog.Logger
+	metrics    *Metrics
+	timeout    time.Duration
+	every      time.Duration
+	busyDelay  func() time.Duration
+	busyLimit  time.Duration
+	chainEvery time.Duration
+	stopChains func()
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -93,13 +99,17 @@ func New(opts Options) *Worker {
 		every:     cmpOr(opts.ProgressInterval, time.Second),
 		busyDelay: opts.BusyDelay,
 		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
+		ins:       asynq.NewInspectorFromRedisClient(rdb),
+
+		chainEvery: cmpOr(opts.ChainInterval, DefaultChainInterval),
+		stopChains: func() {},
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
 	}
 	w.stores = observedStores{Stores: opts.Stores, metrics: w.metrics}
 	if opts.Registerer != nil {
-		promreg.Register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
+		promreg.Register(opts.Registerer, prometheus.Collector(NewQueueCollector(w.ins, log)))
 	}
 	w.mux = asynq.NewServeMux()
 	for _, t := range tasks.Types {
@@ -142,9 +152,16 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.rdb.Ping(pctx).Err(); err != nil {
 		return fmt.Errorf("worker: redis: %w", err)
 	}
+	// Chains first: what was left unsettled (a worker died at a hand-over)
+	// is settled before this worker takes tasks.
+	w.settleAll(ctx)
 	if err := w.srv.Start(w); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); w.chainLoop(cctx, w.chainEvery) }()
+	w.stopChains = func() { cancel(); <-done }
 	w.log.Info("worker started", "queue", tasks.Queue)
 	return nil
 }
@@ -153,6 +170,7 @@ func (w *Worker) Start(ctx context.Context) error {
 // shutdown timeout (then they are re-queued and their contexts cancelled,
 // which the operations honour), and closes the Redis connection.
 func (w *Worker) Shutdown() {
+	w.stopChains()
 	w.srv.Shutdown()
 	// Abandoned handlers see their cancelled context within a second or
 	// so; wait for them briefly so they do not outlive the worker.

@@ -91,7 +91,11 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 			case asynq.TaskStatePending:
 				note("pending: waiting for a free worker")
 			case asynq.TaskStateScheduled:
-				note("scheduled for " + info.NextProcessAt.Local().Format(time.TimeOnly))
+				if worker.IsChainHold(info.NextProcessAt) {
+					note("waiting for the tasks it runs after (--after)")
+				} else {
+					note("scheduled for " + info.NextProcessAt.Local().Format(time.TimeOnly))
+				}
 			case asynq.TaskStateRetry:
 				why := info.LastErr
 				if rec.Message != "" && (rec.State == "waiting" || rec.State == "retrying") {
