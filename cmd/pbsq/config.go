@@ -91,6 +91,9 @@ type ScheduleConfig struct {
 	// Cron is a five-field cron line, a descriptor (@daily), optionally
 	// after CRON_TZ=<zone>, or "@every <duration>".
 	Cron string `yaml:"cron"`
+	// After, instead of Cron, names the schedule after whose job this
+	// one's runs, chained (only if that job succeeds).
+	After string `yaml:"after,omitempty"`
 	// Task is the job type: move-group, move-namespace, prune, verify,
 	// sync or gc.
 	Task string `yaml:"task"`
@@ -121,7 +124,15 @@ func (c *Config) schedule(scheduleName string, sc ScheduleConfig) (worker.Schedu
 			return worker.Schedule{}, fmt.Errorf("schedules.%s.payload: unknown datastore %q (configured: %s)", scheduleName, st, c.storeNames())
 		}
 	}
-	s, err := worker.ParseSchedule(scheduleName, sc.Cron, p)
+	var s worker.Schedule
+	switch {
+	case sc.After != "" && sc.Cron != "":
+		return s, fmt.Errorf("schedules.%s: cron %q and after %q: give one of them", scheduleName, sc.Cron, sc.After)
+	case sc.After != "":
+		s, err = worker.ParseAfterSchedule(scheduleName, sc.After, p)
+	default:
+		s, err = worker.ParseSchedule(scheduleName, sc.Cron, p)
+	}
 	if err != nil {
 		return worker.Schedule{}, fmt.Errorf("schedules.%s: %w", scheduleName, err)
 	}
@@ -219,6 +230,9 @@ func (c *Config) validate() error {
 			return err
 		}
 		c.scheds = append(c.scheds, s)
+	}
+	if err := worker.ValidateChains(c.scheds); err != nil {
+		return fmt.Errorf("schedules: %w", err)
 	}
 	return nil
 }
