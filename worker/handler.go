@@ -87,6 +87,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	res, err := Execute(ctx, w.stores, p, rec.id, rep.update)
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
+	w.recordOutcome(ctx, p, outcome, res)
 	w.endLog(ctx, tl, rec.id, outcome, logReason(ret, res))
 	end(outcome, time.Since(start))
 	return ret

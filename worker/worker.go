@@ -52,6 +52,9 @@ type Options struct {
 	// ChainInterval is how often held dependents of job chains are
 	// settled, besides when their tasks end (default DefaultChainInterval).
 	ChainInterval time.Duration
+	// Scan, when set, runs the periodic store scan of the datastore and
+	// group metrics.
+	Scan *ScanOptions
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
@@ -70,6 +73,8 @@ type Worker struct {
 	busyLimit  time.Duration
 	chainEvery time.Duration
 	stopChains func()
+	storeM     *storeMetrics
+	scan       *ScanOptions
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -103,6 +108,8 @@ func New(opts Options) *Worker {
 
 		chainEvery: cmpOr(opts.ChainInterval, DefaultChainInterval),
 		stopChains: func() {},
+		storeM:     newStoreMetrics(opts.Registerer),
+		scan:       opts.Scan,
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
@@ -159,9 +166,12 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() { defer close(done); w.chainLoop(cctx, w.chainEvery) }()
-	w.stopChains = func() { cancel(); <-done }
+	var loops sync.WaitGroup
+	loops.Go(func() { w.chainLoop(cctx, w.chainEvery) })
+	if w.scan != nil {
+		loops.Go(func() { w.scanLoop(cctx, *w.scan) })
+	}
+	w.stopChains = func() { cancel(); loops.Wait() }
 	w.log.Info("worker started", "queue", tasks.Queue)
 	return nil
 }

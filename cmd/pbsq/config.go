@@ -68,6 +68,12 @@ type LocksConfig struct {
 // MetricsConfig is the /metrics listener.
 type MetricsConfig struct {
 	Listen string `yaml:"listen,omitempty"`
+	// ScanInterval is the time between scans of the stores for the
+	// datastore and group metrics (default 5m).
+	ScanInterval time.Duration `yaml:"scan-interval,omitempty"`
+	// GroupSeries exports per-group series (default true): two per backup
+	// group, and a manifest read per snapshot per scan.
+	GroupSeries *bool `yaml:"group-series,omitempty"`
 }
 
 // DatastoreConfig is one datastore: a path or an S3 location.
@@ -205,6 +211,9 @@ func (c *Config) validate() error {
 	}
 	if c.Locks.Wait < 0 || c.Locks.Lease < 0 {
 		return fmt.Errorf("locks.wait %s / locks.lease %s: must not be negative", c.Locks.Wait, c.Locks.Lease)
+	}
+	if c.Metrics.ScanInterval != 0 && c.Metrics.ScanInterval < time.Second {
+		return fmt.Errorf("metrics.scan-interval %s: must be at least 1s", c.Metrics.ScanInterval)
 	}
 	if c.Locks.Lease != 0 && c.Locks.Lease < time.Second {
 		return fmt.Errorf("locks.lease %s: must be at least 1s", c.Locks.Lease)
