@@ -62,6 +62,7 @@ type storeMetrics struct {
 	lastVerify        *prometheus.GaugeVec
 	verifyFailed      *prometheus.GaugeVec
 	jobSuccess        *prometheus.GaugeVec
+	jobScheduled      *prometheus.GaugeVec
 	gcLast, gcPending *prometheus.GaugeVec
 	s3Requests        *prometheus.CounterVec
 	scanSeconds       *prometheus.GaugeVec
@@ -85,6 +86,7 @@ func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
 		lastVerify:   g("pbsq_group_last_verify_timestamp_seconds", "Start of the latest verify that passed one of the group's snapshots; 0: never verified ok.", groupLabels...),
 		verifyFailed: g("pbsq_group_verify_failed_snapshots", "Snapshots of the group whose last verify failed.", groupLabels...),
 		jobSuccess:   g("pbsq_job_last_success_timestamp_seconds", "Time the last task of the type ended ok on the store (scheduled pairs start at the time first seen).", "store", "type"),
+		jobScheduled: g("pbsq_job_scheduled", "1 for every (store, type) a schedule runs: the jobs PbsqJobNotSucceeding watches.", "store", "type"),
 		gcLast:       g("pbsq_gc_last_run_timestamp_seconds", "End of the store's last garbage collection (not dry runs).", "store"),
 		gcPending:    g("pbsq_gc_pending_bytes", "Bytes of unreferenced chunks too recent to remove at the last GC (removed by a later one).", "store"),
 		scanSeconds:  g("pbsq_store_scan_timestamp_seconds", "End of the last successful scan of the store for these metrics.", "store"),
@@ -221,6 +223,7 @@ func (w *Worker) loadJobMetrics(ctx context.Context, o ScanOptions) map[string]*
 	for _, j := range o.Jobs {
 		// First sighting of a scheduled pair: its baseline.
 		w.rdb.HSetNX(ctx, jobSuccessKey, j.Store+" "+j.Type, now)
+		w.storeM.jobScheduled.WithLabelValues(j.Store, j.Type).Set(1)
 	}
 	jobs, err := w.rdb.HGetAll(ctx, jobSuccessKey).Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
