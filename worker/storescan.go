@@ -24,9 +24,9 @@ type ScanOptions struct {
 	Stores []string
 	// Interval between scans (default DefaultScanInterval).
 	Interval time.Duration
-	// GroupSeries exports the per-group series: 2 series per backup group,
+	// GroupSeries exports the per-group series: 3 series per backup group,
 	// and a manifest read per finished snapshot per scan. A store with
-	// 10,000 groups adds 20,000 series; turn them off there.
+	// 10,000 groups adds 30,000 series; turn them off there.
 	GroupSeries bool
 	// Jobs are the (store, type) pairs expected to succeed regularly (the
 	// scheduled ones): pbsq_job_last_success_timestamp_seconds starts at

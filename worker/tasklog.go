@@ -97,7 +97,6 @@ type runLog struct {
 	pending []string
 	dropped int      // dropped locally (buffer full), not yet sent
 	last    []string // the latest lines, for the tail of a bounded log
-	total   int      // dropped in Redis, as last reported
 	closed  bool
 
 	kick chan struct{}

@@ -71,7 +71,7 @@ type MetricsConfig struct {
 	// ScanInterval is the time between scans of the stores for the
 	// datastore and group metrics (default 5m).
 	ScanInterval time.Duration `yaml:"scan-interval,omitempty"`
-	// GroupSeries exports per-group series (default true): two per backup
+	// GroupSeries exports per-group series (default true): three per backup
 	// group, and a manifest read per snapshot per scan.
 	GroupSeries *bool `yaml:"group-series,omitempty"`
 }
