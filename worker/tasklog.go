@@ -389,8 +389,10 @@ func (w *Worker) endLog(ctx context.Context, l *runLog, id, outcome string, why 
 		l.Close(true, "TASK WARNINGS: "+msg)
 	case OutcomeRetry:
 		l.Close(false, "attempt failed; it is retried later: "+msg)
+		return
 	case OutcomeInterrupted:
 		l.Close(false, "interrupted (worker stopping or lease lost); it is re-run: "+msg)
+		return
 	default:
 		var be *busyError
 		if errors.As(why, &be) {
