@@ -115,7 +115,11 @@ func TestDashboardShape(t *testing.T) {
 	for _, want := range []string{"asynq_queue_latency_seconds", "pbsq_tasks_total", "pbsq_task_duration_seconds_bucket",
 		"pbsq_task_progress_ratio", "pbsq_lock_acquire_total", "pbsq_lock_wait_seconds_bucket", "pbsq_skipped_items_total",
 		"pbsq_verify_bytes_total", "pbsq_verify_chunks_total", "pbsq_prune_snapshots_total", "pbsq_move_snapshots_total",
-		"pbsq_sync_bytes_total", "pbsq_gc_removed_bytes_total"} {
+		"pbsq_sync_bytes_total", "pbsq_gc_removed_bytes_total",
+		"pbsq_datastore_used_bytes", "pbsq_datastore_available_bytes", "pbsq_datastore_size_bytes", "pbsq_snapshots",
+		"pbsq_group_last_backup_timestamp_seconds", "pbsq_group_last_verify_timestamp_seconds", "pbsq_group_verify_failed_snapshots",
+		"pbsq_job_last_success_timestamp_seconds", "pbsq_gc_last_run_timestamp_seconds", "pbsq_gc_pending_bytes",
+		"pbsq_s3_requests_total"} {
 		found := false
 		for _, e := range exprs {
 			found = found || strings.Contains(e, want)

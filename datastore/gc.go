@@ -243,15 +243,21 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 		return g.res, err
 	}
 	g.rep = newReporter(progress, "mark", 0)
+	s.obs.logf("gc datastore %s: phase 1 (mark), cutoff %s", s.name, g.res.MinAccessTime.Format(time.RFC3339))
 	if err := g.mark(ctx); err != nil {
 		return g.res, gcErr(ctx, err)
 	}
+	s.obs.logf("marked %d index file(s), %d chunk(s) referenced, %d missing", g.res.IndexFiles, g.res.ReferencedChunks, g.res.MissingChunks)
+	s.obs.logf("phase 2 (sweep)")
 	if err := g.sweep(ctx); err != nil {
 		return g.res, gcErr(ctx, err)
 	}
 	g.finish()
 	g.res.Seconds = time.Since(started).Seconds()
 	g.rep.finish()
+	s.obs.logf("gc summary: %d chunk(s) in use (%d bytes), %d pending removal (%d bytes), %d removed (%d bytes)%s",
+		g.res.InUseChunks, g.res.InUseBytes, g.res.PendingChunks, g.res.PendingBytes, g.res.RemovedChunks, g.res.RemovedBytes,
+		map[bool]string{true: " (dry run)"}[req.DryRun])
 	return g.res, nil
 }
 

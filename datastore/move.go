@@ -1054,7 +1054,7 @@ func (m *mover) renameBatch(ctx context.Context, p *groupPlan, batch []moveSnap)
 		if err := m.s.b.Rename(ctx, sn.Path(), to.Path()); err != nil {
 			return fmt.Errorf("move snapshot %s from namespace %q to %q: %w", sn.Snapshot, sn.NS, to.NS, err)
 		}
-		m.snapshotMoved(len(sn.files))
+		m.snapshotMoved(sn.Snapshot, p.dst.NS, len(sn.files))
 	}
 	return nil
 }
@@ -1113,7 +1113,7 @@ func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap, l
 		return err
 	}
 	for _, sn := range batch {
-		m.snapshotMoved(copies[sn.Time.Unix()])
+		m.snapshotMoved(sn.Snapshot, p.dst.NS, copies[sn.Time.Unix()])
 	}
 	return nil
 }
@@ -1254,7 +1254,8 @@ func (m *mover) removeSourceGroup(ctx context.Context, p *groupPlan) error {
 	return nil
 }
 
-func (m *mover) snapshotMoved(objects int) {
+func (m *mover) snapshotMoved(sn name.Snapshot, to name.Namespace, objects int) {
+	m.s.obs.logf("moved %s to %s", snapRef(sn), nsRef(to))
 	m.mu.Lock()
 	m.res.Snapshots++
 	n := m.res.Snapshots
@@ -1272,6 +1273,7 @@ func (m *mover) skip(item string, err error, reason string) {
 	m.res.Skipped = append(m.res.Skipped, Skipped{Item: item, Reason: err.Error()})
 	m.mu.Unlock()
 	m.s.obs.skipped(m.op, reason)
+	m.s.obs.logf("skipped %s: %s: %v", item, reason, err)
 }
 
 // finish fills the totals and, unless everything was done, says what is
@@ -1283,6 +1285,8 @@ func (m *mover) finish(start time.Time, err error) {
 	r.ObjectsCopied, r.ObjectsDeleted = m.copied.Load(), m.deleted.Load()
 	r.Seconds = time.Since(start).Seconds()
 	r.Complete = err == nil && len(r.Skipped) == 0
+	m.s.obs.logf("%s summary: %d of %d group(s) moved, %d snapshot(s), %d object(s) copied, %d deleted, %d skipped",
+		m.op, r.Groups, r.GroupsTotal, r.Snapshots, r.ObjectsCopied, r.ObjectsDeleted, len(r.Skipped))
 	if r.Complete {
 		m.rep.finish()
 		return

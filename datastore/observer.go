@@ -1,5 +1,11 @@
 package datastore
 
+import (
+	"fmt"
+
+	"github.com/pbsq/pbsq/datastore/name"
+)
+
 // Observer receives events for metrics; the worker implements it with
 // Prometheus counters so that this package stays free of them. Any field
 // may be nil.
@@ -16,6 +22,34 @@ type Observer struct {
 	Skipped func(op, reason string)
 	// ChunkRemoved: garbage collection removed a chunk file of that size.
 	ChunkRemoved func(bytes int64)
+	// Log receives the operation's task-log lines, PBS style: one per
+	// snapshot checked, removed, moved or synced, every skip with its
+	// reason, errors and a summary. Called from many goroutines.
+	Log func(line string)
+}
+
+// logf writes one task-log line.
+func (o *Observer) logf(format string, args ...any) {
+	if o != nil && o.Log != nil {
+		o.Log(fmt.Sprintf(format, args...))
+	}
+}
+
+// snapRef names a snapshot in log lines: type/id/time and its namespace.
+func snapRef(sn name.Snapshot) string {
+	return sn.String() + " " + nsRef(sn.NS)
+}
+
+// groupRef names a group in log lines: type/id and its namespace.
+func groupRef(g name.Group) string {
+	return g.String() + " " + nsRef(g.NS)
+}
+
+func nsRef(ns name.Namespace) string {
+	if ns.IsRoot() {
+		return "(ns root)"
+	}
+	return "(ns " + ns.String() + ")"
 }
 
 func (o *Observer) chunkVerified(result string, bytes int64) {

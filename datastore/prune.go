@@ -76,6 +76,7 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 		loc = time.Local
 	}
 	rep := newReporter(progress, "prune", int64(len(groups)))
+	s.obs.logf("prune datastore %s: %d group(s) in scope%s", s.name, len(groups), map[bool]string{true: " (dry run)"}[req.DryRun])
 	var aside []name.Group
 	var asideSnaps []pendingRemoval
 	for _, g := range groups {
@@ -84,6 +85,7 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 		}
 		busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
 		if errors.Is(err, lock.ErrBusy) {
+			s.obs.logf("group %s busy, retried at the end: %v", groupRef(g), err)
 			aside = append(aside, g)
 			continue
 		}
@@ -98,6 +100,7 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 		if errors.Is(err, lock.ErrBusy) {
 			res.Skipped = append(res.Skipped, Skipped{Item: g.NS.String() + ":" + g.String(), Reason: err.Error()})
 			s.obs.skipped("prune", "busy")
+			s.obs.logf("skipped group %s: busy: %v", groupRef(g), err)
 		} else if err != nil {
 			return res, err
 		}
@@ -111,10 +114,12 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 			}
 			res.Skipped = append(res.Skipped, Skipped{Item: p.snap.NS.String() + ":" + p.snap.String(), Reason: err.Error()})
 			s.obs.skipped("prune", "busy")
+			s.obs.logf("skipped %s: busy: %v", snapRef(p.snap), err)
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
 	rep.finish()
+	s.obs.logf("prune summary: %d group(s), %d kept, %d protected, %d removed, %d skipped", res.Groups, res.Kept, res.Protected, res.Removed, len(res.Skipped))
 	return res, nil
 }
 
@@ -146,6 +151,7 @@ func (s *Store) pruneGroup(ctx context.Context, g name.Group, req PruneRequest, 
 	for _, d := range decisions {
 		sn := snaps[d.Index]
 		res.Decisions = append(res.Decisions, PruneDecision{NS: g.NS.String(), Snapshot: sn.Snapshot.String(), Mark: d.Mark.String()})
+		s.obs.logf("%s %s", sn.Snapshot.String()+" "+nsRef(g.NS), d.Mark)
 		switch d.Mark {
 		case prune.Remove:
 			remove = append(remove, pendingRemoval{snap: sn.Snapshot, decision: len(res.Decisions) - 1})
@@ -169,6 +175,7 @@ func (s *Store) pruneGroup(ctx context.Context, g name.Group, req PruneRequest, 
 		}
 		err := s.removeSnapshotLocked(ctx, p, false, res)
 		if errors.Is(err, lock.ErrBusy) {
+			s.obs.logf("%s busy, retried at the end: %v", snapRef(p.snap), err)
 			busy = append(busy, p)
 			continue
 		}
@@ -200,11 +207,13 @@ func (s *Store) removeSnapshotLocked(ctx context.Context, p pendingRemoval, with
 		return err
 	}
 	if info.Protected {
+		s.obs.logf("kept %s: protected since it was marked", snapRef(sn))
 		return nil // protected since it was marked: never removed
 	}
 	if err := s.removeSnapshotFiles(ctx, sn); err != nil {
 		return err
 	}
+	s.obs.logf("removed %s", snapRef(sn))
 	res.Removed++
 	s.obs.snapshotPruned("remove")
 	res.Decisions[p.decision].Removed = true

@@ -265,6 +265,7 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	}
 
 	y.rep = newReporter(progress, "sync", int64(len(groups)))
+	dst.obs.logf("sync from datastore %s into %s: %d group(s) in scope", src.name, dst.name, len(groups))
 	var aside []groupPair
 	var asideMu sync.Mutex
 	err = parallel(ctx, y.groupsAtOnce, len(groups), func(ctx context.Context, i int) error {
@@ -304,6 +305,8 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	}
 	res := y.finish(start)
 	y.rep.finish()
+	dst.obs.logf("sync summary: %d snapshot(s) synced, %d already present, %d failed, %d skipped, %d chunk(s) copied (%d bytes), %d snapshot(s) removed",
+		res.Snapshots, res.SnapshotsPresent, len(res.Failed), len(res.Skipped), res.Chunks, res.Bytes, res.RemovedSnapshots)
 	return res, nil
 }
 
@@ -434,6 +437,7 @@ func (y *syncer) warn(msg string) {
 func (y *syncer) skip(item, reason, kind string) {
 	y.count(func(r *SyncResult) { r.Skipped = append(r.Skipped, Skipped{Item: item, Reason: reason}) })
 	y.dst.obs.skipped("sync", kind)
+	y.dst.obs.logf("skipped %s: %s: %s", item, kind, reason)
 }
 
 func (y *syncer) fail(sn name.Snapshot, reasons []string) {
@@ -441,6 +445,7 @@ func (y *syncer) fail(sn name.Snapshot, reasons []string) {
 		r.Failed = append(r.Failed, FailedSnapshot{NS: sn.NS.String(), Snapshot: sn.String(), Reasons: reasons})
 	})
 	y.dst.log.Warn("sync: snapshot failed", "source", y.src.name, "ns", sn.NS.String(), "snapshot", sn.String(), "reasons", reasons)
+	y.dst.obs.logf("sync %s: FAILED: %s", snapRef(sn), strings.Join(reasons, "; "))
 }
 
 // group syncs one group; busy is non-nil when a lock was refused (the
@@ -720,6 +725,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 			return nil, err
 		}
 		y.count(func(r *SyncResult) { r.SnapshotsPresent++; y.done[tsn.Path()] = true })
+		y.dst.obs.logf("already synced %s", snapRef(tsn))
 		return nil, nil
 	}
 
@@ -819,6 +825,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 		return nil, err
 	}
 	y.count(func(r *SyncResult) { r.Snapshots++; y.done[tsn.Path()] = true })
+	y.dst.obs.logf("synced %s from %s %s", snapRef(tsn), y.src.name, nsRef(ssn.NS))
 	y.progressMessage()
 	return nil, nil
 }
@@ -1317,6 +1324,7 @@ func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withPar
 		return err
 	}
 	y.count(func(r *SyncResult) { r.RemovedSnapshots++ })
+	y.dst.obs.logf("removed vanished %s", snapRef(snap))
 	return nil
 }
 

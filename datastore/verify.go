@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,6 +145,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		return nil, err
 	}
 	v.rep = newReporter(progress, "verify", int64(len(snaps)))
+	s.obs.logf("verify datastore %s: %d snapshot(s) in scope", s.name, len(snaps))
 	var aside []SnapshotInfo
 	for _, sn := range snaps {
 		if err := ctx.Err(); err != nil {
@@ -154,6 +156,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 			return v.res, err
 		}
 		if busy != nil {
+			s.obs.logf("%s busy, retried at the end: %v", snapRef(sn.Snapshot), busy)
 			aside = append(aside, sn)
 			continue
 		}
@@ -167,6 +170,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		if busy != nil {
 			v.res.Skipped = append(v.res.Skipped, Skipped{Item: sn.NS.String() + ":" + sn.Snapshot.String(), Reason: busy.Error()})
 			s.obs.skipped("verify", "busy")
+			s.obs.logf("skipped %s: busy: %v", snapRef(sn.Snapshot), busy)
 		}
 		v.rep.add(1)
 	}
@@ -175,6 +179,8 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		v.res.MiBPerSecond = float64(v.res.Bytes) / (1 << 20) / v.res.Seconds
 	}
 	v.rep.finish()
+	s.obs.logf("verify summary: %d snapshot(s) checked, %d ok, %d failed, %d already verified, %d skipped, %d unfinished; %d chunk(s), %d bytes",
+		v.res.Snapshots, v.res.OK, len(v.res.Failed), v.res.AlreadyVerified, len(v.res.Skipped), len(v.res.Unfinished), v.res.Chunks, v.res.Bytes)
 	return v.res, nil
 }
 
@@ -228,6 +234,7 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	label := sn.NS.String() + ":" + sn.Snapshot.String()
 	if !sn.Finished {
 		v.res.Unfinished = append(v.res.Unfinished, label)
+		v.s.obs.logf("skipped %s: unfinished (no manifest)", snapRef(sn.Snapshot))
 		return nil, nil
 	}
 	ctx, release, err := v.s.lockChain(ctx, []lock.Request{
@@ -245,14 +252,17 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	m, err := v.s.ReadManifest(ctx, sn.Snapshot)
 	if errors.Is(err, fs.ErrNotExist) {
 		// Removed (pruned, moved) since it was listed: nothing to verify.
+		v.s.obs.logf("skipped %s: removed since it was listed", snapRef(sn.Snapshot))
 		return nil, nil
 	}
 	if err != nil {
 		v.fail(sn.Snapshot, []string{err.Error()})
+		v.s.obs.logf("verify %s: FAILED: %v", snapRef(sn.Snapshot), err)
 		return nil, nil
 	}
 	if !v.wantVerify(m) {
 		v.res.AlreadyVerified++
+		v.s.obs.logf("skipped %s: already verified (%s)", snapRef(sn.Snapshot), m.VerifyState().State)
 		return nil, nil
 	}
 	v.res.Snapshots++
@@ -264,8 +274,10 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	if len(reasons) > 0 {
 		state = format.VerifyFailed
 		v.fail(sn.Snapshot, reasons)
+		v.s.obs.logf("verify %s: FAILED: %s", snapRef(sn.Snapshot), strings.Join(reasons, "; "))
 	} else {
 		v.res.OK++
+		v.s.obs.logf("verify %s: ok", snapRef(sn.Snapshot))
 	}
 	upid := UPID("verify", v.s.name, v.req.TaskID, v.start)
 	if err := v.s.UpdateManifest(ctx, sn.Snapshot, func(m *format.Manifest) error {
@@ -413,8 +425,10 @@ func (v *verifier) record(r chunkRef, st chunkState, why string, size int64) {
 	switch st {
 	case chunkCorrupt:
 		v.res.ChunksCorrupt++
+		v.s.obs.logf("chunk %s corrupt: %s", r.digest, why)
 	case chunkMissing:
 		v.res.ChunksMissing++
+		v.s.obs.logf("chunk %s missing: %s", r.digest, why)
 	case chunkEncrypted:
 		v.res.ChunksEncrypted++
 	}

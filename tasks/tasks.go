@@ -186,6 +186,9 @@ func Timeout(taskType string) time.Duration {
 	return time.Hour
 }
 
+// Retention is how long a finished task's record (and its log) is kept.
+const Retention = 7 * 24 * time.Hour
+
 // MaxRetry is the retry budget for real failures (busy re-queues do not
 // spend it).
 const MaxRetry = 5
@@ -206,7 +209,7 @@ func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 		asynq.Queue(Queue),
 		asynq.Timeout(Timeout(p.TaskType())),
 		asynq.MaxRetry(MaxRetry),
-		asynq.Retention(7 * 24 * time.Hour),
+		asynq.Retention(Retention),
 	}
 	return asynq.NewTask(p.TaskType(), b, append(base, opts...)...), nil
 }

@@ -62,17 +62,23 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
+	tl := w.startLog(ctx, rec.id, typ, t.Payload())
+	ctx = withTaskLog(ctx, tl)
 	// Only a re-run can carry a cancel mark (Cancel stops a running task,
 	// which asynq re-queues as a failed attempt, and archives it; if that
 	// was interrupted, the mark stops the re-run here). First runs skip
 	// the round trip.
 	if retried, _ := asynq.GetRetryCount(ctx); retried > 0 {
+		if done, ret := w.endedBefore(ctx, rec, tl); done {
+			return ret
+		}
 		cancelled, err := rec.start()
 		if err != nil {
 			log.Warn("cannot record the task's start", "err", err)
 		}
 		if cancelled {
 			rec.final(tasks.Result{Outcome: OutcomeCancelled, Error: ErrCancelled.Error()}, nil, start)
+			w.endLog(ctx, tl, rec.id, OutcomeCancelled, ErrCancelled)
 			w.metrics.finished(typ, OutcomeCancelled, 0)
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
@@ -82,6 +88,8 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	res, err := Execute(ctx, w.stores, p, rec.id, rep.update)
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
+	w.recordOutcome(ctx, p, outcome, res)
+	w.endLog(ctx, tl, rec.id, outcome, logReason(ret, res))
 	end(outcome, time.Since(start))
 	return ret
 }
@@ -91,6 +99,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 func (w *Worker) invalid(ctx context.Context, typ string, t *asynq.Task, err error) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	rec.final(tasks.Result{Outcome: tasks.OutcomeInvalid, Error: err.Error()}, nil, time.Now())
+	w.endLog(ctx, w.startLog(ctx, rec.id, t.Type(), t.Payload()), rec.id, tasks.OutcomeInvalid, err)
 	w.metrics.finished(typ, tasks.OutcomeInvalid, 0)
 	w.log.Warn("invalid task archived", "task_id", rec.id, "type", t.Type(), "err", err)
 	return fmt.Errorf("%v: %w", err, asynq.SkipRetry)
@@ -180,6 +189,18 @@ func (w *Worker) busy(ctx context.Context, log *slog.Logger, rec *recorder, err 
 	return tasks.OutcomeBusy, be
 }
 
+// finalRecord is the JSON of a task's final record.
+func finalRecord(res tasks.Result, out Outcome, start time.Time) ([]byte, error) {
+	res.State = "done"
+	res.Seconds = time.Since(start).Seconds()
+	if out != nil {
+		if b, err := json.Marshal(out); err == nil {
+			res.Result = b
+		}
+	}
+	return json.Marshal(res)
+}
+
 // recorder writes a task's record into its result field.
 //
 // Progress goes through asynq's ResultWriter. The start and the final
@@ -256,14 +277,7 @@ func (r *recorder) progress(p tasks.Progress) {
 // final replaces the progress with the result record, and ends the task's
 // busy episode, if any, in the same round trip.
 func (r *recorder) final(res tasks.Result, out Outcome, start time.Time) {
-	res.State = "done"
-	res.Seconds = time.Since(start).Seconds()
-	if out != nil {
-		if b, err := json.Marshal(out); err == nil {
-			res.Result = b
-		}
-	}
-	b, err := json.Marshal(res)
+	b, err := finalRecord(res, out, start)
 	if err == nil {
 		ctx, cancel := bookkeeping(r.ctx)
 		defer cancel()

@@ -22,14 +22,23 @@ import (
 
 // Schedule is a job queued periodically (the config's `schedules:`).
 type Schedule struct {
-	Name    string
-	Spec    string
+	Name string
+	Spec string
+	// After names the schedule whose job this one's is chained after
+	// (instead of a cron spec).
+	After   string
 	Payload tasks.Payload
 	when    cron.Schedule
 }
 
-// Next is the first fire time after t.
-func (s Schedule) Next(t time.Time) time.Time { return s.when.Next(t) }
+// Next is the first fire time after t (zero for a schedule chained after
+// another).
+func (s Schedule) Next(t time.Time) time.Time {
+	if s.when == nil {
+		return time.Time{}
+	}
+	return s.when.Next(t)
+}
 
 var scheduleName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
 
@@ -176,6 +185,9 @@ func NewScheduler(enq *Enqueuer, schedules []Schedule, opts SchedulerOptions) *S
 func (s *Scheduler) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, sc := range s.schedules {
+		if sc.After != "" {
+			continue // queued by the schedule it is chained after
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -248,6 +260,7 @@ func (s *Scheduler) fire(ctx context.Context, sc Schedule, at time.Time) {
 		s.record(ctx, sc, at, ScheduleError, "", err.Error())
 	default:
 		s.record(ctx, sc, at, ScheduleEnqueued, info.ID, "")
+		s.fireAfter(ctx, sc, info.ID, at)
 	}
 }
 

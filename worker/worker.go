@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/internal/promreg"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -52,21 +53,32 @@ type Options struct {
 	// Shutdown (none: no scheduler). Any number of workers may run the
 	// same schedules: each fire is claimed by one of them.
 	Schedules []Schedule
+	// ChainInterval is how often held dependents of job chains are
+	// settled, besides when their tasks end (default DefaultChainInterval).
+	ChainInterval time.Duration
+	// Scan, when set, runs the periodic store scan of the datastore and
+	// group metrics.
+	Scan *ScanOptions
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
 // handler per task type.
 type Worker struct {
-	srv       *asynq.Server
-	mux       *asynq.ServeMux
-	rdb       redis.UniversalClient
-	stores    Stores
-	log       *slog.Logger
-	metrics   *Metrics
-	timeout   time.Duration
-	every     time.Duration
-	busyDelay func() time.Duration
-	busyLimit time.Duration
+	srv        *asynq.Server
+	mux        *asynq.ServeMux
+	rdb        redis.UniversalClient
+	ins        *asynq.Inspector
+	stores     Stores
+	log        *slog.Logger
+	metrics    *Metrics
+	timeout    time.Duration
+	every      time.Duration
+	busyDelay  func() time.Duration
+	busyLimit  time.Duration
+	chainEvery time.Duration
+	stopChains func()
+	storeM     *storeMetrics
+	scan       *ScanOptions
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -99,13 +111,19 @@ func New(opts Options) *Worker {
 		every:     cmpOr(opts.ProgressInterval, time.Second),
 		busyDelay: opts.BusyDelay,
 		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
+		ins:       asynq.NewInspectorFromRedisClient(rdb),
+
+		chainEvery: cmpOr(opts.ChainInterval, DefaultChainInterval),
+		stopChains: func() {},
+		storeM:     newStoreMetrics(opts.Registerer),
+		scan:       opts.Scan,
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
 	}
 	w.stores = observedStores{Stores: opts.Stores, metrics: w.metrics}
 	if opts.Registerer != nil {
-		promreg.Register(opts.Registerer, prometheus.Collector(NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), log)))
+		promreg.Register(opts.Registerer, prometheus.Collector(NewQueueCollector(w.ins, log)))
 	}
 	w.mux = asynq.NewServeMux()
 	for _, t := range tasks.Types {
@@ -153,9 +171,19 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.rdb.Ping(pctx).Err(); err != nil {
 		return fmt.Errorf("worker: redis: %w", err)
 	}
+	// Chains first: what was left unsettled (a worker died at a hand-over)
+	// is settled before this worker takes tasks.
+	w.settleAll(ctx)
 	if err := w.srv.Start(w); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var loops sync.WaitGroup
+	loops.Go(func() { w.chainLoop(cctx, w.chainEvery) })
+	if w.scan != nil {
+		loops.Go(func() { w.scanLoop(cctx, *w.scan) })
+	}
+	w.stopChains = func() { cancel(); loops.Wait() }
 	w.log.Info("worker started", "queue", tasks.Queue)
 	if w.scheduler != nil {
 		ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -177,6 +205,7 @@ func (w *Worker) Shutdown() {
 	if w.stopScheduler != nil {
 		w.stopScheduler()
 	}
+	w.stopChains()
 	w.srv.Shutdown()
 	// Abandoned handlers see their cancelled context within a second or
 	// so; wait for them briefly so they do not outlive the worker.
@@ -198,15 +227,32 @@ type observedStores struct {
 
 func (o observedStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
 	s, err := o.Stores.Open(ctx, store, taskID, wait)
-	if err != nil || o.metrics == nil {
+	if err != nil {
 		return s, err
 	}
-	backend := "fs"
-	if s.Backend().Features().ImplicitDirs {
-		backend = "s3"
+	obs := o.metrics.Observer(store)
+	if o.metrics != nil {
+		backend := "fs"
+		if s.Backend().Features().ImplicitDirs {
+			backend = "s3"
+		}
+		o.metrics.storeOpened(store, backend)
 	}
-	o.metrics.storeOpened(store, backend)
-	return s.WithObserver(o.metrics.Observer(store)), nil
+	if tl := taskLogFrom(ctx); tl != nil {
+		if obs == nil {
+			obs = &datastore.Observer{}
+		}
+		obs.Log = tl.Line
+		if l := s.Locker(); l != nil {
+			s = s.WithLocker(l.WithWaitNotice(func(req lock.Request, busy error, window time.Duration) {
+				tl.Printf("waiting up to %s for lock %s: %v", window, req, busy)
+			}))
+		}
+	}
+	if obs == nil {
+		return s, nil
+	}
+	return s.WithObserver(obs), nil
 }
 
 // asynqLogger routes asynq's own logging into slog.

@@ -25,11 +25,16 @@ queued twice (exit 2, naming the task that holds it).
 
 With --wait it follows the task (a progress bar on a terminal, plain lines
 otherwise) and exits with the task's outcome: 0 ok, 1 failed, 2 invalid,
-3 lock busy, 4 completed with skipped items.`,
+3 lock busy, 4 completed with skipped items.
+
+With --after ID (repeatable) the task waits until every named task
+completed ok; if one fails, is cancelled or archived, it never runs and
+ends failed with an error naming that task.`,
 	}
 	for _, t := range tasks.Types {
 		short := strings.TrimPrefix(t, "datastore:")
 		var wait, asJSON bool
+		var after []string
 		sub := &cobra.Command{
 			Use:   short + " [flags]",
 			Short: "Queue " + short,
@@ -38,6 +43,7 @@ otherwise) and exits with the task's outcome: 0 ok, 1 failed, 2 invalid,
 		build := payloadFlags(t, sub)
 		sub.Flags().BoolVar(&wait, "wait", false, "follow the task and exit with its outcome")
 		sub.Flags().BoolVar(&asJSON, "json", false, "print JSON: the task id, or with --wait the final record")
+		sub.Flags().StringArrayVar(&after, "after", nil, "run only after task `ID` completed ok (repeatable); if it fails, this task never runs and ends failed, naming it")
 		sub.RunE = func(cmd *cobra.Command, args []string) error {
 			p, err := build()
 			if err != nil {
@@ -51,7 +57,7 @@ otherwise) and exits with the task's outcome: 0 ok, 1 failed, 2 invalid,
 				return err
 			}
 			defer e.Close()
-			info, err := e.Enqueue(cmd.Context(), p)
+			info, err := e.EnqueueAfter(cmd.Context(), p, after)
 			var dup *worker.DuplicateError
 			if errors.As(err, &dup) {
 				return usageError{err}

@@ -63,8 +63,12 @@ it. Without a reachable queue, the last fire is left out.`,
 				if r.Last != nil {
 					last, result, id = r.Last.LastFire.Local().Format(time.DateTime), r.Last.Result, r.Last.TaskID
 				}
+				next := "-"
+				if !r.Next.IsZero() {
+					next = r.Next.Local().Format(time.DateTime)
+				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Cron, strings.TrimPrefix(r.Type, "datastore:"),
-					r.Next.Local().Format(time.DateTime), last, result, id)
+					next, last, result, id)
 			}
 			return tw.Flush()
 		},

@@ -208,6 +208,7 @@ for root), removed on exit.`,
 			}
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", rt.metricsHandler())
+			rt.handleLogs(mux)
 			var dashMux *http.ServeMux
 			switch {
 			case dashAddr == "off":

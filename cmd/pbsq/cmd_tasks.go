@@ -91,7 +91,11 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 			case asynq.TaskStatePending:
 				note("pending: waiting for a free worker")
 			case asynq.TaskStateScheduled:
-				note("scheduled for " + info.NextProcessAt.Local().Format(time.TimeOnly))
+				if worker.IsChainHold(info.NextProcessAt) {
+					note("waiting for the tasks it runs after (--after)")
+				} else {
+					note("scheduled for " + info.NextProcessAt.Local().Format(time.TimeOnly))
+				}
 			case asynq.TaskStateRetry:
 				why := info.LastErr
 				if rec.Message != "" && (rec.State == "waiting" || rec.State == "retrying") {
@@ -173,7 +177,10 @@ type taskView struct {
 	LastError string          `json:"last-error,omitempty"`
 	NextRun   *time.Time      `json:"next-run,omitempty"`
 	Completed *time.Time      `json:"completed,omitempty"`
-	Record    json.RawMessage `json:"record,omitempty"`
+	// Started is the first run's start, Ended the end (RFC 3339).
+	Started *time.Time      `json:"started,omitempty"`
+	Ended   *time.Time      `json:"ended,omitempty"`
+	Record  json.RawMessage `json:"record,omitempty"`
 }
 
 func newTaskView(info *asynq.TaskInfo) taskView {
@@ -288,6 +295,7 @@ func (a *app) tasksCmd() *cobra.Command {
 				for _, info := range all {
 					views = append(views, newTaskView(info))
 				}
+				withTimes(cmd.Context(), e, views)
 				return json.NewEncoder(os.Stdout).Encode(views)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
@@ -322,6 +330,9 @@ func (a *app) tasksCmd() *cobra.Command {
 				return err
 			}
 			v := newTaskView(info)
+			views := []taskView{v}
+			withTimes(cmd.Context(), e, views)
+			v = views[0]
 			if showJSON {
 				return json.NewEncoder(os.Stdout).Encode(v)
 			}
@@ -338,6 +349,9 @@ func (a *app) tasksCmd() *cobra.Command {
 			}
 			if v.NextRun != nil {
 				fmt.Printf("next run: %s\n", v.NextRun.Local().Format(time.RFC3339))
+			}
+			if v.Started != nil {
+				fmt.Printf("started:  %s\n", v.Started.Local().Format(time.RFC3339))
 			}
 			if v.Completed != nil {
 				fmt.Printf("finished: %s\n", v.Completed.Local().Format(time.RFC3339))
@@ -392,6 +406,6 @@ func (a *app) tasksCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(ls, show, wait, cancel)
+	cmd.AddCommand(ls, show, wait, cancel, a.tasksLogCmd())
 	return cmd
 }

@@ -72,6 +72,8 @@ func (a *app) enqueuer() (*worker.Enqueuer, error) {
 type workerStores struct {
 	a       *app
 	metrics *lock.Metrics
+	// s3Request counts S3 requests (set once the worker exists).
+	s3Request func(store, op, code string)
 
 	mu       sync.Mutex
 	locks    lock.Backend
@@ -98,7 +100,7 @@ func (s *workerStores) Open(ctx context.Context, store, taskID string, wait *tas
 	bctx := context.WithoutCancel(ctx)
 	b, ok := s.backends[store]
 	if !ok {
-		if b, err = openBackend(bctx, store, ds); err != nil {
+		if b, err = s.openBackend(bctx, store, ds); err != nil {
 			return nil, fmt.Errorf("datastore %q: %w", store, err)
 		}
 		s.backends[store] = b
@@ -163,11 +165,13 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		Registerer:      reg,
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
+		Scan:            a.scanOptions(),
 	}
 	if f.schedules {
 		opts.Schedules = a.cfg.schedules()
 	}
 	w := worker.New(opts)
+	stores.s3Request = w.S3Request
 	if err := w.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -234,6 +238,7 @@ func (a *app) workerCmd() *cobra.Command {
 			if addr := a.listenAddr(f.listen); addr != "off" {
 				mux := http.NewServeMux()
 				mux.Handle("/metrics", rt.metricsHandler())
+				rt.handleLogs(mux)
 				var bound string
 				if srv, bound, err = serveHTTP(addr, mux); err != nil {
 					return err

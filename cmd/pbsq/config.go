@@ -69,6 +69,12 @@ type LocksConfig struct {
 // MetricsConfig is the /metrics listener.
 type MetricsConfig struct {
 	Listen string `yaml:"listen,omitempty"`
+	// ScanInterval is the time between scans of the stores for the
+	// datastore and group metrics (default 5m).
+	ScanInterval time.Duration `yaml:"scan-interval,omitempty"`
+	// GroupSeries exports per-group series (default true): three per backup
+	// group, and a manifest read per snapshot per scan.
+	GroupSeries *bool `yaml:"group-series,omitempty"`
 }
 
 // DatastoreConfig is one datastore: a path or an S3 location.
@@ -92,6 +98,9 @@ type ScheduleConfig struct {
 	// Cron is a five-field cron line, a descriptor (@daily), optionally
 	// after CRON_TZ=<zone>, or "@every <duration>".
 	Cron string `yaml:"cron"`
+	// After, instead of Cron, names the schedule after whose job this
+	// one's runs, chained (only if that job succeeds).
+	After string `yaml:"after,omitempty"`
 	// Task is the job type: move-group, move-namespace, prune, verify,
 	// sync or gc.
 	Task string `yaml:"task"`
@@ -122,7 +131,15 @@ func (c *Config) schedule(scheduleName string, sc ScheduleConfig) (worker.Schedu
 			return worker.Schedule{}, fmt.Errorf("schedules.%s.payload: unknown datastore %q (configured: %s)", scheduleName, st, c.storeNames())
 		}
 	}
-	s, err := worker.ParseSchedule(scheduleName, sc.Cron, p)
+	var s worker.Schedule
+	switch {
+	case sc.After != "" && sc.Cron != "":
+		return s, fmt.Errorf("schedules.%s: cron %q and after %q: give one of them", scheduleName, sc.Cron, sc.After)
+	case sc.After != "":
+		s, err = worker.ParseAfterSchedule(scheduleName, sc.After, p)
+	default:
+		s, err = worker.ParseSchedule(scheduleName, sc.Cron, p)
+	}
 	if err != nil {
 		return worker.Schedule{}, fmt.Errorf("schedules.%s: %w", scheduleName, err)
 	}
@@ -196,6 +213,9 @@ func (c *Config) validate() error {
 	if c.Locks.Wait < 0 || c.Locks.Lease < 0 {
 		return fmt.Errorf("locks.wait %s / locks.lease %s: must not be negative", c.Locks.Wait, c.Locks.Lease)
 	}
+	if c.Metrics.ScanInterval != 0 && c.Metrics.ScanInterval < time.Second {
+		return fmt.Errorf("metrics.scan-interval %s: must be at least 1s", c.Metrics.ScanInterval)
+	}
 	if c.Locks.Lease != 0 && c.Locks.Lease < time.Second {
 		return fmt.Errorf("locks.lease %s: must be at least 1s", c.Locks.Lease)
 	}
@@ -226,6 +246,9 @@ func (c *Config) validate() error {
 			return err
 		}
 		c.scheds = append(c.scheds, s)
+	}
+	if err := worker.ValidateChains(c.scheds); err != nil {
+		return fmt.Errorf("schedules: %w", err)
 	}
 	return nil
 }

@@ -119,6 +119,8 @@ type Locker struct {
 	log     *slog.Logger
 	metrics *Metrics
 	audit   func(AuditEvent)
+	// onWait is told when Acquire starts waiting for a busy lock.
+	onWait func(req Request, busy error, window time.Duration)
 }
 
 // guardSeq numbers guards for AuditEvent.Guard.
@@ -149,6 +151,15 @@ func New(backend Backend, opts Options) *Locker {
 func (l *Locker) WithWait(d time.Duration) *Locker {
 	c := *l
 	c.wait = max(d, 0)
+	return &c
+}
+
+// WithWaitNotice returns a copy that calls fn once per Acquire that finds
+// its lock busy and starts waiting for it (a task log's "waiting for lock"
+// line); busy names the holder when known.
+func (l *Locker) WithWaitNotice(fn func(req Request, busy error, window time.Duration)) *Locker {
+	c := *l
+	c.onWait = fn
 	return &c
 }
 
@@ -219,8 +230,12 @@ func (l *Locker) Acquire(ctx context.Context, req Request) (*Guard, error) {
 			}
 			return nil, l.fail(req, start, "error", fmt.Errorf("lock %s: %w", req, err))
 		}
+		first := busy == nil
 		busy = err
 		remaining := time.Until(deadline)
+		if first && remaining > 0 && l.onWait != nil {
+			l.onWait(req, err, l.wait)
+		}
 		if remaining <= 0 {
 			l.auditBusy(req, start)
 			return nil, l.fail(req, start, "busy", withWaited(req, err, time.Since(start)))
