@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 	"github.com/pbsq/pbsq/worker"
@@ -83,6 +84,10 @@ type S3Config struct {
 	Bucket    string `yaml:"bucket"`
 	Prefix    string `yaml:"prefix,omitempty"`
 	PathStyle bool   `yaml:"path-style,omitempty"`
+	// PBSInUseOverride lets pbsq write although PBS's .in-use marker is at
+	// the prefix: the PBS host it names (or "*"), once the administrator
+	// has taken the datastore out of that PBS's hands.
+	PBSInUseOverride string `yaml:"pbs-in-use-override,omitempty"`
 }
 
 // ScheduleConfig queues a job periodically; `pbsq serve` and `pbsq worker`
@@ -233,6 +238,11 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
 	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:
 		return fmt.Errorf("datastores.%s.s3.prefix %q: must not start or end with '/'", store, d.S3.Prefix)
+	}
+	if d.S3 != nil {
+		if err := datastore.ValidateInUseOverride(d.S3.PBSInUseOverride); err != nil {
+			return fmt.Errorf("datastores.%s.s3: %w", store, err)
+		}
 	}
 	return nil
 }
