@@ -52,6 +52,9 @@ func (p *pbsLocks) get() (*flock.Backend, error) {
 	return p.b, p.err
 }
 
+// manifestLockWait is PBS's wait; a variable so tests can shorten it.
+var manifestLockWait = flock.ManifestLockWait
+
 // lockManifest takes snap's manifest lock at PBS's path, waiting as PBS
 // does (5 s). Every manifest update or removal happens under it, innermost
 // (after the snapshot lock, if any). Busy errors wrap lock.ErrBusy; callers
@@ -64,7 +67,7 @@ func (s *Store) lockManifest(ctx context.Context, snap name.Snapshot) (release f
 	if err != nil {
 		return nil, err
 	}
-	return b.LockManifest(ctx, s.name, snap, flock.ManifestLockWait)
+	return b.LockManifest(ctx, s.name, snap, manifestLockWait)
 }
 
 // pbsJournalAppend records, as a PBS move does, the absolute post-move path

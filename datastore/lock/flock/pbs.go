@@ -76,7 +76,7 @@ func (e *ManifestBusyError) Error() string {
 	if e.Holder != nil {
 		h = e.Holder.String()
 	}
-	return fmt.Sprintf("manifest lock %s held by %s for more than %s: %s", e.Path, h, ManifestLockWait, lock.ErrBusy)
+	return fmt.Sprintf("manifest lock %s held by %s past the wait: %s", e.Path, h, lock.ErrBusy)
 }
 
 // Unwrap makes errors.Is(err, lock.ErrBusy) hold.
