@@ -527,7 +527,6 @@ func TestManifestLockSkips(t *testing.T) {
 	}
 }
 
-
 // pbsUPID is PBS's PROXMOX_UPID_REGEX (proxmox-schema upid.rs).
 var pbsUPID = regexp.MustCompile(`^UPID:(?P<node>[a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):(?P<pid>[0-9A-Fa-f]{8}):` +
 	`(?P<pstart>[0-9A-Fa-f]{8,9}):(?P<task_id>[0-9A-Fa-f]{8,16}):(?P<starttime>[0-9A-Fa-f]{8}):` +
