@@ -3,6 +3,7 @@ package datastore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -58,7 +59,7 @@ func ValidateInUseOverride(v string) error {
 }
 
 // ErrPBSInUse is wrapped (with lock.ErrBusy) when a PBS uses the store.
-var ErrPBSInUse = fmt.Errorf("datastore in use by a Proxmox Backup Server")
+var ErrPBSInUse = errors.New("datastore in use by a Proxmox Backup Server")
 
 // checkPBSInUse refuses, on object storage, to write into a prefix that
 // holds PBS's .in-use marker, unless the override names its host.

@@ -2,7 +2,6 @@ package datastore
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -181,10 +180,4 @@ func (s *Store) openProcessLock(ctx context.Context, p string) (int, error) {
 		return -1, fmt.Errorf("chunk store lock %s is not a regular file (mode %o); refusing it", p, st.Mode)
 	}
 	return fd, nil
-}
-
-// isProcessLockBusy reports whether err is a busy chunk-store lock.
-func isProcessLockBusy(err error) bool {
-	var e *ProcessLockBusyError
-	return errors.As(err, &e)
 }
