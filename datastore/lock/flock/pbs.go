@@ -49,8 +49,8 @@ func CheckOldLocking(dir string) error {
 			"and not yet rebooted, so it still locks backup directories instead of the files in %s, and pbsq's locks would not "+
 			"exclude it; reboot the host (or, once no task of the old PBS runs any more, remove %s and reload the PBS daemons): %w",
 			p, dir, p, ErrOldLocking)
-	case errors.Is(err, os.ErrNotExist):
-		return nil
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, unix.ENOTDIR):
+		return nil // (ENOTDIR: the locks dir cannot exist either; New says so)
 	default:
 		return fmt.Errorf("flock: cannot tell whether %s exists: %w", p, err)
 	}
