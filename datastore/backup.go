@@ -150,6 +150,11 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 		return nil, err
 	}
 
+	unlock, err := s.beginWrite(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	ctx, release, err := s.lockChain(ctx, []lock.Request{
 		s.nsRequest(g.NS, lock.Shared),
 		s.groupRequest(g),
@@ -243,7 +248,13 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 	if err := backend.Sync(ctx, s.b); err != nil {
 		return nil, err
 	}
-	if err := s.b.WriteFile(ctx, snap.File(ManifestName), raw); err != nil {
+	unlockManifest, err := s.lockManifest(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	err = s.b.WriteFile(ctx, snap.File(ManifestName), raw)
+	unlockManifest()
+	if err != nil {
 		return nil, fmt.Errorf("write manifest of %s: %w", snap, err)
 	}
 	written = true

@@ -167,6 +167,10 @@ func TestCreateMakesChunkDirs(t *testing.T) {
 	if err != nil || !ok {
 		t.Fatalf("IsDatastore = %v, %v", ok, err)
 	}
+	// PBS's chunk-store process lock file, empty, as PBS creates it.
+	if fi, err := os.Lstat(filepath.Join(dir, ".lock")); err != nil || !fi.Mode().IsRegular() || fi.Size() != 0 {
+		t.Fatalf(".lock after create: %v %v", fi, err)
+	}
 }
 
 func TestNamespaces(t *testing.T) {

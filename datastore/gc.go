@@ -136,8 +136,10 @@ type GCResult struct {
 	// (invalid names); their chunks were kept.
 	StrayIndexFiles []string `json:"stray-index-files,omitempty"`
 	// JournalIndexFiles were marked again from the move journal.
-	JournalIndexFiles int    `json:"journal-index-files"`
-	IndexDataBytes    uint64 `json:"index-data-bytes"`
+	JournalIndexFiles int `json:"journal-index-files"`
+	// PBSJournalIndexFiles were marked from PBS's move journal.
+	PBSJournalIndexFiles int    `json:"pbs-journal-index-files,omitempty"`
+	IndexDataBytes       uint64 `json:"index-data-bytes"`
 	// ReferencedChunks is the number of distinct digests the indexes name.
 	ReferencedChunks int `json:"referenced-chunks"`
 	// MissingChunks are referenced but absent (not checked in a dry run).
@@ -223,6 +225,16 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if !req.DryRun {
+		// The chunk-store lock first: it keeps PBS's writers and GC away
+		// (processlock.go); the lease then excludes pbsq GCs elsewhere.
+		if err := s.checkPBSInUse(ctx); err != nil {
+			return nil, err
+		}
+		unlock, err := s.processLock(ctx, processLockGC)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 		release, err := s.acquireGCLease(ctx, cancel)
 		if err != nil {
 			return nil, err
@@ -493,6 +505,12 @@ func (g *gcRun) markJournal(ctx context.Context) error {
 			g.res.JournalIndexFiles++
 		}
 		return err
+	}
+	// PBS's journal, drained (in a dry run: read) as PBS's GC does.
+	n, err := g.s.pbsJournalDrain(ctx, g.req.DryRun, func(p string) error { return g.markIndex(ctx, p, false) })
+	g.res.PBSJournalIndexFiles += n
+	if err != nil {
+		return fmt.Errorf("gc: %w", err)
 	}
 	if !g.req.DryRun {
 		if err := g.s.DrainJournal(ctx, g.markStart, fn); err != nil {

@@ -55,6 +55,10 @@ func (s *Store) journalOpen(ctx context.Context, moves []JournalMove) (*JournalE
 	if err := s.journalWrite(ctx, e); err != nil {
 		return nil, err
 	}
+	// PBS's GC learns of the move only from its own journal.
+	if err := s.pbsJournalAppend(ctx, moves); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

@@ -187,6 +187,11 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 	}
 	dst := src.InNS(req.TargetNS)
 	m := s.newMover("move-group", progress)
+	unlock, err := s.beginWrite(ctx, true) // pbsinuse.go, processlock.go
+	if err != nil {
+		return nil, fmt.Errorf("move-group %s: %w", src, err)
+	}
+	defer unlock()
 
 	reqs := []lock.Request{
 		s.nsRequest(src.NS, lock.Shared), s.nsRequest(dst.NS, lock.Shared),
@@ -267,6 +272,11 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 		return nil, invalidf("move-namespace: max-depth %d exceeds the limit of %d levels", req.MaxDepth, name.MaxNamespaceDepth)
 	}
 	m := s.newMover("move-namespace", progress)
+	unlock, err := s.beginWrite(ctx, true) // pbsinuse.go, processlock.go
+	if err != nil {
+		return nil, fmt.Errorf("move-namespace %q: %w", src, err)
+	}
+	defer unlock()
 
 	guards, err := s.lockGuards(ctx, moveNamespaceLocks(s, src, dst))
 	if err != nil {

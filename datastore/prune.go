@@ -62,6 +62,11 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 	if req.Snapshot != nil {
 		return nil, invalidf("prune works on groups or namespaces, not on one snapshot")
 	}
+	if !req.DryRun {
+		if _, err := s.beginWrite(ctx, false); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	groups, err := s.scopeGroups(ctx, req.Scope)
 	if err != nil {

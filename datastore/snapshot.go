@@ -130,6 +130,11 @@ func (s *Store) ReadManifest(ctx context.Context, snap name.Snapshot) (*format.M
 // change m.Unprotected; anything else it changes is refused. The write is
 // atomic (temp file, fsync, rename).
 func (s *Store) UpdateManifest(ctx context.Context, snap name.Snapshot, fn func(m *format.Manifest) error) error {
+	unlock, err := s.lockManifest(ctx, snap)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	m, err := s.ReadManifest(ctx, snap)
 	if err != nil {
 		return err
@@ -181,6 +186,13 @@ func (s *Store) SetProtected(ctx context.Context, snap name.Snapshot, protected 
 // so that a crash midway leaves an unfinished snapshot, never a finished one
 // with missing files.
 func (s *Store) removeSnapshotFiles(ctx context.Context, snap name.Snapshot) error {
+	// PBS removes a snapshot under its manifest lock too (so that a notes
+	// edit does not resurrect the manifest); a busy one wraps lock.ErrBusy.
+	unlock, err := s.lockManifest(ctx, snap)
+	if err != nil {
+		return fmt.Errorf("remove snapshot %s: %w", snap, err)
+	}
+	defer unlock()
 	if err := s.b.Remove(ctx, snap.File(ManifestName)); err != nil {
 		return fmt.Errorf("remove snapshot %s: %w", snap, err)
 	}

@@ -41,6 +41,11 @@ type Store struct {
 	locks *lock.Locker
 	log   *slog.Logger
 	obs   *Observer
+	// pbs: manifest lock and PBS move journal in the flock locks dir (nil
+	// without Options.LocksDir); see pbsinterop.go.
+	pbs *pbsLocks
+	// inUseOverride: see Options.PBSInUseOverride.
+	inUseOverride string
 }
 
 // Options configure Open.
@@ -51,6 +56,15 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives metric events; nil for none.
 	Observer *Observer
+	// LocksDir is the flock lock backend's dir. With it, manifest updates
+	// and removals take PBS's manifest lock there and filesystem moves and
+	// GC use PBS's move journal there; "" (Redis lock backend, tests) for
+	// neither.
+	LocksDir string
+	// PBSInUseOverride, on object storage, lets writing operations run
+	// although PBS's .in-use marker names this host (or "*": any host):
+	// the administrator has taken the datastore out of PBS's hands.
+	PBSInUseOverride string
 }
 
 // Open wraps an existing datastore on b.
@@ -62,7 +76,8 @@ func Open(storeName string, b backend.Backend, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{name: storeName, b: b, locks: opts.Locker, log: log.With("store", storeName), obs: opts.Observer}, nil
+	return &Store{name: storeName, b: b, locks: opts.Locker, log: log.With("store", storeName), obs: opts.Observer,
+		pbs: newPBSLocks(opts.LocksDir), inUseOverride: opts.PBSInUseOverride}, nil
 }
 
 // Name is the datastore name.
@@ -131,6 +146,11 @@ func Create(ctx context.Context, storeName string, b backend.Backend, opts Optio
 		return nil, err
 	}
 	if b.Features().ImplicitDirs {
+		// PBS's own S3 datastore: creating ours on it would write into it.
+		probe := &Store{name: storeName, b: b, inUseOverride: opts.PBSInUseOverride, log: slog.New(slog.DiscardHandler)}
+		if err := probe.checkPBSInUse(ctx); err != nil {
+			return nil, err
+		}
 		data, err := b.ReadFile(ctx, markerFile)
 		switch {
 		case err == nil && strings.TrimSpace(string(data)) != storeName:
@@ -145,6 +165,12 @@ func Create(ctx context.Context, storeName string, b backend.Backend, opts Optio
 			return nil, fmt.Errorf("create datastore %q: %w", storeName, err)
 		}
 	} else {
+		// PBS's chunk-store process lock file (processlock.go), created
+		// before the chunk directories as PBS does; never replaced, since
+		// someone may hold a lock on it.
+		if _, err := b.CreateFile(ctx, processLockName, nil); err != nil {
+			return nil, fmt.Errorf("create datastore %q: %w", storeName, err)
+		}
 		for i := 0; i < 1<<16; i++ {
 			if err := b.Mkdir(ctx, chunkDir(uint16(i))); err != nil {
 				return nil, fmt.Errorf("create datastore %q: %w", storeName, err)

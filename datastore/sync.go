@@ -217,6 +217,13 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	if err := req.normalize(src, dst); err != nil {
 		return nil, err
 	}
+	// For the whole sync, before anything is written: the target must not
+	// be an object store a PBS uses, and PBS's GC must not run on it.
+	unlock, err := dst.beginWrite(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	start := time.Now()
 	workers, groupsAtOnce := syncWorkersFS, syncGroupsFS
 	if src.b.Features().ImplicitDirs || dst.b.Features().ImplicitDirs {
@@ -782,6 +789,19 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 
 	changed := slices.IndexFunc(files, func(f syncFile) bool { return !f.same }) >= 0
+	if dstFinished && (changed || !sameManifest) {
+		// Replacing a finished target snapshot rewrites its manifest: under
+		// PBS's manifest lock, taken before anything of it changes. Busy: the
+		// snapshot is retried, then skipped, unchanged.
+		unlock, err := y.dst.lockManifest(ctx, tsn)
+		if errors.Is(err, lock.ErrBusy) {
+			return err, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
 	if dstFinished && changed && !sameManifest {
 		// Unfinish the target snapshot first: its old manifest must never
 		// vouch for the new files, not even after a crash halfway.
@@ -1321,6 +1341,10 @@ func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withPar
 		return nil
 	}
 	if err := y.dst.removeSnapshotFiles(ctx, snap); err != nil {
+		if errors.Is(err, lock.ErrBusy) { // its manifest lock
+			y.skip(snapshotLabel(snap), "vanished snapshot not removed: "+err.Error(), "busy")
+			return nil
+		}
 		return err
 	}
 	y.count(func(r *SyncResult) { r.RemovedSnapshots++ })

@@ -14,18 +14,30 @@ import (
 // The pbsq task id travels in worker_id (systemd-escaped, as PBS does).
 func UPID(workerType, store, taskID string, start time.Time) string {
 	host, _ := os.Hostname()
+	worker := escapeWorkerID(store + ":" + taskID)
+	return fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%08X:%s:%s:root@pam:",
+		upidNode(host), os.Getpid(), 0, 0, start.Unix(), workerType, worker)
+}
+
+// upidNode is the node part of a UPID for a host name: as PBS's nodename,
+// the host name up to the first dot, made to match PBS's node pattern
+// [a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])? (other bytes become '-', leading
+// and trailing '-' go); "localhost" if nothing is left.
+func upidNode(host string) string {
+	if i := strings.IndexByte(host, '.'); i >= 0 {
+		host = host[:i]
+	}
 	host = strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
 			return r
 		}
 		return '-'
 	}, host)
+	host = strings.Trim(host, "-")
 	if host == "" {
-		host = "localhost"
+		return "localhost"
 	}
-	worker := escapeWorkerID(store + ":" + taskID)
-	return fmt.Sprintf("UPID:%s:%08X:%08X:%08X:%08X:%s:%s:root@pam:",
-		host, os.Getpid(), 0, 0, start.Unix(), workerType, worker)
+	return host
 }
 
 // escapeWorkerID escapes like systemd-escape, which PBS uses for worker ids.

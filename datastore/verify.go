@@ -32,6 +32,10 @@ type VerifyRequest struct {
 	OutdatedAfter *int
 	// TaskID is recorded in verify_state's upid.
 	TaskID string
+	// ReadOnly checks without changing anything: no verify_state is
+	// recorded and corrupt chunks are not renamed. It works on stores
+	// where writing is refused (an object store a PBS uses).
+	ReadOnly bool
 }
 
 // FailedSnapshot is a snapshot that did not verify, with the reasons.
@@ -140,6 +144,11 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		decoders: newDecoderPool(verifyDecodeBudget),
 	}
 	defer v.decoders.close()
+	if !req.ReadOnly {
+		if _, err := s.beginWrite(ctx, false); err != nil {
+			return nil, err
+		}
+	}
 	snaps, err := s.scopeSnapshots(ctx, req.Scope)
 	if err != nil {
 		return nil, err
@@ -279,11 +288,23 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		v.res.OK++
 		v.s.obs.logf("verify %s: ok", snapRef(sn.Snapshot))
 	}
+	if v.req.ReadOnly {
+		return nil, nil
+	}
 	upid := UPID("verify", v.s.name, v.req.TaskID, v.start)
-	if err := v.s.UpdateManifest(ctx, sn.Snapshot, func(m *format.Manifest) error {
+	err = v.s.UpdateManifest(ctx, sn.Snapshot, func(m *format.Manifest) error {
 		m.SetVerifyState(state, upid)
 		return nil
-	}); err != nil {
+	})
+	if errors.Is(err, lock.ErrBusy) {
+		// The manifest stayed locked (a PBS task is updating it): the
+		// snapshot was checked, but its state is not recorded. Not retried,
+		// which would check it all again.
+		v.res.Skipped = append(v.res.Skipped, Skipped{Item: label, Reason: "verify state not recorded: " + err.Error()})
+		v.s.obs.skipped("verify", "busy")
+		return nil, nil
+	}
+	if err != nil {
 		return nil, fmt.Errorf("record verify state of %s: %w", label, err)
 	}
 	return nil, nil
@@ -371,7 +392,7 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 				if err != nil {
 					why = err.Error()
 				}
-				if st == chunkCorrupt {
+				if st == chunkCorrupt && !v.req.ReadOnly {
 					if p, err := v.s.RenameCorruptChunk(ctx, r.digest); err != nil {
 						why += "; could not rename: " + err.Error()
 					} else {

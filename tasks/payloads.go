@@ -165,6 +165,8 @@ type Verify struct {
 	IgnoreVerified *bool     `json:"ignore-verified,omitempty"` // default true
 	OutdatedAfter  *int      `json:"outdated-after,omitempty"`  // days
 	LockWait       *Duration `json:"lock-wait,omitempty"`
+	// ReadOnly records no verify state and renames no corrupt chunk.
+	ReadOnly bool `json:"read-only,omitempty"`
 }
 
 func (*Verify) TaskType() string   { return TypeVerify }

@@ -123,7 +123,7 @@ func verifyRequest(p *tasks.Verify, taskID string) (datastore.VerifyRequest, err
 	if p.IgnoreVerified != nil {
 		ignore = *p.IgnoreVerified
 	}
-	return datastore.VerifyRequest{Scope: sc, IgnoreVerified: ignore, OutdatedAfter: p.OutdatedAfter, TaskID: taskID}, nil
+	return datastore.VerifyRequest{Scope: sc, IgnoreVerified: ignore, OutdatedAfter: p.OutdatedAfter, TaskID: taskID, ReadOnly: p.ReadOnly}, nil
 }
 
 func pruneRequest(p *tasks.Prune) (datastore.PruneRequest, error) {

@@ -60,7 +60,7 @@ func (a *app) datastoreCmd() *cobra.Command {
 					return err
 				}
 			}
-			if _, err := datastore.Create(ctx, store, b, datastore.Options{Logger: a.log}); err != nil {
+			if _, err := datastore.Create(ctx, store, b, a.storeOptions(ds)); err != nil {
 				return err
 			}
 			if err := addDatastore(a.configPath, store, ds); err != nil {

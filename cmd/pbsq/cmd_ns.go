@@ -31,6 +31,9 @@ func (a *app) nsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := s.CheckWritable(cmd.Context()); err != nil {
+				return err
+			}
 			if err := s.CreateNamespace(cmd.Context(), ns); err != nil {
 				return err
 			}
@@ -78,6 +81,9 @@ func (a *app) nsCmd() *cobra.Command {
 			}
 			s, err := a.openStore(cmd.Context(), store, nil)
 			if err != nil {
+				return err
+			}
+			if err := s.CheckWritable(cmd.Context()); err != nil {
 				return err
 			}
 			if err := s.RemoveNamespaceLocked(cmd.Context(), ns); err != nil {

@@ -115,7 +115,9 @@ func (s *workerStores) Open(ctx context.Context, store, taskID string, wait *tas
 		w = wait.Duration
 	}
 	l := lock.New(s.locks, lock.Options{Logger: s.a.log, Metrics: s.metrics, Holder: lock.Holder{TaskID: taskID}}).WithWait(w)
-	return datastore.Open(store, b, datastore.Options{Locker: l, Logger: s.a.log})
+	opts := s.a.storeOptions(ds)
+	opts.Locker = l
+	return datastore.Open(store, b, opts)
 }
 
 // Close releases the backends; call it after the worker stopped.

@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 	"github.com/pbsq/pbsq/worker"
@@ -90,6 +91,10 @@ type S3Config struct {
 	Bucket    string `yaml:"bucket"`
 	Prefix    string `yaml:"prefix,omitempty"`
 	PathStyle bool   `yaml:"path-style,omitempty"`
+	// PBSInUseOverride lets pbsq write although PBS's .in-use marker is at
+	// the prefix: the PBS host it names (or "*"), once the administrator
+	// has taken the datastore out of that PBS's hands.
+	PBSInUseOverride string `yaml:"pbs-in-use-override,omitempty"`
 }
 
 // ScheduleConfig queues a job periodically; `pbsq serve` and `pbsq worker`
@@ -268,6 +273,11 @@ func (d DatastoreConfig) validate(store string) error {
 			if c == "" || c == "." || c == ".." || strings.ContainsFunc(c, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 				return fmt.Errorf("datastores.%s.s3.prefix %q: components must not be empty, '.' or '..', nor hold control characters", store, d.S3.Prefix)
 			}
+		}
+	}
+	if d.S3 != nil {
+		if err := datastore.ValidateInUseOverride(d.S3.PBSInUseOverride); err != nil {
+			return fmt.Errorf("datastores.%s.s3: %w", store, err)
 		}
 	}
 	return nil

@@ -27,6 +27,7 @@ datastores:
       endpoint: http://127.0.0.1:7070
       bucket: backups
       path-style: true
+      pbs-in-use-override: pbs1.example.com
 `
 	c, err := parseConfig([]byte(good), "/etc/pbsq/pbsq.yaml")
 	if err != nil {
@@ -39,19 +40,20 @@ datastores:
 	if c.Datastores["main"].Path != "/etc/pbsq/data/main" {
 		t.Fatalf("relative path not resolved against the config file: %q", c.Datastores["main"].Path)
 	}
-	if c.Datastores["offsite"].S3.Prefix != "offsite" || !c.Datastores["offsite"].S3.PathStyle {
+	if c.Datastores["offsite"].S3.Prefix != "offsite" || !c.Datastores["offsite"].S3.PathStyle || c.Datastores["offsite"].S3.PBSInUseOverride != "pbs1.example.com" {
 		t.Fatalf("s3 defaults: %+v", c.Datastores["offsite"].S3)
 	}
 	bad := map[string]string{
-		"unknown top key":    "redsi:\n  addr: x\n",
-		"unknown nested key": "locks:\n  backnd: flock\n",
-		"bad backend":        "locks:\n  backend: etcd\n",
-		"bad store name":     "datastores:\n  a/b:\n    path: /x\n",
-		"store without path": "datastores:\n  main: {}\n",
-		"path and s3":        "datastores:\n  main:\n    path: /x\n    s3: {endpoint: http://x, bucket: b}\n",
-		"password in file":   "redis:\n  password: hunter2\n",
-		"negative wait":      "locks:\n  wait: -1s\n",
-		"bad db":             "redis:\n  db: 99\n",
+		"unknown top key":     "redsi:\n  addr: x\n",
+		"unknown nested key":  "locks:\n  backnd: flock\n",
+		"bad backend":         "locks:\n  backend: etcd\n",
+		"bad store name":      "datastores:\n  a/b:\n    path: /x\n",
+		"store without path":  "datastores:\n  main: {}\n",
+		"path and s3":         "datastores:\n  main:\n    path: /x\n    s3: {endpoint: http://x, bucket: b}\n",
+		"password in file":    "redis:\n  password: hunter2\n",
+		"negative wait":       "locks:\n  wait: -1s\n",
+		"bad db":              "redis:\n  db: 99\n",
+		"bad in-use override": "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, pbs-in-use-override: 'pbs 1'}\n",
 	}
 	for what, y := range bad {
 		_, err := parseConfig([]byte(y), "c.yaml")

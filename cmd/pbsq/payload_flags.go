@@ -112,9 +112,11 @@ func payloadFlags(taskType string, cmd *cobra.Command) func() (tasks.Payload, er
 		snap := f.String("snapshot", "", "one snapshot's time (with --backup-type/--backup-id)")
 		ignore := f.Bool("ignore-verified", true, "skip snapshots already verified (see --outdated-after)")
 		outdated := f.Int("outdated-after", 0, "re-verify snapshots verified more than DAYS ago")
+		readOnly := f.Bool("read-only", false, "record no verify state and rename no corrupt chunk (works on a store PBS uses)")
 		return func() (tasks.Payload, error) {
 			return withWait(&tasks.Verify{Store: store, NS: ns, BackupType: typ, BackupID: id, Snapshot: *snap,
-				MaxDepth: intPtr("max-depth", &maxDepth), IgnoreVerified: boolPtr("ignore-verified", ignore), OutdatedAfter: intPtr("outdated-after", outdated)})
+				MaxDepth: intPtr("max-depth", &maxDepth), IgnoreVerified: boolPtr("ignore-verified", ignore), OutdatedAfter: intPtr("outdated-after", outdated),
+				ReadOnly: *readOnly})
 		}
 	case tasks.TypeSync:
 		storeFlags()

@@ -59,5 +59,21 @@ func (a *app) openStore(ctx context.Context, store string, lockWait *time.Durati
 	if err != nil {
 		return nil, err
 	}
-	return datastore.Open(store, b, datastore.Options{Locker: locker, Logger: a.log})
+	opts := a.storeOptions(ds)
+	opts.Locker = locker
+	return datastore.Open(store, b, opts)
+}
+
+// storeOptions are the datastore options the config gives beside the
+// locker: with the flock backend its dir (manifest locks, PBS's move
+// journal), and an S3 datastore's .in-use override.
+func (a *app) storeOptions(ds DatastoreConfig) datastore.Options {
+	o := datastore.Options{Logger: a.log}
+	if a.cfg.Locks.Backend != "redis" {
+		o.LocksDir = a.cfg.Locks.Dir
+	}
+	if ds.S3 != nil {
+		o.PBSInUseOverride = ds.S3.PBSInUseOverride
+	}
+	return o
 }

@@ -170,6 +170,10 @@ func (l *Locker) WithTask(taskID string) *Locker {
 	return &c
 }
 
+// Wait is the retry window (0: a single try), for locks taken beside the
+// Backend's, such as a chunk store's process lock.
+func (l *Locker) Wait() time.Duration { return l.wait }
+
 // Holder is who this Locker's locks are recorded as held by.
 func (l *Locker) Holder() Holder { return l.holder }
 

@@ -65,6 +65,9 @@ var _ lock.Backend = (*Backend)(nil)
 // New creates the locks dir if needed and checks that it is writable.
 func New(opts Options) (*Backend, error) {
 	dir := filepath.Clean(cmp.Or(opts.Dir, DefaultDir))
+	if err := CheckOldLocking(dir); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("flock: locks dir %s: %w", dir, err)
 	}
@@ -112,6 +115,11 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 	b.mu.Unlock()
 	if closed {
 		return nil, fmt.Errorf("flock: %s: %w", req, lock.ErrClosed)
+	}
+	// Checked on every lock, not once: a PBS upgrade may create the marker
+	// while a worker runs.
+	if err := CheckOldLocking(b.dir); err != nil {
+		return nil, err
 	}
 	chain := req.Chain()
 	l := &lease{b: b, req: req, holder: h, since: time.Now(), units: chain,
