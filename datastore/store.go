@@ -132,7 +132,7 @@ func Create(ctx context.Context, storeName string, b backend.Backend, opts Optio
 		return nil, err
 	}
 	if b.Features().ImplicitDirs {
-		data, err := b.ReadFile(ctx, markerFile)
+		data, err := backend.ReadFileMax(ctx, b, markerFile, 4<<10)
 		switch {
 		case err == nil && strings.TrimSpace(string(data)) != storeName:
 			return nil, invalidf("%s already holds datastore %q; choose another prefix", b, strings.TrimSpace(string(data)))
