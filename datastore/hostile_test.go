@@ -371,3 +371,60 @@ func TestHostileLinkErrorsAreSentinels(t *testing.T) {
 		t.Errorf("ReadManifest of a FIFO = %v, want ErrNotRegular", err)
 	}
 }
+
+// TestBackupOwnedStoreStaysOwned is issue 15's ownership point: in a store
+// owned by backup (uid 34 here), everything pbsq running as root creates
+// belongs to backup, after backup, sync into it, moves, prune and verify.
+func TestBackupOwnedStoreStaysOwned(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown")
+	}
+	const uid, gid = 34, 34
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(dir, ".chunks"), uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s := stFSAt(t, "owned", dir, false)
+	src, _ := stFS(t, "src", false)
+	stSmall(t, src, "in", "vm/500", 1)
+	stSmall(t, src, "in", "vm/500", 2)
+
+	stSmall(t, s, "a", "vm/100", 1)
+	stSmall(t, s, "a", "vm/100", 2)
+	stSmall(t, s, "a/b", "ct/200", 3)
+	g, _ := name.ParseGroup(name.MustNamespace("a"), "vm/100")
+	if err := s.SetGroupNotes(ctx, g, "notes"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Sync(ctx, src, s, SyncRequest{SourceNS: name.Root, NS: name.MustNamespace("synced"), MaxDepth: -1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateNamespace(ctx, name.MustNamespace("moved/deep")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("moved/deep")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("a"), TargetNS: name.MustNamespace("renamed"),
+		MaxDepth: -1, DeleteSource: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prune(ctx, PruneRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}, Keep: prune.Options{KeepLast: 1}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Verify(ctx, VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(48 * time.Hour)
+	if _, err := s.GC(ctx, GCRequest{Now: func() time.Time { return later }, Cutoff: time.Minute}, nil); err != nil {
+		t.Fatal(err)
+	}
+	treetest.OwnedBy(t, dir, uid, gid)
+}

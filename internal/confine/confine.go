@@ -140,7 +140,7 @@ func (r *Root) walkOpen(rel string, flags int, mode uint32) (int, error) {
 	comps := strings.Split(rel, "/")
 	cur := r.fd
 	for _, c := range comps[:len(comps)-1] {
-		next, err := openRetry(cur, c, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		next, err := openDirNoFollow(cur, c)
 		if cur != r.fd {
 			unix.Close(cur)
 		}
@@ -167,6 +167,19 @@ func (r *Root) walkOpen(rel string, flags int, mode uint32) (int, error) {
 		if err := unix.Fstat(fd, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
 			unix.Close(fd)
 			return -1, unix.ELOOP
+		}
+	}
+	return fd, err
+}
+
+// openDirNoFollow opens directory name in dirfd for reading; a link
+// there is ELOOP (O_DIRECTORY makes the kernel report it as ENOTDIR).
+func openDirNoFollow(dirfd int, name string) (int, error) {
+	fd, err := openRetry(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == unix.ENOTDIR {
+		var st unix.Stat_t
+		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			err = unix.ELOOP
 		}
 	}
 	return fd, err
@@ -258,7 +271,7 @@ func (r *Root) MkdirAll(rel string, perm func(rel string) uint32, created func(f
 	comps := strings.Split(rel, "/")
 	for i, c := range comps {
 		sub := strings.Join(comps[:i+1], "/")
-		next, err := openRetry(cur, c, dirFlags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		next, err := openDirNoFollow(cur, c)
 		if err == unix.ENOENT {
 			made := false
 			if err = unix.Mkdirat(cur, c, perm(sub)); err == nil {
@@ -267,7 +280,7 @@ func (r *Root) MkdirAll(rel string, perm func(rel string) uint32, created func(f
 				err = nil // created meanwhile
 			}
 			if err == nil {
-				next, err = openRetry(cur, c, dirFlags|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+				next, err = openDirNoFollow(cur, c)
 			}
 			if err == nil && made && created != nil {
 				if cerr := created(next, sub); cerr != nil {
