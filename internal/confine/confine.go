@@ -264,39 +264,33 @@ func (r *Root) MkdirAll(rel string, perm func(rel string) uint32, created func(f
 	if err == nil || rel == "" || !errors.Is(err, unix.ENOENT) {
 		return fd, err
 	}
-	cur, err := r.Open("", dirFlags, 0)
+	// Missing: make the parent (usually there already), then rel in it.
+	dir, base := "", rel
+	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
+		dir, base = rel[:i], rel[i+1:]
+	}
+	pfd, err := r.MkdirAll(dir, perm, created)
 	if err != nil {
 		return -1, err
 	}
-	comps := strings.Split(rel, "/")
-	for i, c := range comps {
-		sub := strings.Join(comps[:i+1], "/")
-		next, err := openDirNoFollow(cur, c)
-		if err == unix.ENOENT {
-			made := false
-			if err = unix.Mkdirat(cur, c, perm(sub)); err == nil {
-				made = true
-			} else if err == unix.EEXIST {
-				err = nil // created meanwhile
-			}
-			if err == nil {
-				next, err = openDirNoFollow(cur, c)
-			}
-			if err == nil && made && created != nil {
-				if cerr := created(next, sub); cerr != nil {
-					unix.Close(next)
-					unix.Close(cur)
-					return -1, &os.PathError{Op: "chown", Path: r.Join(sub), Err: cerr}
-				}
-			}
-		}
-		unix.Close(cur)
-		if err != nil {
-			return -1, r.wrap("mkdir", sub, err)
-		}
-		cur = next
+	defer unix.Close(pfd)
+	made := false
+	if err = unix.Mkdirat(pfd, base, perm(rel)); err == nil {
+		made = true
+	} else if err != unix.EEXIST { // EEXIST: created meanwhile
+		return -1, r.wrap("mkdir", rel, err)
 	}
-	return cur, nil
+	fd, err = openDirNoFollow(pfd, base)
+	if err != nil {
+		return -1, r.wrap("open", rel, err)
+	}
+	if made && created != nil {
+		if err := created(fd, rel); err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "chown", Path: r.Join(rel), Err: err}
+		}
+	}
+	return fd, nil
 }
 
 // FileType names st's type for messages.
