@@ -428,3 +428,50 @@ func TestBackupOwnedStoreStaysOwned(t *testing.T) {
 	}
 	treetest.OwnedBy(t, dir, uid, gid)
 }
+
+// TestGCFIFOEndsAndReleasesLease: a FIFO where an index should be once
+// hung GC in open(2) for good, its lease renewed forever. Now GC reports
+// it and ends; its lease is gone, so the next GC runs. A GC cancelled
+// mid-mark (SIGTERM cancels the task's context) ends and releases its
+// lease too.
+func TestGCFIFOEndsAndReleasesLease(t *testing.T) {
+	ctx := context.Background()
+	e := htSetup(t, htTemplate(t))
+	snapDir := filepath.Join(e.aDir, "ns/a/vm/100", stAt(3).Format(time.RFC3339))
+	htFIFO(t, htFirstFile(t, snapDir, "idx"))
+	leaseGone := func() {
+		t.Helper()
+		if _, err := os.Lstat(filepath.Join(e.aDir, gcLeasePath)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("GC left its lease: %v", err)
+		}
+	}
+	for _, dry := range []bool{true, false} {
+		_, err := e.a.GC(ctx, GCRequest{DryRun: dry}, nil)
+		if !errors.Is(err, backend.ErrNotRegular) || !strings.Contains(err.Error(), snapDir) {
+			t.Errorf("GC (dry run %v) over a FIFO index = %v, want ErrNotRegular naming it", dry, err)
+		}
+		leaseGone()
+	}
+	if err := os.RemoveAll(snapDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.a.GC(ctx, GCRequest{}, nil); err != nil {
+		t.Errorf("GC after the FIFO was removed: %v", err)
+	}
+
+	s, gb := gtWrapped(t, e.a)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gb.readFile = func(p string) {
+		if isIndexFile(p[strings.LastIndexByte(p, '/')+1:]) {
+			cancel()
+		}
+	}
+	if _, err := s.GC(cctx, GCRequest{}, nil); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled GC = %v, want context.Canceled", err)
+	}
+	leaseGone()
+	if _, err := e.a.GC(ctx, GCRequest{}, nil); err != nil {
+		t.Errorf("GC after a cancelled one: %v", err)
+	}
+}
