@@ -258,3 +258,36 @@ func TestCreatedFilesBelongToStoreOwner(t *testing.T) {
 		}
 	}
 }
+
+// TestReadFileIntoBuffers: the caller's buffer is used when it is large
+// enough (exactly the file's size included) and replaced otherwise.
+func TestReadFileIntoBuffers(t *testing.T) {
+	ctx := context.Background()
+	b, err := fs.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	data := []byte(strings.Repeat("0123456789", 100))
+	if err := b.WriteFile(ctx, "f", data); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []int{0, 10, len(data) - 1, len(data), len(data) + 1, 4096} {
+		buf := make([]byte, 7, c+7)[7:]
+		got, err := b.ReadFileInto(ctx, "f", buf)
+		if err != nil || string(got) != string(data) {
+			t.Fatalf("cap %d: %d bytes, %v", c, len(got), err)
+		}
+		if reused := c >= len(data) && &got[0] == &buf[:1][0]; c >= len(data) && !reused {
+			t.Errorf("cap %d: buffer not reused", c)
+		}
+	}
+	for _, max := range []int64{int64(len(data)), int64(len(data)) + 1} {
+		if _, err := b.ReadFileMax(ctx, "f", max); err != nil {
+			t.Errorf("ReadFileMax(%d): %v", max, err)
+		}
+	}
+	if _, err := b.ReadFileMax(ctx, "f", int64(len(data))-1); !errors.Is(err, backend.ErrTooLarge) {
+		t.Errorf("ReadFileMax(size-1) = %v, want ErrTooLarge", err)
+	}
+}

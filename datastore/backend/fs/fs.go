@@ -149,19 +149,28 @@ func readAll(fd int, size int64, buf []byte, max int64, p string) ([]byte, error
 	if max > 0 && size > max {
 		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed: %w", p, size, max, backend.ErrTooLarge)
 	}
-	n := int(size)
-	if cap(buf) < n+1 {
-		buf = make([]byte, 0, n+1) // +1: EOF is seen without a regrow
+	if cap(buf) < int(size) {
+		buf = make([]byte, 0, size)
 	}
 	buf = buf[:0]
 	for {
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, len(buf)/2+512)
+			// As large as stat said (or the buffer): EOF is the usual
+			// answer; anything else means the file grew meanwhile.
+			var probe [1]byte
+			m, err := readRetry(fd, probe[:])
+			if err != nil {
+				return nil, &os.PathError{Op: "read", Path: p, Err: err}
+			}
+			if m == 0 {
+				return buf, nil
+			}
+			buf = append(buf, probe[0])
 		}
-		m, err := unix.Read(fd, buf[len(buf):cap(buf)])
-		if err == unix.EINTR {
-			continue
+		if max > 0 && int64(len(buf)) > max {
+			return nil, fmt.Errorf("%s: more than the %d bytes allowed: %w", p, max, backend.ErrTooLarge)
 		}
+		m, err := readRetry(fd, buf[len(buf):cap(buf)])
 		if err != nil {
 			return nil, &os.PathError{Op: "read", Path: p, Err: err}
 		}
@@ -169,8 +178,14 @@ func readAll(fd int, size int64, buf []byte, max int64, p string) ([]byte, error
 			return buf, nil
 		}
 		buf = buf[:len(buf)+m]
-		if max > 0 && int64(len(buf)) > max { // grew while read
-			return nil, fmt.Errorf("%s: more than the %d bytes allowed: %w", p, max, backend.ErrTooLarge)
+	}
+}
+
+func readRetry(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
 		}
 	}
 }
@@ -333,7 +348,10 @@ func (f *FS) Stat(ctx context.Context, name string) (backend.FileInfo, error) {
 	if err != nil {
 		return backend.FileInfo{}, notExist(err)
 	}
-	return info(path.Base("/"+name), &st), nil
+	if name == "" {
+		return info(filepath.Base(f.base), &st), nil
+	}
+	return info(path.Base(name), &st), nil
 }
 
 // dirEntries lists the open directory dfd (at rel, for messages) with
