@@ -123,4 +123,23 @@ func TestNonOwnerRefusedAtStart(t *testing.T) {
 		t.Errorf("stderr %q does not say why, naming the store", stderr.String())
 	}
 	treetest.Unchanged(t, store, before)
+
+	// Least privilege: on a store of its own, pbsq running as backup works.
+	if err := filepath.WalkDir(store, func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, backupUID, backupGID)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, "backup", "--store", "main", "--type", "vm", "--id", "1", file)
+	cmd.Env = append(os.Environ(), "PBSQ_CONFIG="+cfg, "PBSQ_LOCKS_DIR="+locks, "HOME="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: backupUID, Gid: backupGID}}
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("backup as backup into backup's store: %v, %s", err, stderr.String())
+	}
+	treetest.OwnedBy(t, store, backupUID, backupGID)
 }
