@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	fastcdc "github.com/jotfs/fastcdc-go"
@@ -273,11 +274,16 @@ type fileResult struct {
 
 func (s *Store) backupFile(ctx context.Context, snap name.Snapshot, archive, path string, rep *reporter) (fileResult, format.FileInfo, error) {
 	fr := fileResult{BackupFileResult: BackupFileResult{Filename: archive}}
-	fh, err := os.Open(path)
+	// O_NONBLOCK: a source swapped for a FIFO since it was checked must not
+	// hang the backup in open(2); it is refused by the check below.
+	fh, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return fr, format.FileInfo{}, fmt.Errorf("backup source %q: %w", path, err)
 	}
 	defer fh.Close()
+	if st, err := fh.Stat(); err != nil || !st.Mode().IsRegular() {
+		return fr, format.FileInfo{}, fmt.Errorf("backup source %q: not a regular file (%v)", path, err)
+	}
 
 	if strings.HasSuffix(archive, ".blob") {
 		data, err := io.ReadAll(io.LimitReader(fh, maxSmallBlob))

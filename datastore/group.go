@@ -51,13 +51,45 @@ func (s *Store) GroupExists(ctx context.Context, g name.Group) (bool, error) {
 	return fi.Dir, nil
 }
 
-// GroupOwner returns the auth id in the group's owner file.
+// Bounds of the small files of a group: anything larger is not one pbsq
+// or PBS wrote, and is refused before it is read whole.
+const (
+	maxOwnerFile = 4 << 10
+	maxNotesFile = 1 << 20
+)
+
+// ErrBadOwnerFile: a group's owner file does not hold an auth id. Its
+// content is never shown: the file may be a hard link to anything.
+var ErrBadOwnerFile = errors.New("owner file does not hold an auth id")
+
+// GroupOwner returns the auth id in the group's owner file. A file that
+// holds no plausible auth id (PBS's: name@realm[!token], printable, no
+// spaces) is an error that names the file, never its content.
 func (s *Store) GroupOwner(ctx context.Context, g name.Group) (string, error) {
-	data, err := s.b.ReadFile(ctx, backend.Join(g.Path(), "owner"))
+	data, err := backend.ReadFileMax(ctx, s.b, backend.Join(g.Path(), "owner"), maxOwnerFile)
 	if err != nil {
 		return "", fmt.Errorf("owner of group %s in namespace %q: %w", g, g.NS, err)
 	}
-	return strings.TrimRight(string(data), "\n"), nil
+	owner := strings.TrimRight(string(data), "\n")
+	if !plausibleAuthID(owner) {
+		return "", fmt.Errorf("owner of group %s in namespace %q: %w (%d bytes)", g, g.NS, ErrBadOwnerFile, len(data))
+	}
+	return owner, nil
+}
+
+// plausibleAuthID accepts what PBS's Authid allows (user@realm, optionally
+// !tokenname; at most 64+1+64 characters) and nothing that could carry a
+// secret or a terminal escape into a message.
+func plausibleAuthID(s string) bool {
+	if s == "" || len(s) > 129 || !strings.Contains(s, "@") {
+		return false
+	}
+	for _, r := range s {
+		if r <= ' ' || r == 0x7f || r > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // ValidateOwner checks an auth id such as root@pam or user@pbs!token.
@@ -81,7 +113,7 @@ func (s *Store) SetGroupOwner(ctx context.Context, g name.Group, owner string) e
 
 // GroupNotes returns the group's notes ("" when there are none).
 func (s *Store) GroupNotes(ctx context.Context, g name.Group) (string, error) {
-	data, err := s.b.ReadFile(ctx, backend.Join(g.Path(), "notes"))
+	data, err := backend.ReadFileMax(ctx, s.b, backend.Join(g.Path(), "notes"), maxNotesFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}

@@ -884,13 +884,22 @@ func (m *mover) sameManifest(ctx context.Context, a, b name.Snapshot) (bool, err
 }
 
 // readGroupFile returns a group's owner or notes; "" when missing.
+// Both are bounded, and an owner file is validated (see GroupOwner) so
+// that no message ever shows a file's content.
 func (s *Store) readGroupFile(ctx context.Context, g name.Group, file string) (string, error) {
-	data, err := s.b.ReadFile(ctx, backend.Join(g.Path(), file))
+	limit := int64(maxNotesFile)
+	if file == "owner" {
+		limit = maxOwnerFile
+	}
+	data, err := backend.ReadFileMax(ctx, s.b, backend.Join(g.Path(), file), limit)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("%s of group %s in namespace %q: %w", file, g, g.NS, err)
+	}
+	if file == "owner" && !plausibleAuthID(strings.TrimRight(string(data), "\n")) {
+		return "", fmt.Errorf("owner of group %s in namespace %q: %w (%d bytes)", g, g.NS, ErrBadOwnerFile, len(data))
 	}
 	return string(data), nil
 }

@@ -113,9 +113,13 @@ func (s *Store) snapshotInfo(ctx context.Context, snap name.Snapshot) (SnapshotI
 	return info, nil
 }
 
+// maxManifestFile bounds a manifest's read: a blob of at most the blob
+// maximum, plus its header (PBS has no smaller limit).
+const maxManifestFile = format.MaxBlobSize + 64
+
 // ReadManifest loads and decodes a snapshot's manifest.
 func (s *Store) ReadManifest(ctx context.Context, snap name.Snapshot) (*format.Manifest, error) {
-	raw, err := s.b.ReadFile(ctx, snap.File(ManifestName))
+	raw, err := backend.ReadFileMax(ctx, s.b, snap.File(ManifestName), maxManifestFile)
 	if err != nil {
 		return nil, fmt.Errorf("manifest of snapshot %s in namespace %q: %w", snap, snap.NS, err)
 	}

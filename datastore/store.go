@@ -151,7 +151,7 @@ func Create(ctx context.Context, storeName string, b backend.Backend, opts Optio
 		if err := probe.checkPBSInUse(ctx); err != nil {
 			return nil, err
 		}
-		data, err := b.ReadFile(ctx, markerFile)
+		data, err := backend.ReadFileMax(ctx, b, markerFile, 4<<10)
 		switch {
 		case err == nil && strings.TrimSpace(string(data)) != storeName:
 			return nil, invalidf("%s already holds datastore %q; choose another prefix", b, strings.TrimSpace(string(data)))

@@ -48,6 +48,9 @@ type writerEntry struct {
 	PID       int       `json:"pid"`
 }
 
+// maxWriterEntry bounds the read of a registration (they are ~150 bytes).
+const maxWriterEntry = 64 << 10
+
 func writerPath(id string) string { return backend.Join(writersDir, id+".json") }
 
 // registerWriter announces a running writer; call done when the writer has
@@ -116,7 +119,7 @@ func (s *Store) activeWriters(ctx context.Context) (live []writerEntry, stale []
 		if fi.Dir || !strings.HasSuffix(fi.Name, ".json") || strings.HasPrefix(fi.Name, ".") {
 			continue
 		}
-		data, err := s.b.ReadFile(ctx, backend.Join(writersDir, fi.Name))
+		data, err := backend.ReadFileMax(ctx, s.b, backend.Join(writersDir, fi.Name), maxWriterEntry)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue // the writer just finished
 		}

@@ -6,9 +6,12 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/user"
 	"sort"
+	"strconv"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/pbsq/pbsq/datastore"
 	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
@@ -46,8 +49,18 @@ func (a *app) datastoreCmd() *cobra.Command {
 			}
 			ctx := cmd.Context()
 			if ds.S3 == nil {
-				if err := prepareEmptyDir(ds.Path); err != nil {
+				created, err := prepareEmptyDir(ds.Path)
+				if err != nil {
 					return err
+				}
+				// As PBS does: a store is backup's, so that PBS (and pbsq
+				// running as backup) can use it. Only the directory made
+				// here is given away; an existing one keeps its owner, and
+				// the backend then creates everything as that owner.
+				if created && os.Geteuid() == 0 {
+					if err := giveToBackupUser(ds.Path); err != nil {
+						return err
+					}
 				}
 			}
 			b, err := openBackend(ctx, store, ds)
@@ -160,20 +173,51 @@ func datastoreFlags(path string, s3c S3Config, store string) (DatastoreConfig, e
 	return DatastoreConfig{}, usagef("give --path DIR or --s3-endpoint URL --s3-bucket B")
 }
 
-// prepareEmptyDir creates dir or accepts an existing empty one.
-func prepareEmptyDir(dir string) error {
+// prepareEmptyDir creates dir or accepts an existing empty one; created
+// tells which.
+func prepareEmptyDir(dir string) (created bool, err error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create datastore directory %q: %w", dir, err)
+			return false, fmt.Errorf("create datastore directory %q: %w", dir, err)
 		}
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("datastore directory %q: %w", dir, err)
+	}
+	if len(ents) > 0 {
+		return false, usagef("datastore directory %q is not empty; to register an existing datastore use `pbsq datastore add`", dir)
+	}
+	return false, nil
+}
+
+// backupUser is PBS's service user, which owns its datastores.
+const backupUser = "backup"
+
+// giveToBackupUser chowns dir, which this call created, to user backup
+// when that user exists (PBS's ChunkStore::create does the same).
+func giveToBackupUser(dir string) error {
+	u, err := user.Lookup(backupUser)
+	var unknown user.UnknownUserError
+	if errors.As(err, &unknown) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("datastore directory %q: %w", dir, err)
+		return fmt.Errorf("look up user %s: %w", backupUser, err)
 	}
-	if len(ents) > 0 {
-		return usagef("datastore directory %q is not empty; to register an existing datastore use `pbsq datastore add`", dir)
+	uid, err1 := strconv.Atoi(u.Uid)
+	gid, err2 := strconv.Atoi(u.Gid)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("user %s has a non-numeric uid %q or gid %q", backupUser, u.Uid, u.Gid)
+	}
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return &os.PathError{Op: "chown", Path: dir, Err: err}
 	}
 	return nil
 }

@@ -18,6 +18,8 @@ import (
 	"path"
 	"strings"
 	"time"
+
+	"github.com/pbsq/pbsq/internal/confine"
 )
 
 // Sentinels. Missing files are reported with fs.ErrNotExist so callers can use
@@ -26,6 +28,14 @@ var (
 	ErrNotEmpty     = errors.New("directory not empty")
 	ErrNotSupported = errors.New("not supported by this backend")
 	ErrInvalidPath  = errors.New("invalid path")
+	// ErrTooLarge: a file is larger than its reader allows (ReadFileMax).
+	ErrTooLarge = errors.New("file too large")
+	// ErrSymlink: a symbolic link inside a filesystem store; it is never
+	// followed, removed through or chowned through.
+	ErrSymlink = confine.ErrSymlink
+	// ErrNotRegular: a FIFO, socket, device or directory where a file is
+	// expected; it is refused before it is read, so it cannot block.
+	ErrNotRegular = confine.ErrNotRegular
 )
 
 // FileInfo describes one entry of a listing.
@@ -190,4 +200,27 @@ func StatFile(ctx context.Context, b Backend, name string) (FileInfo, error) {
 		return FileInfo{}, NotExist(name)
 	}
 	return fi, err
+}
+
+// MaxReader is implemented by backends that can refuse a file larger than
+// a limit before reading it whole, so that a hostile small file (owner,
+// notes, manifest, registry entries) cannot cost unbounded memory.
+type MaxReader interface {
+	// ReadFileMax is ReadFile, failing with ErrTooLarge when name holds
+	// more than max bytes (max > 0).
+	ReadFileMax(ctx context.Context, name string, max int64) ([]byte, error)
+}
+
+// ReadFileMax reads name, refusing more than max bytes (ErrTooLarge): with
+// the backend's own bounded read where it has one, otherwise after the
+// fact.
+func ReadFileMax(ctx context.Context, b Backend, name string, max int64) ([]byte, error) {
+	if mr, ok := b.(MaxReader); ok {
+		return mr.ReadFileMax(ctx, name, max)
+	}
+	data, err := b.ReadFile(ctx, name)
+	if err == nil && int64(len(data)) > max {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed: %w", name, len(data), max, ErrTooLarge)
+	}
+	return data, err
 }

@@ -84,6 +84,12 @@ func blobKind(raw []byte) BlobKind {
 	return 0
 }
 
+// errBlobMagic names what was expected, never the bytes found: they are
+// a file's content, which may not be pbsq's to show.
+func errBlobMagic() error {
+	return fmt.Errorf("not a blob (the magic number is not that of any blob kind): %w", ErrBadMagic)
+}
+
 // InspectBlob checks a blob's size, magic and CRC without decoding it, and
 // returns its kind. It works for encrypted blobs too: like PBS, the CRC
 // covers everything after the (kind-dependent) header.
@@ -96,7 +102,7 @@ func InspectBlob(raw []byte) (BlobKind, error) {
 	}
 	k := blobKind(raw)
 	if k == 0 {
-		return 0, fmt.Errorf("blob magic %x: %w", raw[:8], ErrBadMagic)
+		return 0, errBlobMagic()
 	}
 	hs := k.HeaderSize()
 	if len(raw) < hs {

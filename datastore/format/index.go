@@ -60,7 +60,8 @@ func ParseIndex(filename string, b []byte) (Index, error) {
 	case len(b) < 8:
 		return nil, fmt.Errorf("index %q of %d bytes: %w", filename, len(b), ErrTruncated)
 	}
-	return nil, fmt.Errorf("index %q: magic %x: %w", filename, b[:8], ErrBadMagic)
+	return nil, fmt.Errorf("index %q: magic number is neither a fixed index's (%x) nor a dynamic index's (%x): %w",
+		filename, fixedIndexMagic, dynamicIndexMagic, ErrBadMagic)
 }
 
 // parseIndexHeader checks the length and magic shared by both formats.
@@ -69,7 +70,7 @@ func parseIndexHeader(b []byte, magic [8]byte, what string) (uuid [16]byte, ctim
 		return uuid, 0, csum, fmt.Errorf("%s of %d bytes: %w", what, len(b), ErrTruncated)
 	}
 	if [8]byte(b[:8]) != magic {
-		return uuid, 0, csum, fmt.Errorf("%s: magic %x: %w", what, b[:8], ErrBadMagic)
+		return uuid, 0, csum, fmt.Errorf("%s: magic number is not %x: %w", what, magic, ErrBadMagic)
 	}
 	uuid = [16]byte(b[offUUID:])
 	ctime = int64(binary.LittleEndian.Uint64(b[offCTime:]))

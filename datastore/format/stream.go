@@ -142,7 +142,7 @@ func (s *BlobStreamer) Open(r io.Reader) (BlobKind, error) {
 	}
 	k := blobKind(hdr[:])
 	if k == 0 {
-		return 0, s.fail(fmt.Errorf("blob magic %x: %w", hdr[:8], ErrBadMagic))
+		return 0, s.fail(errBlobMagic())
 	}
 	if rest := k.HeaderSize() - blobHeaderSize; rest > 0 {
 		if m, err := io.ReadFull(s.br, hdr[blobHeaderSize:k.HeaderSize()]); err != nil {

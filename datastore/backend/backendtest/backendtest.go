@@ -57,6 +57,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"InvalidPaths", testInvalidPaths},
 		{"ColonKeys", testColonKeys},
 		{"WalkErrors", testWalkErrors},
+		{"ReadFileMax", testReadFileMax},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -884,4 +885,32 @@ func testWalkErrors(t *testing.T, b backend.Backend) {
 		t.Fatal(err)
 	}
 	wantWalk(t, b, "w")
+}
+
+// testReadFileMax: a bounded read returns files up to the limit and
+// refuses larger ones with ErrTooLarge, whatever the backend.
+func testReadFileMax(t *testing.T, b backend.Backend) {
+	ctx := ctxT(t)
+	writeS(t, b, "m/small", "0123456789")
+	for _, max := range []int64{10, 11, 1 << 20} {
+		got, err := backend.ReadFileMax(ctx, b, "m/small", max)
+		if err != nil || string(got) != "0123456789" {
+			t.Errorf("ReadFileMax(small, %d) = %q, %v", max, got, err)
+		}
+	}
+	for _, max := range []int64{1, 9} {
+		if got, err := backend.ReadFileMax(ctx, b, "m/small", max); !errors.Is(err, backend.ErrTooLarge) {
+			t.Errorf("ReadFileMax(small, %d) = %q, %v; want ErrTooLarge", max, got, err)
+		}
+	}
+	write(t, b, "m/empty", nil)
+	if got, err := backend.ReadFileMax(ctx, b, "m/empty", 1); err != nil || len(got) != 0 {
+		t.Errorf("ReadFileMax(empty) = %q, %v", got, err)
+	}
+	if _, err := backend.ReadFileMax(ctx, b, "m/missing", 10); !errors.Is(err, iofs.ErrNotExist) {
+		t.Errorf("ReadFileMax(missing) = %v, want fs.ErrNotExist", err)
+	}
+	if _, ok := b.(backend.MaxReader); !ok {
+		t.Errorf("%T does not implement backend.MaxReader", b)
+	}
 }

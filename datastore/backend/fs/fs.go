@@ -1,4 +1,12 @@
 // Package fs is the filesystem backend: a PBS datastore directory.
+//
+// Every access is confined to the datastore (internal/confine): paths are
+// resolved beneath an open descriptor of the base directory and no
+// symbolic link is followed in any component. A link inside the store is
+// reported (backend.ErrSymlink, naming it) and never followed, removed
+// through or chowned through; a FIFO, socket or device where a file is
+// expected is refused (backend.ErrNotRegular) without blocking. Files and
+// directories created here belong to the owner of the base directory.
 package fs
 
 import (
@@ -10,7 +18,9 @@ import (
 	"io"
 	iofs "io/fs"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,14 +28,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbsq/pbsq/datastore/backend"
+	"github.com/pbsq/pbsq/internal/confine"
 )
 
 // FS stores files below a base directory.
 type FS struct {
-	base string
+	base  string
+	root  *confine.Root
+	owner confine.Owner
 }
 
-// New returns a backend rooted at base, which must exist.
+// New returns a backend rooted at base, which must exist. It fails
+// (wrapping confine.ErrNotOwner) when pbsq runs as a user other than root
+// that cannot create files owned by base's owner.
 func New(base string) (*FS, error) {
 	abs, err := filepath.Abs(base)
 	if err != nil {
@@ -38,11 +53,23 @@ func New(base string) (*FS, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("datastore path %q: not a directory", base)
 	}
-	return &FS{base: abs}, nil
+	root, err := confine.OpenRoot(abs)
+	if err != nil {
+		return nil, fmt.Errorf("datastore path %q: %w", base, err)
+	}
+	owner, err := confine.OwnerOf(root)
+	if err != nil {
+		root.Close()
+		return nil, fmt.Errorf("datastore path %q: %w", base, err)
+	}
+	return &FS{base: abs, root: root, owner: owner}, nil
 }
 
 // Base is the absolute base directory.
 func (f *FS) Base() string { return f.base }
+
+// Owner is who the files this backend creates belong to.
+func (f *FS) Owner() confine.Owner { return f.owner }
 
 func (f *FS) String() string { return f.base }
 
@@ -51,25 +78,25 @@ func (f *FS) Features() backend.Features {
 	return backend.Features{AtomicRename: true}
 }
 
-func (f *FS) path(name string) (string, error) {
+// check validates name; "." passes ValidPath but would mean the base
+// itself, which e.g. RemoveAll would delete.
+func check(name string) error {
 	if err := backend.ValidPath(name); err != nil {
-		return "", err
+		return err
 	}
-	// "." passes ValidPath but would mean the base itself, which e.g.
-	// RemoveAll would delete.
 	if name == "." {
-		return "", fmt.Errorf("%w %q", backend.ErrInvalidPath, name)
+		return fmt.Errorf("%w %q", backend.ErrInvalidPath, name)
 	}
-	return filepath.Join(f.base, filepath.FromSlash(name)), nil
+	return nil
 }
 
-// filePath is path for names that must be files: "" is the base directory,
-// which file operations must never write, rename or remove.
-func (f *FS) filePath(name string) (string, error) {
+// checkFile is check for names that must be files: "" is the base
+// directory, which file operations must never write, rename or remove.
+func checkFile(name string) error {
 	if name == "" {
-		return "", fmt.Errorf("%w %q: not a file name", backend.ErrInvalidPath, name)
+		return fmt.Errorf("%w %q: not a file name", backend.ErrInvalidPath, name)
 	}
-	return f.path(name)
+	return check(name)
 }
 
 // notExist reports a path through a regular file ("file/x", ENOTDIR) as
@@ -81,75 +108,155 @@ func notExist(err error) error {
 	return err
 }
 
-// ReadFile implements backend.Backend.
-func (f *FS) ReadFile(ctx context.Context, name string) ([]byte, error) {
-	p, err := f.filePath(name)
-	if err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(p)
-	return data, notExist(err)
+func isNotExist(err error) bool { return errors.Is(notExist(err), iofs.ErrNotExist) }
+
+func split(name string) (dir, base string) {
+	dir, base = path.Split(name)
+	return strings.TrimSuffix(dir, "/"), base
 }
 
-// Open implements backend.Opener.
-func (f *FS) Open(ctx context.Context, name string) (io.ReadCloser, error) {
-	p, err := f.filePath(name)
-	if err != nil {
+// dirMode: the chunk store's directories are 0750 as PBS's
+// ChunkStore::create makes them; others 0755 (both before the umask).
+func dirMode(rel string) uint32 {
+	if rel == ".chunks" || strings.HasPrefix(rel, ".chunks/") {
+		return 0o750
+	}
+	return 0o755
+}
+
+// parent opens name's directory (O_PATH) beneath the base.
+func (f *FS) parent(name string) (int, string, error) {
+	dir, base := split(name)
+	fd, err := f.root.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	return fd, base, err
+}
+
+// mkParent opens name's directory, creating it and its parents (owned by
+// the store's owner) as needed.
+func (f *FS) mkParent(name string) (int, string, error) {
+	dir, base := split(name)
+	fd, err := f.mkdirAll(dir)
+	return fd, base, err
+}
+
+func (f *FS) mkdirAll(dir string) (int, error) {
+	return f.root.MkdirAll(dir, dirMode, func(fd int, _ string) error { return f.owner.Apply(fd) })
+}
+
+// readAll reads the regular file open as fd, of stat size, into buf
+// (grown as needed); max > 0 refuses files larger than max.
+func readAll(fd int, size int64, buf []byte, max int64, p string) ([]byte, error) {
+	if max > 0 && size > max {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed: %w", p, size, max, backend.ErrTooLarge)
+	}
+	if cap(buf) < int(size) {
+		buf = make([]byte, 0, size)
+	}
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			// As large as stat said (or the buffer): EOF is the usual
+			// answer; anything else means the file grew meanwhile.
+			var probe [1]byte
+			m, err := readRetry(fd, probe[:])
+			if err != nil {
+				return nil, &os.PathError{Op: "read", Path: p, Err: err}
+			}
+			if m == 0 {
+				return buf, nil
+			}
+			buf = append(buf, probe[0])
+		}
+		if max > 0 && int64(len(buf)) > max {
+			return nil, fmt.Errorf("%s: more than the %d bytes allowed: %w", p, max, backend.ErrTooLarge)
+		}
+		m, err := readRetry(fd, buf[len(buf):cap(buf)])
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: p, Err: err}
+		}
+		if m == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+m]
+	}
+}
+
+func readRetry(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Read(fd, b)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
+}
+
+func (f *FS) read(name string, buf []byte, max int64) ([]byte, error) {
+	if err := checkFile(name); err != nil {
 		return nil, err
 	}
-	fh, err := os.Open(p)
+	fd, st, err := f.root.OpenFile(name)
 	if err != nil {
 		return nil, notExist(err)
 	}
-	return fh, nil
+	defer unix.Close(fd)
+	return readAll(fd, st.Size, buf, max, f.root.Join(name))
+}
+
+// ReadFile implements backend.Backend.
+func (f *FS) ReadFile(ctx context.Context, name string) ([]byte, error) {
+	return f.read(name, nil, 0)
+}
+
+// ReadFileMax implements backend.MaxReader.
+func (f *FS) ReadFileMax(ctx context.Context, name string, max int64) ([]byte, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("%w: read limit %d", backend.ErrInvalidPath, max)
+	}
+	return f.read(name, nil, max)
 }
 
 // ReadFileInto implements backend.BufferedReader.
 func (f *FS) ReadFileInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
-	p, err := f.path(name)
-	if err != nil {
+	return f.read(name, buf, 0)
+}
+
+// Open implements backend.Opener.
+func (f *FS) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	if err := checkFile(name); err != nil {
 		return nil, err
 	}
-	fh, err := os.Open(p)
+	fd, _, err := f.root.OpenFile(name)
 	if err != nil {
-		return nil, err
+		return nil, notExist(err)
 	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return nil, err
-	}
-	n := int(st.Size())
-	if cap(buf) < n {
-		buf = make([]byte, n)
-	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(fh, buf); err != nil {
-		return nil, fmt.Errorf("read %s: %w", p, err)
-	}
-	return buf, nil
+	// Regular files ignore O_NONBLOCK; clearing it spares the runtime a
+	// failed poller registration.
+	_ = unix.SetNonblock(fd, false)
+	return os.NewFile(uintptr(fd), f.root.Join(name)), nil
 }
 
 // tempName is hidden and unique so that a crash leaves only a dot-file that no
 // listing of snapshots or chunks mistakes for data.
-func tempName(p string) string {
+func tempName(base string) string {
 	var r [6]byte
 	_, _ = rand.Read(r[:])
-	return filepath.Join(filepath.Dir(p), "."+filepath.Base(p)+".tmp-"+hex.EncodeToString(r[:]))
+	return "." + base + ".tmp-" + hex.EncodeToString(r[:])
 }
 
-// writeTemp writes data to a fresh temp file next to p, fsyncing it when
-// sync is set.
-func writeTemp(p string, data []byte, sync bool) (string, error) {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return "", err
-	}
-	tmp := tempName(p)
-	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+// writeTemp writes data to a fresh temp file in dfd (created exclusively,
+// never through a link, given to the store's owner), fsyncing it when sync
+// is set, and returns its name.
+func (f *FS) writeTemp(dfd int, dir, base string, data []byte, sync bool) (string, error) {
+	tmp := tempName(base)
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return "", err
+		return "", &os.PathError{Op: "create", Path: f.root.Join(backend.Join(dir, tmp)), Err: err}
 	}
-	_, err = fh.Write(data)
+	fh := os.NewFile(uintptr(fd), f.root.Join(backend.Join(dir, tmp)))
+	err = f.owner.Apply(fd)
+	if err == nil {
+		_, err = fh.Write(data)
+	}
 	if err == nil && sync {
 		err = fh.Sync()
 	}
@@ -157,25 +264,31 @@ func writeTemp(p string, data []byte, sync bool) (string, error) {
 		err = cerr
 	}
 	if err != nil {
-		_ = os.Remove(tmp)
+		_ = unix.Unlinkat(dfd, tmp, 0)
 		return "", err
 	}
 	return tmp, nil
 }
 
 // WriteFile is temp file + fsync + rename: never a partial file under name.
+// A link at name is replaced, never written through.
 func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
-	p, err := f.filePath(name)
+	if err := checkFile(name); err != nil {
+		return err
+	}
+	dfd, base, err := f.mkParent(name)
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(p, data, true)
+	defer unix.Close(dfd)
+	dir, _ := split(name)
+	tmp, err := f.writeTemp(dfd, dir, base, data, true)
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		_ = os.Remove(tmp)
-		return err
+	if err := unix.Renameat(dfd, tmp, dfd, base); err != nil {
+		_ = unix.Unlinkat(dfd, tmp, 0)
+		return &os.LinkError{Op: "rename", Old: f.root.Join(backend.Join(dir, tmp)), New: f.root.Join(name), Err: err}
 	}
 	return nil
 }
@@ -185,32 +298,40 @@ func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
 // durability (backup before its manifest) call Sync once, as PBS does with
 // syncfs at its default sync level.
 func (f *FS) CreateFile(ctx context.Context, name string, data []byte) (bool, error) {
-	p, err := f.filePath(name)
+	if err := checkFile(name); err != nil {
+		return false, err
+	}
+	dfd, base, err := f.mkParent(name)
 	if err != nil {
 		return false, err
 	}
-	if _, err := os.Lstat(p); err == nil {
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		return false, nil
 	}
-	tmp, err := writeTemp(p, data, false)
+	dir, _ := split(name)
+	tmp, err := f.writeTemp(dfd, dir, base, data, false)
 	if err != nil {
 		return false, err
 	}
-	defer os.Remove(tmp)
-	if err := os.Link(tmp, p); err != nil {
-		if errors.Is(err, iofs.ErrExist) {
+	defer unix.Unlinkat(dfd, tmp, 0)
+	if err := unix.Linkat(dfd, tmp, dfd, base, 0); err != nil {
+		if err == unix.EEXIST {
 			return false, nil
 		}
-		return false, err
+		return false, &os.LinkError{Op: "link", Old: tmp, New: f.root.Join(name), Err: err}
 	}
 	return true, nil
 }
 
-func info(name string, st iofs.FileInfo) backend.FileInfo {
-	fi := backend.FileInfo{Name: name, Dir: st.IsDir(), Size: st.Size(), ModTime: st.ModTime()}
-	fi.AccessTime = fi.ModTime
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		fi.AccessTime = time.Unix(sys.Atim.Unix())
+func info(name string, st *unix.Stat_t) backend.FileInfo {
+	fi := backend.FileInfo{
+		Name:       name,
+		Dir:        st.Mode&unix.S_IFMT == unix.S_IFDIR,
+		Size:       st.Size,
+		ModTime:    time.Unix(st.Mtim.Unix()),
+		AccessTime: time.Unix(st.Atim.Unix()),
 	}
 	if fi.Dir {
 		fi.Size = 0
@@ -220,104 +341,225 @@ func info(name string, st iofs.FileInfo) backend.FileInfo {
 
 // Stat implements backend.Backend.
 func (f *FS) Stat(ctx context.Context, name string) (backend.FileInfo, error) {
-	p, err := f.path(name)
-	if err != nil {
+	if err := check(name); err != nil {
 		return backend.FileInfo{}, err
 	}
-	st, err := os.Stat(p)
+	st, err := f.root.Stat(name)
 	if err != nil {
 		return backend.FileInfo{}, notExist(err)
 	}
-	return info(filepath.Base(p), st), nil
+	if name == "" {
+		return info(filepath.Base(f.base), &st), nil
+	}
+	return info(path.Base(name), &st), nil
 }
 
-// List implements backend.Backend.
-func (f *FS) List(ctx context.Context, dir string) ([]backend.FileInfo, error) {
-	p, err := f.path(dir)
-	if err != nil {
-		return nil, err
-	}
-	ents, err := os.ReadDir(p)
-	if err != nil {
-		return nil, notExist(err)
-	}
-	out := make([]backend.FileInfo, 0, len(ents))
-	for _, e := range ents {
-		st, err := e.Info()
-		if errors.Is(err, iofs.ErrNotExist) {
-			continue // removed while listing
-		} else if err != nil {
-			return nil, err
-		}
-		out = append(out, info(e.Name(), st))
-	}
-	return out, nil
-}
-
-// Walk implements backend.Backend.
-func (f *FS) Walk(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
-	p, err := f.path(dir)
+// dirEntries lists the open directory dfd (at rel, for messages) with
+// each entry's lstat; entries removed meanwhile are left out, and a link
+// fails the listing.
+func (f *FS) dirEntries(dfd int, rel string, fn func(name string, st *unix.Stat_t) error) error {
+	dh := os.NewFile(uintptr(dfd), f.root.Join(rel))
+	defer dh.Close()
+	names, err := dh.Readdirnames(-1)
 	if err != nil {
 		return err
 	}
-	if _, err := os.Stat(p); errors.Is(notExist(err), iofs.ErrNotExist) {
-		return nil
-	}
-	return filepath.WalkDir(p, func(fp string, d iofs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, iofs.ErrNotExist) {
-				return nil
+	slices.Sort(names)
+	for _, n := range names {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dfd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if err == unix.ENOENT {
+				continue
 			}
+			return &os.PathError{Op: "lstat", Path: f.root.Join(backend.Join(rel, n)), Err: err}
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			return confine.Link(f.root.Join(backend.Join(rel, n)))
+		}
+		if err := fn(n, &st); err != nil {
 			return err
 		}
-		if d.IsDir() {
-			return ctx.Err()
-		}
-		st, err := d.Info()
-		if errors.Is(err, iofs.ErrNotExist) {
-			return nil
-		} else if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(f.base, fp)
-		if err != nil {
-			return err
-		}
-		return fn(info(filepath.ToSlash(rel), st))
-	})
-}
-
-// Remove implements backend.Backend.
-func (f *FS) Remove(ctx context.Context, name string) error {
-	p, err := f.filePath(name)
-	if err != nil {
-		return err
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(notExist(err), iofs.ErrNotExist) {
-		return err
 	}
 	return nil
 }
 
-// RemoveAll implements backend.Backend.
+// List implements backend.Backend. A symbolic link in dir fails the
+// listing with backend.ErrSymlink naming it.
+func (f *FS) List(ctx context.Context, dir string) ([]backend.FileInfo, error) {
+	if err := check(dir); err != nil {
+		return nil, err
+	}
+	dfd, err := f.root.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return nil, notExist(err)
+	}
+	var out []backend.FileInfo
+	err = f.dirEntries(dfd, dir, func(n string, st *unix.Stat_t) error {
+		out = append(out, info(n, st))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Walk implements backend.Backend. It never descends through a link: one
+// fails the walk with backend.ErrSymlink naming it.
+func (f *FS) Walk(ctx context.Context, dir string, fn func(backend.FileInfo) error) error {
+	if err := check(dir); err != nil {
+		return err
+	}
+	dfd, err := f.root.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if errors.Is(err, syscall.ENOTDIR) {
+		// dir is a file: walk yields it alone.
+		st, serr := f.root.Stat(dir)
+		if serr != nil {
+			return nil
+		}
+		return fn(info(dir, &st))
+	}
+	if isNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.walk(ctx, dfd, dir, fn)
+}
+
+// walk walks the open directory dfd (at rel) and closes it.
+func (f *FS) walk(ctx context.Context, dfd int, rel string, fn func(backend.FileInfo) error) error {
+	if err := ctx.Err(); err != nil {
+		unix.Close(dfd)
+		return err
+	}
+	return f.dirEntries(dfd, rel, func(n string, st *unix.Stat_t) error {
+		sub := backend.Join(rel, n)
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return fn(info(sub, st))
+		}
+		cfd, err := unix.Openat(dfd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		switch {
+		case err == unix.ENOENT:
+			return nil // removed while walking
+		case err == unix.ELOOP || err == unix.ENOTDIR:
+			return confine.Link(f.root.Join(sub)) // replaced by a link meanwhile
+		case err != nil:
+			return &os.PathError{Op: "open", Path: f.root.Join(sub), Err: err}
+		}
+		return f.walk(ctx, cfd, sub, fn)
+	})
+}
+
+// Remove implements backend.Backend. A link is removed itself (unlink
+// never follows it); its target is untouched.
+func (f *FS) Remove(ctx context.Context, name string) error {
+	if err := checkFile(name); err != nil {
+		return err
+	}
+	dfd, base, err := f.parent(name)
+	if err != nil {
+		if isNotExist(err) {
+			return nil
+		}
+		return err
+	}
+	defer unix.Close(dfd)
+	if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
+		return notExistOK(&os.PathError{Op: "remove", Path: f.root.Join(name), Err: err})
+	}
+	return nil
+}
+
+func notExistOK(err error) error {
+	if isNotExist(err) {
+		return nil
+	}
+	return err
+}
+
+// RemoveAll implements backend.Backend. A tree holding a link is refused
+// (backend.ErrSymlink naming it) before anything is removed.
 func (f *FS) RemoveAll(ctx context.Context, dir string) error {
 	if dir == "" {
 		return fmt.Errorf("%w: refusing to remove the datastore base", backend.ErrInvalidPath)
 	}
-	p, err := f.path(dir)
-	if err != nil {
+	if err := check(dir); err != nil {
 		return err
 	}
-	return os.RemoveAll(p)
+	dfd, base, err := f.parent(dir)
+	if err != nil {
+		return notExistOK(err)
+	}
+	defer unix.Close(dfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return notExistOK(&os.PathError{Op: "lstat", Path: f.root.Join(dir), Err: err})
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		return confine.Link(f.root.Join(dir))
+	case unix.S_IFDIR:
+	default:
+		if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
+			return &os.PathError{Op: "remove", Path: f.root.Join(dir), Err: err}
+		}
+		return nil
+	}
+	if err := f.removeTree(ctx, dfd, base, dir, true); err != nil {
+		return err
+	}
+	return f.removeTree(ctx, dfd, base, dir, false)
+}
+
+// removeTree removes directory base of dfd (at rel) with everything below
+// it; with scan it only looks for links and removes nothing.
+func (f *FS) removeTree(ctx context.Context, dfd int, base, rel string, scan bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cfd, err := unix.Openat(dfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case err == unix.ENOENT:
+		return nil
+	case err == unix.ELOOP || err == unix.ENOTDIR:
+		return confine.Link(f.root.Join(rel))
+	case err != nil:
+		return &os.PathError{Op: "open", Path: f.root.Join(rel), Err: err}
+	}
+	err = f.dirEntries(cfd, rel, func(n string, st *unix.Stat_t) error {
+		sub := backend.Join(rel, n)
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+			return f.removeTree(ctx, cfd, n, sub, scan)
+		}
+		if scan {
+			return nil
+		}
+		if err := unix.Unlinkat(cfd, n, 0); err != nil && err != unix.ENOENT {
+			return &os.PathError{Op: "remove", Path: f.root.Join(sub), Err: err}
+		}
+		return nil
+	}) // closes cfd
+	if err != nil || scan {
+		return err
+	}
+	if err := unix.Unlinkat(dfd, base, unix.AT_REMOVEDIR); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "remove", Path: f.root.Join(rel), Err: err}
+	}
+	return nil
 }
 
 // Mkdir implements backend.Backend.
 func (f *FS) Mkdir(ctx context.Context, dir string) error {
-	p, err := f.path(dir)
+	if err := check(dir); err != nil {
+		return err
+	}
+	fd, err := f.mkdirAll(dir)
 	if err != nil {
 		return err
 	}
-	return os.MkdirAll(p, 0o755)
+	return unix.Close(fd)
 }
 
 // RemoveDir implements backend.Backend.
@@ -325,44 +567,72 @@ func (f *FS) RemoveDir(ctx context.Context, dir string) error {
 	if dir == "" {
 		return fmt.Errorf("%w: refusing to remove the datastore base", backend.ErrInvalidPath)
 	}
-	p, err := f.path(dir)
-	if err != nil {
+	if err := check(dir); err != nil {
 		return err
 	}
-	err = os.Remove(p)
-	if errors.Is(err, syscall.ENOTEMPTY) || errors.Is(err, syscall.EEXIST) {
-		return fmt.Errorf("%s: %w", dir, backend.ErrNotEmpty)
+	dfd, base, err := f.parent(dir)
+	if err != nil {
+		return notExistOK(err)
 	}
-	if errors.Is(notExist(err), iofs.ErrNotExist) {
+	defer unix.Close(dfd)
+	err = unix.Unlinkat(dfd, base, unix.AT_REMOVEDIR)
+	switch err {
+	case nil, unix.ENOENT:
+		return nil
+	case unix.ENOTEMPTY, unix.EEXIST:
+		return fmt.Errorf("%s: %w", dir, backend.ErrNotEmpty)
+	case unix.ENOTDIR:
+		var st unix.Stat_t
+		if unix.Fstatat(dfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+			return confine.Link(f.root.Join(dir))
+		}
+		// A file, as os.Remove would.
+		if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
+			return &os.PathError{Op: "remove", Path: f.root.Join(dir), Err: err}
+		}
 		return nil
 	}
-	return err
+	return &os.PathError{Op: "rmdir", Path: f.root.Join(dir), Err: err}
 }
 
 // Rename uses renameat2(RENAME_NOREPLACE) so an existing target is never
-// silently replaced; the target's parent is created first.
+// silently replaced; the target's parent is created first. A link is never
+// renamed: it is reported.
 func (f *FS) Rename(ctx context.Context, from, to string) error {
-	pf, err := f.filePath(from)
+	if err := checkFile(from); err != nil {
+		return err
+	}
+	if err := checkFile(to); err != nil {
+		return err
+	}
+	ffd, fbase, err := f.parent(from)
+	if err != nil {
+		return notExist(err)
+	}
+	defer unix.Close(ffd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(ffd, fbase, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return notExist(&os.LinkError{Op: "rename", Old: f.root.Join(from), New: f.root.Join(to), Err: err})
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return confine.Link(f.root.Join(from))
+	}
+	tfd, tbase, err := f.mkParent(to)
 	if err != nil {
 		return err
 	}
-	pt, err := f.filePath(to)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(pt), 0o755); err != nil {
-		return err
-	}
-	err = unix.Renameat2(unix.AT_FDCWD, pf, unix.AT_FDCWD, pt, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+	defer unix.Close(tfd)
+	err = unix.Renameat2(ffd, fbase, tfd, tbase, unix.RENAME_NOREPLACE)
+	if err == unix.EINVAL || err == unix.ENOSYS {
 		// Filesystem without RENAME_NOREPLACE: check, then rename.
-		if _, serr := os.Lstat(pt); serr == nil {
-			return &os.LinkError{Op: "rename", Old: pf, New: pt, Err: iofs.ErrExist}
+		if unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW) == nil {
+			err = unix.EEXIST
+		} else {
+			err = unix.Renameat(ffd, fbase, tfd, tbase)
 		}
-		return os.Rename(pf, pt)
 	}
 	if err != nil {
-		return notExist(&os.LinkError{Op: "rename", Old: pf, New: pt, Err: err})
+		return notExist(&os.LinkError{Op: "rename", Old: f.root.Join(from), New: f.root.Join(to), Err: err})
 	}
 	return nil
 }
@@ -376,36 +646,41 @@ func (f *FS) Copy(ctx context.Context, from, to string) error {
 	return f.WriteFile(ctx, to, data)
 }
 
-// Touch sets the atime only, as PBS does, so mtimes stay meaningful.
+// Touch sets the atime only, as PBS does, so mtimes stay meaningful. A
+// link is touched itself, never its target.
 func (f *FS) Touch(ctx context.Context, name string) error {
-	p, err := f.filePath(name)
-	if err != nil {
+	if err := checkFile(name); err != nil {
 		return err
 	}
+	dfd, base, err := f.parent(name)
+	if err != nil {
+		return notExist(err)
+	}
+	defer unix.Close(dfd)
 	ts := []unix.Timespec{{Nsec: unix.UTIME_NOW}, {Nsec: unix.UTIME_OMIT}}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, 0); err != nil {
+	if err := unix.UtimesNanoAt(dfd, base, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		// A bare errno would neither name the file nor match fs.ErrNotExist
 		// via a PathError; keep both.
-		return notExist(&iofs.PathError{Op: "touch", Path: p, Err: err})
+		return notExist(&iofs.PathError{Op: "touch", Path: f.root.Join(name), Err: err})
 	}
 	return nil
 }
 
 // Sync flushes the whole filesystem of the datastore (syncfs(2)).
 func (f *FS) Sync(ctx context.Context) error {
-	fh, err := os.Open(f.base)
+	fd, err := f.root.Open("", unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		return err
 	}
-	defer fh.Close()
-	if err := unix.Syncfs(int(fh.Fd())); err != nil {
+	defer unix.Close(fd)
+	if err := unix.Syncfs(fd); err != nil {
 		return fmt.Errorf("syncfs %s: %w", f.base, err)
 	}
 	return nil
 }
 
-// Close implements backend.Backend.
-func (f *FS) Close() error { return nil }
+// Close releases the base directory's descriptor.
+func (f *FS) Close() error { return f.root.Close() }
 
 // IsTemp reports whether a base name is one of this backend's temp files.
 func IsTemp(base string) bool {
@@ -413,3 +688,4 @@ func IsTemp(base string) bool {
 }
 
 var _ backend.Backend = (*FS)(nil)
+var _ backend.MaxReader = (*FS)(nil)

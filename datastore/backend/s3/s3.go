@@ -425,27 +425,57 @@ func (s *S3) wrap(op, name string, err error) error {
 
 // ReadFile implements backend.Backend.
 func (s *S3) ReadFile(ctx context.Context, name string) ([]byte, error) {
+	return s.read(ctx, name, 0)
+}
+
+// ReadFileMax implements backend.MaxReader: an object larger than max is
+// refused from its Content-Length, and the body is never read past max.
+func (s *S3) ReadFileMax(ctx context.Context, name string, max int64) ([]byte, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("%w: read limit %d", backend.ErrInvalidPath, max)
+	}
+	return s.read(ctx, name, max)
+}
+
+func (s *S3) read(ctx context.Context, name string, max int64) ([]byte, error) {
 	key, err := s.key(name)
 	if err != nil {
 		return nil, err
 	}
 	var data []byte
+	tooLarge := func() error {
+		return fmt.Errorf("%s: more than the %d bytes allowed: %w", name, max, backend.ErrTooLarge)
+	}
 	err = s.do(ctx, func(ctx context.Context) error {
 		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
 		if err != nil {
 			return err
 		}
 		defer out.Body.Close()
+		n := aws.ToInt64(out.ContentLength)
+		if max > 0 && n > max {
+			return tooLarge()
+		}
 		var buf bytes.Buffer
-		if n := aws.ToInt64(out.ContentLength); n > 0 && n < 1<<31 {
+		if n > 0 && n < 1<<31 {
 			buf.Grow(int(n))
 		}
-		if _, err := buf.ReadFrom(out.Body); err != nil {
+		var body io.Reader = out.Body
+		if max > 0 {
+			body = io.LimitReader(out.Body, max+1)
+		}
+		if _, err := buf.ReadFrom(body); err != nil {
 			return err
+		}
+		if max > 0 && int64(buf.Len()) > max {
+			return tooLarge()
 		}
 		data = buf.Bytes()
 		return nil
 	})
+	if errors.Is(err, backend.ErrTooLarge) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, s.wrap("read", name, err)
 	}

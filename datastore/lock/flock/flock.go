@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/internal/confine"
 )
 
 const (
@@ -46,12 +47,17 @@ type Options struct {
 
 // Backend implements lock.Backend with flock(2).
 type Backend struct {
-	dir  string
+	dir string
+	// root confines every lock file to the locks dir: no symbolic link is
+	// followed below it, so a link planted by the dir's owner cannot make
+	// pbsq create or chown files elsewhere.
+	root *confine.Root
 	host string
 	log  *slog.Logger
-	// Running as root, files and dirs are given the locks dir's owner, as
-	// PBS gives its lock files to "backup", so that a PBS (or pbsq) running
-	// unprivileged can still open them.
+	// Running as root, files and dirs it creates are given the locks dir's
+	// owner, as PBS gives its lock files to "backup", so that a PBS (or
+	// pbsq) running unprivileged can still open them. Existing files are
+	// never chowned.
 	chown    bool
 	uid, gid int
 
@@ -74,8 +80,13 @@ func New(opts Options) (*Backend, error) {
 	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
 		return nil, fmt.Errorf("flock: locks dir %s not writable: %w", dir, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Stat(dir, &st); err != nil {
+	root, err := confine.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("flock: locks dir %s: %w", dir, err)
+	}
+	st, err := root.Stat("")
+	if err != nil {
+		root.Close()
 		return nil, fmt.Errorf("flock: locks dir %s: %w", dir, err)
 	}
 	log := opts.Logger
@@ -84,7 +95,7 @@ func New(opts Options) (*Backend, error) {
 	}
 	host, _ := os.Hostname()
 	return &Backend{
-		dir: dir, host: host, log: log, leases: make(map[*lease]struct{}),
+		dir: dir, root: root, host: host, log: log, leases: make(map[*lease]struct{}),
 		chown: os.Geteuid() == 0 && (st.Uid != 0 || st.Gid != 0), uid: int(st.Uid), gid: int(st.Gid),
 	}, nil
 }
@@ -126,7 +137,7 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 		paths: make([]string, 0, len(chain)), fds: make([]int, 0, len(chain))}
 	for _, unit := range chain {
 		p := b.Path(unit)
-		fd, err := b.lockFile(p, unit.Mode)
+		fd, err := b.lockFile(RelPath(unit), unit.Mode)
 		if err != nil {
 			l.closeFDs()
 			var wb errWouldBlock
@@ -147,17 +158,26 @@ func (b *Backend) TryLock(ctx context.Context, req lock.Request, h lock.Holder) 
 	return l, nil
 }
 
-// lockFile opens (creating) path and flocks it without blocking. It then
-// checks that path still names the locked inode ("double stat"): a holder
-// may unlink a lock file after use, and a lock on the unlinked inode would
-// exclude no one. A file replaced twice in a row counts as busy.
-func (b *Backend) lockFile(path string, mode lock.Mode) (int, error) {
+// lockFile opens (creating) rel below the locks dir and flocks it without
+// blocking. It then checks that rel still names the locked inode ("double
+// stat"): a holder may unlink a lock file after use, and a lock on the
+// unlinked inode would exclude no one. A file replaced twice in a row
+// counts as busy.
+func (b *Backend) lockFile(rel string, mode lock.Mode) (int, error) {
 	how := unix.LOCK_SH
 	if mode == lock.Exclusive {
 		how = unix.LOCK_EX
 	}
+	path := b.root.Join(rel)
+	dir, base := filepath.Split(rel)
+	dfd, err := b.root.MkdirAll(strings.TrimSuffix(dir, "/"),
+		func(string) uint32 { return 0o755 }, func(fd int, _ string) error { return b.giveAway(fd) })
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dfd)
 	for attempt := 0; ; attempt++ {
-		fd, err := b.openLockFile(path)
+		fd, err := b.openLockFile(dfd, base, path)
 		if err != nil {
 			return -1, err
 		}
@@ -166,11 +186,9 @@ func (b *Backend) lockFile(path string, mode lock.Mode) (int, error) {
 			unix.Close(fd)
 			return -1, &os.PathError{Op: "fstat", Path: path, Err: err}
 		}
-		if b.chown && (int(fst.Uid) != b.uid || int(fst.Gid) != b.gid) {
-			if err := unix.Fchown(fd, b.uid, b.gid); err != nil {
-				unix.Close(fd)
-				return -1, &os.PathError{Op: "fchown", Path: path, Err: err}
-			}
+		if fst.Mode&unix.S_IFMT != unix.S_IFREG {
+			unix.Close(fd)
+			return -1, fmt.Errorf("%s: %s: %w", path, confine.FileType(&fst), confine.ErrNotRegular)
 		}
 		if err := flockNB(fd, how); err != nil {
 			unix.Close(fd)
@@ -180,7 +198,7 @@ func (b *Backend) lockFile(path string, mode lock.Mode) (int, error) {
 			return -1, &os.PathError{Op: "flock", Path: path, Err: err}
 		}
 		var pst unix.Stat_t
-		err = unix.Stat(path, &pst)
+		err = unix.Fstatat(dfd, base, &pst, unix.AT_SYMLINK_NOFOLLOW)
 		if err == nil && pst.Dev == fst.Dev && pst.Ino == fst.Ino {
 			return fd, nil
 		}
@@ -194,53 +212,46 @@ func (b *Backend) lockFile(path string, mode lock.Mode) (int, error) {
 	}
 }
 
-// openLockFile opens path read-only (flock needs no write access, which
-// lets a member of PBS's backup group lock PBS's 0644 files), creating it
-// 0644 and its dirs 0755, never following a symlink.
-func (b *Backend) openLockFile(path string) (int, error) {
-	const flags = unix.O_RDONLY | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY
-	mkdir := true
+// giveAway chowns a file or dir this Backend has just created to the
+// locks dir's owner, when running as root.
+func (b *Backend) giveAway(fd int) error {
+	if !b.chown {
+		return nil
+	}
+	return unix.Fchown(fd, b.uid, b.gid)
+}
+
+// openLockFile opens base in dfd read-only (flock needs no write access,
+// which lets a member of PBS's backup group lock PBS's 0644 files),
+// creating it 0644 when missing — and only a file it created is chowned.
+// It never follows a link and never blocks (a FIFO is refused after).
+func (b *Backend) openLockFile(dfd int, base, path string) (int, error) {
+	const flags = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_NONBLOCK
 	for {
-		fd, err := unix.Open(path, flags, 0o644)
+		fd, err := unix.Openat(dfd, base, flags, 0)
 		switch {
 		case err == nil:
 			return fd, nil
 		case err == unix.EINTR:
 			continue
-		case err == unix.ENOENT && mkdir:
-			mkdir = false
-			if err := b.mkdirAll(filepath.Dir(path)); err != nil {
-				return -1, err
-			}
-			continue
+		case err == unix.ELOOP:
+			return -1, confine.Link(path)
+		case err != unix.ENOENT:
+			return -1, &os.PathError{Op: "open", Path: path, Err: err}
 		}
-		return -1, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-}
-
-// mkdirAll creates dir (below the locks dir) and its missing parents 0755,
-// chowning the ones it creates.
-func (b *Backend) mkdirAll(dir string) error {
-	rel, err := filepath.Rel(b.dir, dir)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-		return os.MkdirAll(dir, 0o755)
-	}
-	cur := b.dir
-	for _, c := range strings.Split(rel, string(filepath.Separator)) {
-		cur = filepath.Join(cur, c)
-		err := unix.Mkdir(cur, 0o755)
+		fd, err = unix.Openat(dfd, base, flags|unix.O_CREAT|unix.O_EXCL, 0o644)
 		switch {
-		case err == unix.EEXIST:
-			continue
+		case err == unix.EEXIST || err == unix.EINTR:
+			continue // created meanwhile: open that one
 		case err != nil:
-			return &os.PathError{Op: "mkdir", Path: cur, Err: err}
-		case b.chown:
-			if err := unix.Lchown(cur, b.uid, b.gid); err != nil {
-				return &os.PathError{Op: "chown", Path: cur, Err: err}
-			}
+			return -1, &os.PathError{Op: "create", Path: path, Err: err}
 		}
+		if err := b.giveAway(fd); err != nil {
+			unix.Close(fd)
+			return -1, &os.PathError{Op: "fchown", Path: path, Err: err}
+		}
+		return fd, nil
 	}
-	return nil
 }
 
 func flockNB(fd, how int) error {
@@ -330,14 +341,14 @@ func (b *Backend) Holders(ctx context.Context) ([]lock.Held, error) {
 			out = append(out, lock.Held{Request: e.req, Holder: e.holder, Since: e.since, Path: path})
 		}
 		if procErr != nil {
-			if len(own[path]) == 0 && probeHeld(path) {
+			if len(own[path]) == 0 && b.probeHeld(rel) {
 				out = append(out, lock.Held{Request: req, Holder: lock.Holder{Host: b.host}, Path: path})
 			}
 			return nil
 		}
-		var st unix.Stat_t
-		if err := unix.Stat(path, &st); err != nil {
-			return nil // removed meanwhile
+		st, err := b.root.Stat(rel)
+		if err != nil {
+			return nil // removed meanwhile, or not a file beneath the dir
 		}
 	next:
 		for _, pl := range procs[statID(&st)] {
@@ -369,9 +380,9 @@ func (b *Backend) Holders(ctx context.Context) ([]lock.Held, error) {
 	return out, nil
 }
 
-// probeHeld reports whether someone holds path, by trying to take it.
-func probeHeld(path string) bool {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+// probeHeld reports whether someone holds rel, by trying to take it.
+func (b *Backend) probeHeld(rel string) bool {
+	fd, _, err := b.root.OpenFile(rel)
 	if err != nil {
 		return false
 	}
@@ -392,6 +403,7 @@ func (b *Backend) Close() error {
 	for _, l := range leases {
 		errs = append(errs, l.Release())
 	}
+	errs = append(errs, b.root.Close())
 	return errors.Join(errs...)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
+	"github.com/pbsq/pbsq/internal/confine"
 )
 
 // The files below are PBS's, beside its group and snapshot locks, that
@@ -89,8 +90,9 @@ func (b *Backend) LockManifest(ctx context.Context, store string, snap name.Snap
 	if err := CheckOldLocking(b.dir); err != nil {
 		return nil, err
 	}
-	p := filepath.Join(b.dir, ManifestRelPath(store, snap))
-	fd, err := b.retry(ctx, wait, func() (int, error) { return b.lockFile(p, lock.Exclusive) })
+	rel := ManifestRelPath(store, snap)
+	p := b.root.Join(rel)
+	fd, err := b.retry(ctx, wait, func() (int, error) { return b.lockFile(rel, lock.Exclusive) })
 	if err != nil {
 		var wb errWouldBlock
 		if errors.As(err, &wb) {
@@ -139,7 +141,7 @@ func (b *Backend) OpenMoveJournal(ctx context.Context, store string) (*os.File, 
 		return nil, err
 	}
 	p := b.MoveJournalPath(store)
-	fd, err := b.retry(ctx, MoveJournalWait, func() (int, error) { return b.lockJournal(p) })
+	fd, err := b.retry(ctx, MoveJournalWait, func() (int, error) { return b.lockJournal(store) })
 	if err != nil {
 		var wb errWouldBlock
 		if errors.As(err, &wb) {
@@ -156,15 +158,37 @@ func (b *Backend) OpenMoveJournal(ctx context.Context, store string) (*os.File, 
 }
 
 // lockJournal opens the journal like PBS's open_file_locked (O_RDWR |
-// O_APPEND) and flocks it exclusively without blocking.
-func (b *Backend) lockJournal(p string) (int, error) {
-	const flags = unix.O_RDWR | unix.O_APPEND | unix.O_CREAT | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_NONBLOCK
-	fd, err := unix.Open(p, flags, 0o660)
-	if err == unix.ENOENT {
-		if err := b.mkdirAll(filepath.Dir(p)); err != nil {
-			return -1, err
+// O_APPEND) beneath the locks dir (no link followed, see lockFile) and
+// flocks it exclusively without blocking. Only a journal it creates is
+// given the locks dir's owner.
+func (b *Backend) lockJournal(store string) (int, error) {
+	const flags = unix.O_RDWR | unix.O_APPEND | unix.O_CLOEXEC | unix.O_NOFOLLOW | unix.O_NOCTTY | unix.O_NONBLOCK
+	p := b.root.Join(filepath.Join(store, MoveJournalName))
+	dfd, err := b.root.MkdirAll(store,
+		func(string) uint32 { return 0o755 }, func(fd int, _ string) error { return b.giveAway(fd) })
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(dfd)
+	var fd int
+	for {
+		fd, err = unix.Openat(dfd, MoveJournalName, flags, 0)
+		if err == unix.ENOENT {
+			fd, err = unix.Openat(dfd, MoveJournalName, flags|unix.O_CREAT|unix.O_EXCL, 0o660)
+			if err == nil {
+				if err := b.giveAway(fd); err != nil {
+					unix.Close(fd)
+					return -1, &os.PathError{Op: "fchown", Path: p, Err: err}
+				}
+			}
 		}
-		fd, err = unix.Open(p, flags, 0o660)
+		if err == unix.EEXIST || err == unix.EINTR {
+			continue
+		}
+		break
+	}
+	if err == unix.ELOOP {
+		return -1, confine.Link(p)
 	}
 	if err != nil {
 		return -1, &os.PathError{Op: "open", Path: p, Err: err}
@@ -173,15 +197,9 @@ func (b *Backend) lockJournal(p string) (int, error) {
 	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		unix.Close(fd)
 		if err == nil {
-			err = unix.EINVAL
+			return -1, fmt.Errorf("%s: %s: %w", p, confine.FileType(&st), confine.ErrNotRegular)
 		}
-		return -1, &os.PathError{Op: "open (not a regular file)", Path: p, Err: err}
-	}
-	if b.chown && (int(st.Uid) != b.uid || int(st.Gid) != b.gid) {
-		if err := unix.Fchown(fd, b.uid, b.gid); err != nil {
-			unix.Close(fd)
-			return -1, &os.PathError{Op: "fchown", Path: p, Err: err}
-		}
+		return -1, &os.PathError{Op: "fstat", Path: p, Err: err}
 	}
 	if err := flockNB(fd, unix.LOCK_EX); err != nil {
 		unix.Close(fd)
