@@ -30,6 +30,9 @@ const (
 // ProcessTask implements asynq.Handler: the mux, but refusing unknown task
 // types at once instead of retrying them.
 func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	if err := w.verifyTask(ctx, t); err != nil {
+		return err
+	}
 	h, pattern := w.mux.Handler(t)
 	if pattern == "" {
 		return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q: this worker handles %v", tasks.ErrInvalid, t.Type(), tasks.Types))

@@ -36,7 +36,11 @@ type Enqueuer struct {
 	rdb    redis.UniversalClient
 	client *asynq.Client
 	ins    *asynq.Inspector
+	keys   *tasks.Keys
 }
+
+// SignWith makes Enqueue sign every task with k (nil: unsigned).
+func (e *Enqueuer) SignWith(k *tasks.Keys) { e.keys = k }
 
 // NewEnqueuer connects to the queue's Redis.
 func NewEnqueuer(opt asynq.RedisConnOpt) (*Enqueuer, error) {
@@ -64,7 +68,13 @@ const enqueueGuardTTL = 30 * time.Second
 // same canonical payload) is pending, scheduled, retrying or active: then
 // it returns a *DuplicateError naming that task.
 func (e *Enqueuer) Enqueue(ctx context.Context, p tasks.Payload, opts ...asynq.Option) (*asynq.TaskInfo, error) {
-	task, err := tasks.NewTask(p, opts...)
+	var task *asynq.Task
+	var err error
+	if e.keys != nil {
+		task, err = tasks.NewSignedTask(p, e.keys, time.Now(), opts...)
+	} else {
+		task, err = tasks.NewTask(p, opts...)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -48,6 +48,9 @@ type Options struct {
 	// BusyLimit is how long a busy task keeps being re-queued (default
 	// DefaultBusyLimit).
 	BusyLimit time.Duration
+	// TaskKeys, when set, makes the worker run only tasks signed with one
+	// of them (tasks.NewSignedTask); others are archived as invalid.
+	TaskKeys *tasks.Keys
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
@@ -63,6 +66,7 @@ type Worker struct {
 	every     time.Duration
 	busyDelay func() time.Duration
 	busyLimit time.Duration
+	keys      *tasks.Keys
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -92,6 +96,7 @@ func New(opts Options) *Worker {
 		every:     cmpOr(opts.ProgressInterval, time.Second),
 		busyDelay: opts.BusyDelay,
 		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
+		keys:      opts.TaskKeys,
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
@@ -144,7 +149,8 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.srv.Start(w); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
-	w.log.Info("worker started", "queue", tasks.Queue)
+	w.log.Info("worker started", "queue", tasks.Queue, "signed_tasks_only", w.keys != nil)
+	w.warnTrust()
 	return nil
 }
 

@@ -29,6 +29,8 @@ type serveState struct {
 	Embedded  bool   `json:"embedded"`
 	Metrics   string `json:"metrics,omitempty"`
 	Dashboard string `json:"dashboard,omitempty"`
+	// TaskKeyFile is the generated key of the embedded default.
+	TaskKeyFile string `json:"task-key-file,omitempty"`
 }
 
 // serveStatePaths are where the state file goes: next to the config, or,
@@ -144,6 +146,10 @@ config, removed on exit.`,
 					"addr", mr.Addr(), "config", a.configPath)
 			}
 
+			if err := a.serveTaskKey(); err != nil {
+				return err
+			}
+			st.TaskKeyFile = a.serveKeyFile
 			rt, err := a.startWorker(ctx, conn, f)
 			if err != nil {
 				return err

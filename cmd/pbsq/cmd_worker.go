@@ -61,7 +61,15 @@ func (a *app) enqueuer() (*worker.Enqueuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return worker.NewEnqueuer(conn)
+	keys, err := a.taskKeys()
+	if err != nil {
+		return nil, err
+	}
+	e, err := worker.NewEnqueuer(conn)
+	if err == nil {
+		e.SignWith(keys)
+	}
+	return e, err
 }
 
 // workerStores opens configured datastores for a long-running worker: each
@@ -148,6 +156,10 @@ type workerRuntime struct {
 }
 
 func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f workerFlags) (*workerRuntime, error) {
+	keys, err := a.taskKeys()
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	stores := newWorkerStores(a, lock.NewMetrics(reg))
@@ -158,6 +170,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		Registerer:      reg,
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
+		TaskKeys:        keys,
 	})
 	if err := w.Start(ctx); err != nil {
 		return nil, err
@@ -169,6 +182,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 			w.Shutdown()
 			return nil, err
 		}
+		enq.SignWith(keys)
 		sch := worker.NewScheduler(enq, scheds, worker.SchedulerOptions{Logger: a.log, Registerer: reg})
 		ctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})

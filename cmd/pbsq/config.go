@@ -28,6 +28,7 @@ type Config struct {
 	Metrics    MetricsConfig              `yaml:"metrics,omitempty"`
 	Datastores map[string]DatastoreConfig `yaml:"datastores,omitempty"`
 	Schedules  map[string]ScheduleConfig  `yaml:"schedules,omitempty"`
+	Security   SecurityConfig             `yaml:"security,omitempty"`
 
 	// path is where the config was read from ("" when none exists yet).
 	path string
@@ -63,6 +64,13 @@ type LocksConfig struct {
 	Dir     string        `yaml:"dir,omitempty"`
 	Wait    time.Duration `yaml:"wait,omitempty"`
 	Lease   time.Duration `yaml:"lease,omitempty"`
+}
+
+// SecurityConfig: TaskKeyFile names the task-signing key file (one key a
+// line; the first signs, all verify). The key itself never goes into the
+// config.
+type SecurityConfig struct {
+	TaskKeyFile string `yaml:"task-key-file,omitempty"`
 }
 
 // MetricsConfig is the /metrics listener.
@@ -249,6 +257,10 @@ func (c *Config) applyDefaults() {
 	env("PBSQ_LOCKS_BACKEND", &c.Locks.Backend)
 	env("PBSQ_LOCKS_DIR", &c.Locks.Dir)
 	env("PBSQ_METRICS_LISTEN", &c.Metrics.Listen)
+	env("PBSQ_TASK_KEY_FILE", &c.Security.TaskKeyFile)
+	if k := c.Security.TaskKeyFile; k != "" && !filepath.IsAbs(k) && c.path != "" {
+		c.Security.TaskKeyFile = filepath.Join(filepath.Dir(c.path), k)
+	}
 	if c.Locks.Backend == "" {
 		c.Locks.Backend = defaultLockStyle
 	}

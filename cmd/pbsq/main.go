@@ -70,6 +70,9 @@ type app struct {
 	logLevel   string
 	cfg        *Config
 	log        *slog.Logger
+	// serveKeyFile is the key `pbsq serve` generated for its embedded
+	// default (see serveTaskKey).
+	serveKeyFile string
 }
 
 func (a *app) init() error {

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/pbsq/pbsq/tasks"
+)
+
+// Fleet acceptance tests: several worker processes on one real Redis.
+
+// writeKeyFile writes a key file (mode 0600) with the given keys.
+func writeKeyFile(t *testing.T, dir, name string, keys ...string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(strings.Join(keys, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// runWithEnv is env.run with extra environment variables.
+func (e *env) runWithEnv(extra []string, args ...string) (string, string, int) {
+	e.t.Helper()
+	c := e.cmd(args...)
+	c.Env = append(c.Env, extra...)
+	var out, errb syncBuf
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	code := 0
+	if ee, ok := err.(interface{ ExitCode() int }); ok && err != nil {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("pbsq %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// snapshotCount counts the snapshot directories of the demo store.
+func (e *env) snapshotCount() int {
+	e.t.Helper()
+	n := 0
+	err := filepath.WalkDir(filepath.Join(e.dir, "store", "ns"), func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if _, terr := time.Parse(time.RFC3339, d.Name()); terr == nil && d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+// finalRecord waits for task id to be archived or completed and returns
+// its info and record.
+func finalRecord(t *testing.T, ins *asynq.Inspector, queue, id string) (*asynq.TaskInfo, tasks.Record) {
+	t.Helper()
+	var info *asynq.TaskInfo
+	waitFor(t, 30*time.Second, func() bool {
+		var err error
+		info, err = ins.GetTaskInfo(queue, id)
+		return err == nil && (info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted)
+	})
+	var rec tasks.Record
+	if err := json.Unmarshal(info.Result, &rec); err != nil {
+		t.Fatalf("task %s record %q: %v", id, info.Result, err)
+	}
+	return info, rec
+}
+
+const (
+	fleetKey1 = "f1eet-key-one-0123456789abcdef0123456789abcdef"
+	fleetKey2 = "f1eet-key-two-0123456789abcdef0123456789abcdef"
+	fleetKey3 = "f1eet-key-three-0123456789abcdef0123456789abcd"
+)
+
+// TestSignedTasks: two workers with a key archive unsigned, wrongly
+// signed, tampered and expired prunes as invalid at once (no retry) and
+// the store keeps every snapshot; `enqueue --wait` with a wrong key exits
+// 2 saying why; a ring of two keys accepts both (rotation); no key shows
+// up in output or in Redis; a worker without a key warns.
+func TestSignedTasks(t *testing.T) {
+	e := newEnv(t, true)
+	e.backups()
+	k1 := writeKeyFile(t, e.dir, "k1.key", fleetKey1)
+	ring := writeKeyFile(t, e.dir, "ring.key", fleetKey2, fleetKey1)
+	k3 := writeKeyFile(t, e.dir, "k3.key", fleetKey3)
+	cfg, _ := os.ReadFile(e.config)
+	if err := os.WriteFile(e.config, append(cfg, []byte("security:\n  task-key-file: k1.key\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := e.snapshotCount()
+	if before != 3 {
+		t.Fatalf("%d snapshots to start with, want 3", before)
+	}
+	w1 := e.start("worker", "--concurrency", "2")
+	w2 := e.start("worker", "--concurrency", "2")
+
+	// Signed by the CLI: runs.
+	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
+
+	// Forgeries of a real prune, queued straight into Redis.
+	ins := e.inspector()
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: e.redis.Addr()})
+	defer client.Close()
+	keys1, err := tasks.LoadKeys(k1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys3, err := tasks.LoadKeys(k3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := 1
+	prune := &tasks.Prune{Store: "demo", NS: "a", Keep: tasks.Keep{KeepLast: &one}}
+	dry := &tasks.Prune{Store: "demo", NS: "a", Keep: tasks.Keep{KeepLast: &one}, DryRun: true}
+	real, _ := tasks.Encode(prune)
+	dryB, _ := tasks.Encode(dry)
+	now := time.Now()
+	forge := map[string]*asynq.Task{}
+	unsigned, err := tasks.NewTask(prune)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forge["unsigned"] = unsigned
+	if forge["wrong key"], err = tasks.NewSignedTask(prune, keys3, now); err != nil {
+		t.Fatal(err)
+	}
+	// Tampered: a signed dry run turned into a real prune.
+	forge["tampered"] = asynq.NewTaskWithHeaders(tasks.TypePrune, real,
+		keys1.Sign(tasks.TypePrune, "tampered-1", dryB, now.Add(time.Hour)), asynq.Queue(tasks.Queue), asynq.TaskID("tampered-1"))
+	forge["expired"] = asynq.NewTaskWithHeaders(tasks.TypePrune, real,
+		keys1.Sign(tasks.TypePrune, "expired-1", real, now.Add(-time.Minute)), asynq.Queue(tasks.Queue), asynq.TaskID("expired-1"))
+	// Replayed: a valid signature moved onto another task id.
+	forge["replayed"] = asynq.NewTaskWithHeaders(tasks.TypePrune, real,
+		keys1.Sign(tasks.TypePrune, "original-1", real, now.Add(time.Hour)), asynq.Queue(tasks.Queue), asynq.TaskID("replay-1"))
+	want := map[string]string{"unsigned": "not signed", "wrong key": "does not match", "tampered": "does not match",
+		"expired": "expired", "replayed": "does not match"}
+	ids := map[string]string{}
+	for what, task := range forge {
+		info, err := client.Enqueue(task, asynq.MaxRetry(5))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		ids[what] = info.ID
+	}
+	for what, id := range ids {
+		info, rec := finalRecord(t, ins, tasks.Queue, id)
+		if info.State != asynq.TaskStateArchived || rec.Outcome != tasks.OutcomeInvalid || info.Retried != 0 ||
+			!strings.Contains(rec.Error, want[what]) {
+			t.Errorf("%s task: state %s, outcome %q, retried %d, error %q; want archived invalid, 0 retries, %q",
+				what, info.State, rec.Outcome, info.Retried, rec.Error, want[what])
+		}
+	}
+	if n := e.snapshotCount(); n != before {
+		t.Errorf("%d snapshots after the forged prunes, want %d", n, before)
+	}
+
+	// The CLI with another key: the workers refuse, --wait exits 2 and says why.
+	_, errs, code := e.runWithEnv([]string{"PBSQ_TASK_KEY_FILE=" + k3}, "enqueue", "prune", "--store", "demo", "--ns", "a", "--keep-last", "1", "--wait")
+	if code != 2 || !strings.Contains(errs, "signature") {
+		t.Errorf("enqueue --wait signed with a foreign key: exit %d, %q; want 2 naming the signature", code, errs)
+	}
+	if n := e.snapshotCount(); n != before {
+		t.Errorf("%d snapshots after a foreign-key prune, want %d", n, before)
+	}
+
+	// Rotation: workers with the ring (new key first) run tasks signed
+	// with either key; the CLI signs with the ring's first.
+	for _, w := range []*proc{w1, w2} {
+		if err := w.stop(t, 10*time.Second); err != nil {
+			t.Errorf("worker stop: %v", err)
+		}
+	}
+	wr := startWithEnv(t, e, []string{"PBSQ_TASK_KEY_FILE=" + ring}, "worker", "--concurrency", "2")
+	startWithEnv(t, e, []string{"PBSQ_TASK_KEY_FILE=" + ring}, "worker", "--concurrency", "2")
+	for _, kf := range []string{k1, ring} {
+		if _, errs, code := e.runWithEnv([]string{"PBSQ_TASK_KEY_FILE=" + kf}, "enqueue", "verify", "--store", "demo", "--ns", "a", "--ignore-verified=false", "--wait"); code != 0 {
+			t.Errorf("rotation: task signed with %s: exit %d %s", filepath.Base(kf), code, errs)
+		}
+	}
+	if _, _, code := e.runWithEnv([]string{"PBSQ_TASK_KEY_FILE=" + k3}, "enqueue", "verify", "--store", "demo", "--wait"); code != 2 {
+		t.Errorf("rotation: task signed with a key outside the ring: exit %d, want 2", code)
+	}
+
+	// No key anywhere it should not be.
+	rdb := redis.NewClient(&redis.Options{Addr: e.redis.Addr()})
+	defer rdb.Close()
+	var all strings.Builder
+	keys, _ := rdb.Keys(context.Background(), "*").Result()
+	for _, k := range keys {
+		if typ, _ := rdb.Type(context.Background(), k).Result(); typ == "hash" {
+			all.WriteString(strings.Join(rdb.HVals(context.Background(), k).Val(), " "))
+		}
+	}
+	all.WriteString(w1.out.String() + w2.out.String() + wr.out.String())
+	for _, key := range []string{fleetKey1, fleetKey2, fleetKey3} {
+		if strings.Contains(all.String(), key) {
+			t.Errorf("key %s… found in Redis or the logs", key[:12])
+		}
+	}
+	if !strings.Contains(w1.out.String(), "signed_tasks_only=true") {
+		t.Errorf("worker with a key did not say so:\n%s", w1.out.String())
+	}
+
+	// A worker without a key warns at start.
+	e2 := newEnv(t, true)
+	nokey := e2.start("worker")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(nokey.out.String(), "Redis is the trust boundary") })
+}
+
+// TestServeGeneratesTaskKey: the embedded default generates a key (0600)
+// on first start, signs the CLI's tasks with it and refuses unsigned ones.
+func TestServeGeneratesTaskKey(t *testing.T) {
+	e := newEnv(t, false)
+	e.start("serve", "--listen", "127.0.0.1:0")
+	st := waitServeState(t, e)
+	fi, err := os.Stat(st.TaskKeyFile)
+	if err != nil || fi.Mode().Perm() != 0o600 || filepath.Dir(st.TaskKeyFile) != e.dir {
+		t.Fatalf("generated key %q: %v %v", st.TaskKeyFile, fi, err)
+	}
+	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
+	client := asynq.NewClient(asynq.RedisClientOpt{Addr: st.Redis})
+	defer client.Close()
+	task, _ := tasks.NewTask(&tasks.Verify{Store: "demo"})
+	info, err := client.Enqueue(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins := asynq.NewInspector(asynq.RedisClientOpt{Addr: st.Redis})
+	defer ins.Close()
+	if _, rec := finalRecord(t, ins, info.Queue, info.ID); rec.Outcome != tasks.OutcomeInvalid {
+		t.Errorf("unsigned task under serve: outcome %q (%s)", rec.Outcome, rec.Error)
+	}
+}
