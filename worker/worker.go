@@ -48,6 +48,9 @@ type Options struct {
 	// BusyLimit is how long a busy task keeps being re-queued (default
 	// DefaultBusyLimit).
 	BusyLimit time.Duration
+	// StoreNames are the datastores Stores can open: the worker listens to
+	// their queues (tasks.StoreQueues) besides the legacy tasks.Queue.
+	StoreNames []string
 	// TaskKeys, when set, makes the worker run only tasks signed with one
 	// of them (tasks.NewSignedTask); others are archived as invalid.
 	TaskKeys *tasks.Keys
@@ -67,6 +70,8 @@ type Worker struct {
 	busyDelay func() time.Duration
 	busyLimit time.Duration
 	keys      *tasks.Keys
+	// storeNames are Options.StoreNames, for messages.
+	storeNames []string
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -89,14 +94,15 @@ func New(opts Options) *Worker {
 		panic(fmt.Sprintf("worker.New: unsupported Redis connection %T", opts.Redis))
 	}
 	w := &Worker{
-		rdb:       rdb,
-		log:       log,
-		metrics:   NewMetrics(opts.Registerer),
-		timeout:   cmpOr(opts.ShutdownTimeout, 30*time.Second),
-		every:     cmpOr(opts.ProgressInterval, time.Second),
-		busyDelay: opts.BusyDelay,
-		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
-		keys:      opts.TaskKeys,
+		rdb:        rdb,
+		log:        log,
+		metrics:    NewMetrics(opts.Registerer),
+		timeout:    cmpOr(opts.ShutdownTimeout, 30*time.Second),
+		every:      cmpOr(opts.ProgressInterval, time.Second),
+		busyDelay:  opts.BusyDelay,
+		busyLimit:  cmpOr(opts.BusyLimit, DefaultBusyLimit),
+		keys:       opts.TaskKeys,
+		storeNames: opts.StoreNames,
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
@@ -111,7 +117,7 @@ func New(opts Options) *Worker {
 	}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              opts.Concurrency,
-		Queues:                   map[string]int{tasks.Queue: 1},
+		Queues:                   workerQueues(opts.StoreNames),
 		ShutdownTimeout:          w.timeout,
 		TaskCheckInterval:        cmpOr(opts.PollInterval, time.Second),
 		DelayedTaskCheckInterval: cmpOr(opts.ForwardInterval, 2*time.Second),
@@ -149,7 +155,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.srv.Start(w); err != nil {
 		return fmt.Errorf("worker: %w", err)
 	}
-	w.log.Info("worker started", "queue", tasks.Queue, "signed_tasks_only", w.keys != nil)
+	w.log.Info("worker started", "stores", w.storeNames, "signed_tasks_only", w.keys != nil)
 	w.warnTrust()
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -68,6 +70,7 @@ func (a *app) enqueuer() (*worker.Enqueuer, error) {
 	e, err := worker.NewEnqueuer(conn)
 	if err == nil {
 		e.SignWith(keys)
+		e.QueuePerStore()
 	}
 	return e, err
 }
@@ -171,6 +174,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
 		TaskKeys:        keys,
+		StoreNames:      slices.Sorted(maps.Keys(a.cfg.Datastores)),
 	})
 	if err := w.Start(ctx); err != nil {
 		return nil, err
@@ -183,6 +187,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 			return nil, err
 		}
 		enq.SignWith(keys)
+		enq.QueuePerStore()
 		sch := worker.NewScheduler(enq, scheds, worker.SchedulerOptions{Logger: a.log, Registerer: reg})
 		ctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/tasks"
+	"github.com/pbsq/pbsq/worker"
 )
 
 // Fleet acceptance tests: several worker processes on one real Redis.
@@ -65,12 +67,12 @@ func (e *env) snapshotCount() int {
 
 // finalRecord waits for task id to be archived or completed and returns
 // its info and record.
-func finalRecord(t *testing.T, ins *asynq.Inspector, queue, id string) (*asynq.TaskInfo, tasks.Record) {
+func finalRecord(t *testing.T, ins *asynq.Inspector, id string) (*asynq.TaskInfo, tasks.Record) {
 	t.Helper()
 	var info *asynq.TaskInfo
 	waitFor(t, 30*time.Second, func() bool {
 		var err error
-		info, err = ins.GetTaskInfo(queue, id)
+		info, err = worker.FindTask(ins, id)
 		return err == nil && (info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted)
 	})
 	var rec tasks.Record
@@ -157,7 +159,7 @@ func TestSignedTasks(t *testing.T) {
 		ids[what] = info.ID
 	}
 	for what, id := range ids {
-		info, rec := finalRecord(t, ins, tasks.Queue, id)
+		info, rec := finalRecord(t, ins, id)
 		if info.State != asynq.TaskStateArchived || rec.Outcome != tasks.OutcomeInvalid || info.Retried != 0 ||
 			!strings.Contains(rec.Error, want[what]) {
 			t.Errorf("%s task: state %s, outcome %q, retried %d, error %q; want archived invalid, 0 retries, %q",
@@ -241,7 +243,80 @@ func TestServeGeneratesTaskKey(t *testing.T) {
 	}
 	ins := asynq.NewInspector(asynq.RedisClientOpt{Addr: st.Redis})
 	defer ins.Close()
-	if _, rec := finalRecord(t, ins, info.Queue, info.ID); rec.Outcome != tasks.OutcomeInvalid {
+	if _, rec := finalRecord(t, ins, info.ID); rec.Outcome != tasks.OutcomeInvalid {
 		t.Errorf("unsigned task under serve: outcome %q (%s)", rec.Outcome, rec.Error)
+	}
+}
+
+// storeConfig writes a config like e's with only the given datastores
+// (name → path) and returns its path.
+func (e *env) storeConfig(name string, stores map[string]string) string {
+	e.t.Helper()
+	cfg := fmt.Sprintf("locks:\n  dir: %s\n  wait: 1s\nmetrics:\n  listen: 127.0.0.1:0\nredis:\n  addr: %s\ndatastores:\n",
+		filepath.Join(e.dir, "locks"), e.redis.Addr())
+	for n, p := range stores {
+		cfg += fmt.Sprintf("  %s:\n    path: %s\n", n, p)
+	}
+	p := filepath.Join(e.dir, name)
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// TestWorkersServeTheirStores: a worker with only store demo never runs a
+// task of store other; such a task waits, pending and listed, until a
+// worker with other starts, which then runs every task of other.
+func TestWorkersServeTheirStores(t *testing.T) {
+	e := newEnv(t, true)
+	otherDir := filepath.Join(e.dir, "other")
+	if err := os.MkdirAll(filepath.Join(otherDir, ".chunks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRun("datastore", "add", "other", "--path", otherDir)
+	cfgA := e.storeConfig("a.yaml", map[string]string{"demo": filepath.Join(e.dir, "store")})
+	cfgB := e.storeConfig("b.yaml", map[string]string{"other": otherDir})
+	wa := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgA}, "worker", "--concurrency", "2")
+
+	waiting := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "other"))
+	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
+	// Worker A polled the queues many times meanwhile; the task of other
+	// is still there, pending, for all to see.
+	time.Sleep(2 * time.Second)
+	out := e.mustRun("tasks", "show", waiting)
+	if !strings.Contains(out, "pending") {
+		t.Errorf("task of a store no worker has:\n%s", out)
+	}
+	if out := e.mustRun("tasks", "ls", "--state", "pending"); !strings.Contains(out, waiting) {
+		t.Errorf("tasks ls does not list the waiting task %s:\n%s", waiting, out)
+	}
+
+	wb := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgB}, "worker", "--concurrency", "2")
+	e.expect(0, "tasks", "wait", waiting)
+	ids := map[string][]string{"demo": nil, "other": {waiting}}
+	for i := 1; i <= 3; i++ {
+		for _, st := range []string{"demo", "other"} {
+			id := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", st, "--outdated-after", fmt.Sprint(i)))
+			ids[st] = append(ids[st], id)
+		}
+	}
+	for _, st := range []string{"demo", "other"} {
+		for _, id := range ids[st] {
+			e.expect(0, "tasks", "wait", id)
+		}
+	}
+	for st, runs := range map[string]*proc{"demo": wa, "other": wb} {
+		for _, id := range ids[st] {
+			if !strings.Contains(runs.out.String(), "task_id="+id) {
+				t.Errorf("task %s of %s did not run on the worker that has %s", id, st, st)
+			}
+		}
+	}
+	for st, not := range map[string]*proc{"demo": wb, "other": wa} {
+		for _, id := range ids[st] {
+			if strings.Contains(not.out.String(), id) {
+				t.Errorf("task %s of %s reached a worker without %s", id, st, st)
+			}
+		}
 	}
 }

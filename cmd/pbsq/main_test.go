@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
 	"github.com/pbsq/pbsq/tasks"
+	"github.com/pbsq/pbsq/worker"
 )
 
 // pbsqBin is the binary under test, built once.
@@ -200,18 +200,19 @@ func (e *env) inspector() *asynq.Inspector {
 // queued counts the tasks in any state.
 func (e *env) queued() int {
 	ins := e.inspector()
-	queues, err := ins.Queues()
+	queues, err := worker.Queues(ins)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if !slices.Contains(queues, tasks.Queue) {
-		return 0
+	n := 0
+	for _, q := range queues {
+		info, err := ins.GetQueueInfo(q)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n += info.Size + info.Completed
 	}
-	info, err := ins.GetQueueInfo(tasks.Queue)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return info.Size + info.Completed
+	return n
 }
 
 func TestEnqueueBadInputExit2NothingQueued(t *testing.T) {
@@ -538,7 +539,7 @@ func TestSchedules(t *testing.T) {
 			t.Fatalf("schedules ls --json: %v\n%s", err, out)
 		}
 		ins := e.inspector()
-		done, _ := ins.ListCompletedTasks(tasks.Queue)
+		done, _ := ins.ListCompletedTasks(tasks.QueueFor(&tasks.Verify{Store: "demo"}))
 		return len(rows) == 2 && rows[1].Last != nil && rows[1].Last.TaskID != "" && len(done) >= 2
 	})
 	if rows[0].Name != "nightly-prune" || rows[0].Last != nil || rows[0].Next.UTC().Format("15:04") != "02:30" {
