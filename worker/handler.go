@@ -79,9 +79,21 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
 	}
+	ectx, lose := context.WithCancelCause(ctx)
+	defer lose(nil)
+	release, err := w.takeSlots(ctx, p.Stores(), rec.id, log, lose)
+	if err != nil {
+		outcome, ret := w.conclude(ctx, log, rec, nil, err, start)
+		w.metrics.finished(typ, outcome, 0)
+		return ret
+	}
+	defer release()
 	gauge, end := w.metrics.started(typ, rec.id)
 	rep := newReporter(rec.write, gauge, w.every, log)
-	res, err := Execute(ctx, w.stores, p, rec.id, rep.update)
+	res, err := Execute(ectx, w.stores, p, rec.id, rep.update)
+	if cause := context.Cause(ectx); ctx.Err() == nil && cause != nil {
+		err = cause
+	}
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
 	end(outcome, time.Since(start))

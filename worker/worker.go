@@ -51,6 +51,9 @@ type Options struct {
 	// StoreNames are the datastores Stores can open: the worker listens to
 	// their queues (tasks.StoreQueues) besides the legacy tasks.Queue.
 	StoreNames []string
+	// StoreCaps is max-jobs per store: at most that many tasks of the
+	// store run at once on all workers sharing the Redis (0: no cap).
+	StoreCaps map[string]int
 	// TaskKeys, when set, makes the worker run only tasks signed with one
 	// of them (tasks.NewSignedTask); others are archived as invalid.
 	TaskKeys *tasks.Keys
@@ -70,6 +73,7 @@ type Worker struct {
 	busyDelay func() time.Duration
 	busyLimit time.Duration
 	keys      *tasks.Keys
+	caps      map[string]int
 	// storeNames are Options.StoreNames, for messages.
 	storeNames []string
 
@@ -102,6 +106,7 @@ func New(opts Options) *Worker {
 		busyDelay:  opts.BusyDelay,
 		busyLimit:  cmpOr(opts.BusyLimit, DefaultBusyLimit),
 		keys:       opts.TaskKeys,
+		caps:       opts.StoreCaps,
 		storeNames: opts.StoreNames,
 	}
 	if w.busyDelay == nil {

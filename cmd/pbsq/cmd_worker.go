@@ -175,6 +175,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		ShutdownTimeout: f.shutdownTimeout,
 		TaskKeys:        keys,
 		StoreNames:      slices.Sorted(maps.Keys(a.cfg.Datastores)),
+		StoreCaps:       a.storeCaps(),
 	})
 	if err := w.Start(ctx); err != nil {
 		return nil, err

@@ -82,6 +82,9 @@ type MetricsConfig struct {
 type DatastoreConfig struct {
 	Path string    `yaml:"path,omitempty"`
 	S3   *S3Config `yaml:"s3,omitempty"`
+	// MaxJobs caps the tasks of this store running at once on all workers
+	// sharing the Redis (0: no cap).
+	MaxJobs int `yaml:"max-jobs,omitempty"`
 }
 
 // S3Config is an S3 datastore; credentials come from the AWS chain.
@@ -239,6 +242,8 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s: path and s3 are exclusive", store)
 	case d.S3 != nil && (d.S3.Endpoint == "" || d.S3.Bucket == ""):
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
+	case d.MaxJobs < 0 || d.MaxJobs > 1000:
+		return fmt.Errorf("datastores.%s.max-jobs %d: must be 0 (no cap) to 1000", store, d.MaxJobs)
 	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:
 		return fmt.Errorf("datastores.%s.s3.prefix %q: must not start or end with '/'", store, d.S3.Prefix)
 	}

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -318,5 +320,130 @@ func TestWorkersServeTheirStores(t *testing.T) {
 				t.Errorf("task %s of %s reached a worker without %s", id, st, st)
 			}
 		}
+	}
+}
+
+// logSpans returns, per task id, the times of the first line with msg
+// from and of the last line with msg to in a worker's log.
+func logSpans(t *testing.T, log, from, to string) map[string][2]time.Time {
+	t.Helper()
+	spans := map[string][2]time.Time{}
+	for _, line := range strings.Split(log, "\n") {
+		var at time.Time
+		var id string
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "time="); ok {
+				at, _ = time.Parse(time.RFC3339Nano, v)
+			}
+			if v, ok := strings.CutPrefix(f, "task_id="); ok {
+				id = v
+			}
+		}
+		if id == "" || at.IsZero() {
+			continue
+		}
+		sp := spans[id]
+		switch {
+		case strings.Contains(line, `msg="`+from+`"`) && sp[0].IsZero():
+			sp[0] = at
+		case strings.Contains(line, `msg="`+to+`"`):
+			sp[1] = at
+		}
+		spans[id] = sp
+	}
+	return spans
+}
+
+// TestMaxJobsAcrossWorkers: with max-jobs 1 on demo and two workers of
+// concurrency 2, four slow verifies of demo never overlap (spans from the
+// workers' logs: slot taken to task finished, which enclose the run), the
+// ones that waited were shown waiting, and none spent a retry.
+func TestMaxJobsAcrossWorkers(t *testing.T) {
+	e := newEnv(t, true)
+	e.backups()
+	cfg, _ := os.ReadFile(e.config)
+	capped := regexp.MustCompile(`(?m)^(\s+)path: (.*)$`).ReplaceAllString(string(cfg), "${1}path: $2\n${1}max-jobs: 1")
+	if err := os.WriteFile(e.config, []byte(capped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w1 := e.start("worker", "--concurrency", "2")
+	w2 := e.start("worker", "--concurrency", "2")
+	// An exclusive lock on ns a makes each verify wait a second per
+	// snapshot: slow tasks that would overlap without the cap.
+	holder := e.start("lock", "--store", "demo", "--ns", "a", "--exclusive", "--", "sleep", "300")
+	// SIGTERM reaches sleep through lock; a kill would leave sleep holding
+	// the output pipe.
+	defer func() { _ = holder.stop(t, 10*time.Second) }()
+	waitFor(t, 5*time.Second, func() bool {
+		out, _, _ := e.run("locks", "ls")
+		return strings.Contains(out, "exclusive")
+	})
+	var ids []string
+	for i := 1; i <= 4; i++ {
+		ids = append(ids, strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "demo", "--ns", "a",
+			"--ignore-verified=false", "--lock-wait", "1s", "--max-depth", fmt.Sprint(i%2), "--outdated-after", fmt.Sprint(i))))
+	}
+	ins := e.inspector()
+	shownWaiting := false
+	waitFor(t, 4*time.Minute, func() bool {
+		done := 0
+		for _, id := range ids {
+			info, err := worker.FindTask(ins, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rec tasks.Record
+			_ = json.Unmarshal(info.Result, &rec)
+			if rec.State == "waiting" && strings.Contains(rec.Message, "max-jobs") {
+				shownWaiting = true
+			}
+			if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
+				done++
+			}
+		}
+		return done == len(ids)
+	})
+	type span struct {
+		id         string
+		start, end time.Time
+	}
+	var spans []span
+	for _, w := range []*proc{w1, w2} {
+		for id, sp := range logSpans(t, w.out.String(), "job slot taken", "task finished") {
+			if slices.Contains(ids, id) && !(sp[0].IsZero() && sp[1].IsZero()) {
+				spans = append(spans, span{id, sp[0], sp[1]})
+			}
+		}
+	}
+	if len(spans) != len(ids) {
+		t.Fatalf("%d task spans in the worker logs, want %d", len(spans), len(ids))
+	}
+	for i, a := range spans {
+		if a.start.IsZero() || a.end.IsZero() || !a.start.Before(a.end) {
+			t.Errorf("task %s: span %s – %s", a.id, a.start, a.end)
+		}
+		for _, b := range spans[i+1:] {
+			if a.start.Before(b.end) && b.start.Before(a.end) {
+				t.Errorf("tasks %s (%s – %s) and %s (%s – %s) overlap", a.id, a.start.Format("15:04:05.000"), a.end.Format("15:04:05.000"),
+					b.id, b.start.Format("15:04:05.000"), b.end.Format("15:04:05.000"))
+			}
+		}
+	}
+	for _, id := range ids {
+		info, err := worker.FindTask(ins, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rec tasks.Record
+		_ = json.Unmarshal(info.Result, &rec)
+		if info.Retried != 0 || rec.Outcome != tasks.OutcomeSkipped {
+			t.Errorf("task %s: retried %d, outcome %q (%s); want 0 retries, skipped (per-snapshot locks busy)", id, info.Retried, rec.Outcome, rec.Error)
+		}
+	}
+	if !shownWaiting {
+		t.Error("no task was ever shown waiting for a job slot")
+	}
+	if !strings.Contains(w1.out.String()+w2.out.String(), "job slot(s) taken (max-jobs)") {
+		t.Error("no worker logged a task waiting for a job slot")
 	}
 }

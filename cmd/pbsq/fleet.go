@@ -84,3 +84,14 @@ func (a *app) serveTaskKey() error {
 	}
 	return fmt.Errorf("task key: %w", errors.Join(errs...))
 }
+
+// storeCaps are the configured max-jobs per store.
+func (a *app) storeCaps() map[string]int {
+	caps := map[string]int{}
+	for n, ds := range a.cfg.Datastores {
+		if ds.MaxJobs > 0 {
+			caps[n] = ds.MaxJobs
+		}
+	}
+	return caps
+}
