@@ -41,7 +41,7 @@ func (a *app) datastoreCmd() *cobra.Command {
 					return err
 				}
 			}
-			b, err := openBackend(ctx, store, ds)
+			b, err := a.openBackend(ctx, store, ds)
 			if err != nil {
 				return err
 			}

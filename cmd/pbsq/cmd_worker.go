@@ -103,7 +103,7 @@ func (s *workerStores) Open(ctx context.Context, store, taskID string, wait *tas
 	bctx := context.WithoutCancel(ctx)
 	b, ok := s.backends[store]
 	if !ok {
-		if b, err = openBackend(bctx, store, ds); err != nil {
+		if b, err = s.a.openBackend(bctx, store, ds); err != nil {
 			return nil, fmt.Errorf("datastore %q: %w", store, err)
 		}
 		s.backends[store] = b

@@ -94,6 +94,11 @@ type S3Config struct {
 	Bucket    string `yaml:"bucket"`
 	Prefix    string `yaml:"prefix,omitempty"`
 	PathStyle bool   `yaml:"path-style,omitempty"`
+	// RequestsPerSecond is the store's request budget, shared by every
+	// pbsq process through Redis (per process without Redis); 0: none.
+	RequestsPerSecond float64 `yaml:"requests-per-second,omitempty"`
+	// BytesPerSecond optionally bounds the bytes moved, likewise.
+	BytesPerSecond int64 `yaml:"bytes-per-second,omitempty"`
 }
 
 // ScheduleConfig queues a job periodically; `pbsq serve` and `pbsq worker`
@@ -242,6 +247,10 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s: path and s3 are exclusive", store)
 	case d.S3 != nil && (d.S3.Endpoint == "" || d.S3.Bucket == ""):
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
+	case d.S3 != nil && (d.S3.RequestsPerSecond < 0 || d.S3.BytesPerSecond < 0):
+		return fmt.Errorf("datastores.%s.s3: requests-per-second %g and bytes-per-second %d must not be negative", store, d.S3.RequestsPerSecond, d.S3.BytesPerSecond)
+	case d.S3 != nil && d.S3.BytesPerSecond > 0 && d.S3.RequestsPerSecond == 0:
+		return fmt.Errorf("datastores.%s.s3.bytes-per-second: needs requests-per-second as well", store)
 	case d.MaxJobs < 0 || d.MaxJobs > 1000:
 		return fmt.Errorf("datastores.%s.max-jobs %d: must be 0 (no cap) to 1000", store, d.MaxJobs)
 	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:

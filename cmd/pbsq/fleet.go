@@ -8,6 +8,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/redis/go-redis/v9"
+
+	s3backend "github.com/pbsq/pbsq/datastore/backend/s3"
+
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -94,4 +98,24 @@ func (a *app) storeCaps() map[string]int {
 		}
 	}
 	return caps
+}
+
+// s3Budget is the request budget of an S3 store, or nil when it has none:
+// shared through the configured Redis, else per process.
+func (a *app) s3Budget(store string, c *S3Config) (*s3backend.Budget, error) {
+	if c.RequestsPerSecond <= 0 {
+		return nil, nil
+	}
+	a.budgetOnce.Do(func() {
+		if a.cfg.Redis.Configured() {
+			// Lives as long as the process, like the budgets using it.
+			a.budgetRdb = redis.NewUniversalClient(a.redisOptions())
+		}
+	})
+	b, err := s3backend.NewBudget(s3backend.BudgetConfig{RequestsPerSecond: c.RequestsPerSecond, BytesPerSecond: c.BytesPerSecond},
+		a.budgetRdb, store, a.log)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("datastores.%s.s3: %w", store, err)}
+	}
+	return b, nil
 }

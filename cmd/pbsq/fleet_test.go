@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -15,6 +16,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
+	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/tasks"
 	"github.com/pbsq/pbsq/worker"
 )
@@ -445,5 +448,73 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 	}
 	if !strings.Contains(w1.out.String()+w2.out.String(), "job slot(s) taken (max-jobs)") {
 		t.Error("no worker logged a task waiting for a job slot")
+	}
+}
+
+// TestS3BudgetSharedAcrossWorkers: with requests-per-second 40 on an S3
+// store (versitygw behind a counting proxy), two syncs into it running at
+// once on two workers stay within the one shared budget: on average at
+// most 44 requests/s, and no 2-second window above 120.
+func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
+	srv := s3test.StartVersity(t)
+	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	e := newEnv(t, true)
+	e.mustRun("datastore", "create", "offsite", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
+	cfg, _ := os.ReadFile(e.config)
+	budgeted := regexp.MustCompile(`(?m)^(\s+)path-style: true$`).ReplaceAllString(string(cfg), "${1}path-style: true\n${1}requests-per-second: 40")
+	if err := os.WriteFile(e.config, []byte(budgeted), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 32<<10)
+	for _, ns := range []string{"a", "b"} {
+		e.mustRun("ns", "create", "--store", "demo", "--ns", ns)
+		e.mustRun("ns", "create", "--store", "offsite", "--ns", ns)
+		for g := range 12 {
+			for s := range 2 {
+				_, _ = rand.Read(data)
+				f := filepath.Join(e.dir, "data.img")
+				if err := os.WriteFile(f, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				e.mustRun("backup", "--store", "demo", "--ns", ns, "--type", "vm", "--id", fmt.Sprint(100+g),
+					"--time", fmt.Sprintf("2024-03-0%dT10:00:00Z", s+1), f)
+			}
+		}
+	}
+	w1 := e.start("worker", "--concurrency", "1")
+	w2 := e.start("worker", "--concurrency", "1")
+	proxy.ResetLog()
+	var ids []string
+	for _, ns := range []string{"a", "b"} {
+		ids = append(ids, strings.TrimSpace(e.mustRun("enqueue", "sync", "--source-store", "demo", "--source-ns", ns, "--store", "offsite", "--ns", ns)))
+	}
+	for _, id := range ids {
+		e.expect(0, "tasks", "wait", id)
+	}
+	for i, w := range []*proc{w1, w2} {
+		if n := strings.Count(w.out.String(), "type=datastore:sync outcome=ok"); n != 1 {
+			t.Errorf("worker %d ran %d syncs, want 1 each (at once)", i+1, n)
+		}
+	}
+	log := proxy.Log()
+	if len(log) < 200 {
+		t.Fatalf("only %d requests: too few to measure a rate", len(log))
+	}
+	span := log[len(log)-1].Time.Sub(log[0].Time).Seconds()
+	avg := float64(len(log)) / span
+	worst := 0
+	for i, j := 0, 0; i < len(log); i++ {
+		for log[i].Time.Sub(log[j].Time) >= 2*time.Second {
+			j++
+		}
+		worst = max(worst, i-j+1)
+	}
+	t.Logf("%d requests in %.1fs: %.1f/s on average, at most %d in a 2-second window", len(log), span, avg, worst)
+	if avg > 44 || worst > 120 {
+		t.Errorf("budget 40/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
 	}
 }

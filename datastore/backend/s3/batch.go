@@ -9,7 +9,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
-	smithymiddleware "github.com/aws/smithy-go/middleware"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 )
@@ -20,15 +19,8 @@ var (
 	_ backend.RangeWalker        = (*S3)(nil)
 )
 
-// perAttempt runs once per HTTP attempt (right after the SDK's retry loop,
-// so retries count): it books the request on the context's counters.
-func perAttempt(st *smithymiddleware.Stack) error {
-	return st.Finalize.Insert(smithymiddleware.FinalizeMiddlewareFunc("pbsqPerAttempt",
-		func(ctx context.Context, in smithymiddleware.FinalizeInput, next smithymiddleware.FinalizeHandler) (smithymiddleware.FinalizeOutput, smithymiddleware.Metadata, error) {
-			backend.AddRequest(ctx)
-			return next.HandleFinalize(ctx, in)
-		}), "Retry", smithymiddleware.After)
-}
+// countRequest books one request on the context's counters.
+func countRequest(ctx context.Context) { backend.AddRequest(ctx) }
 
 // TouchIfOlder implements backend.ConditionalToucher in one request where
 // the server updates LastModified on self-copies (a copy conditional on

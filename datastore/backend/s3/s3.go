@@ -89,6 +89,8 @@ type Config struct {
 	MaxInFlight int
 	// RequestTimeout bounds each call including its retries (default 60s).
 	RequestTimeout time.Duration
+	// Budget, when set, paces every request (see Budget).
+	Budget *Budget
 }
 
 // Option customises the S3 client, e.g. in tests.
@@ -190,7 +192,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*S3, error) {
 			o.BaseEndpoint = aws.String(endpoint)
 		}
 		o.UsePathStyle = cfg.PathStyle
-		o.APIOptions = append(o.APIOptions, perAttempt)
+		o.APIOptions = append(o.APIOptions, perAttemptWith(cfg.Budget))
 		for _, opt := range opts {
 			opt(o)
 		}
