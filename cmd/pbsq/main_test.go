@@ -450,7 +450,7 @@ func TestServeEmbedded(t *testing.T) {
 	}
 	metrics := get(st.Metrics)
 	for _, want := range []string{`pbsq_tasks_total{outcome="ok",type="datastore:verify"} 1`, "pbsq_verify_chunks_total", "pbsq_lock_acquire_total",
-		`asynq_queue_size{queue="pbsq"}`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
+		`asynq_queue_size{queue="pbsq:demo"}`, `pbsq_queue_consumers{queue="pbsq:demo"} 1`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -468,7 +468,7 @@ func TestServeEmbedded(t *testing.T) {
 	if page := get(st.Dashboard); !strings.Contains(page, "/monitoring/") {
 		t.Errorf("dashboard page does not use its root path:\n%.300s", page)
 	}
-	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq"`) {
+	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq:demo"`) {
 		t.Errorf("dashboard API: %s", api)
 	}
 
