@@ -283,8 +283,8 @@ scrape_configs:
 			}
 		}
 	}
-	if n < 11 {
-		t.Errorf("%d rules loaded, want 11", n)
+	if n < 12 {
+		t.Errorf("%d rules loaded, want 12", n)
 	}
 	// The store-content rules see their series in the live worker.
 	for _, expr := range []string{

@@ -176,6 +176,8 @@ type GCResult struct {
 	DedupFactor float64  `json:"dedup-factor"`
 	Warnings    []string `json:"warnings,omitempty"`
 	Seconds     float64  `json:"seconds"`
+	// Requests: on object storage, the requests sent (retries included).
+	Requests int64 `json:"requests,omitempty"`
 }
 
 // Outcome: GC has no skipped items; missing chunks are warnings (verify
@@ -222,6 +224,7 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 		now = time.Now
 	}
 	started := time.Now()
+	ctx, requests := backend.CountRequests(ctx)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	if !req.DryRun {
@@ -266,6 +269,7 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 	}
 	g.finish()
 	g.res.Seconds = time.Since(started).Seconds()
+	g.res.Requests = requests.Load()
 	g.rep.finish()
 	s.obs.logf("gc summary: %d chunk(s) in use (%d bytes), %d pending removal (%d bytes), %d removed (%d bytes)%s",
 		g.res.InUseChunks, g.res.InUseBytes, g.res.PendingChunks, g.res.PendingBytes, g.res.RemovedChunks, g.res.RemovedBytes,
@@ -601,8 +605,11 @@ func (g *gcRun) startTouchers(ctx context.Context) {
 // copies are touched instead.
 func (g *gcRun) touch(ctx context.Context, d Digest) error {
 	p := ChunkPath(d)
+	if ct, ok := g.s.b.(backend.ConditionalToucher); ok && g.objectStore {
+		return g.touchIfOlder(ctx, ct, d)
+	}
 	if g.objectStore {
-		fi, err := g.s.b.Stat(ctx, p)
+		fi, err := backend.StatFile(ctx, g.s.b, p)
 		if errors.Is(err, fs.ErrNotExist) {
 			return g.chunkMissing(ctx, d)
 		}
@@ -652,7 +659,8 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	var seen, reclaim int
 	var removals chan ChunkFile
 	var wg sync.WaitGroup
-	if g.objectStore && !g.req.DryRun {
+	batches := g.newSweepBatcher(ctx)
+	if g.objectStore && !g.req.DryRun && batches == nil {
 		removals = make(chan ChunkFile, 1024)
 		for range objectStoreWorkers {
 			wg.Add(1)
@@ -681,15 +689,23 @@ func (g *gcRun) sweep(ctx context.Context) error {
 		}
 		seen++
 		remove, err := g.classify(ctx, cf)
-		if err != nil || !remove {
+		if err != nil {
 			return err
+		}
+		if batches != nil {
+			if err := batches.add(ctx, cf, remove); err != nil {
+				return err
+			}
+		}
+		if !remove {
+			return nil
 		}
 		reclaim++
 		if reclaim%1024 == 1 {
 			g.rep.message(fmt.Sprintf("%d chunks checked, %d reclaimable", seen, reclaim))
 		}
 		switch {
-		case g.req.DryRun:
+		case g.req.DryRun, batches != nil:
 			return nil
 		case removals != nil:
 			select {
@@ -706,6 +722,11 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	if removals != nil {
 		close(removals)
 		wg.Wait()
+	}
+	if batches != nil {
+		if ferr := batches.close(ctx); err == nil {
+			err = ferr
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("gc: sweep: %w", err)
@@ -792,6 +813,12 @@ func (g *gcRun) remove(ctx context.Context, cf ChunkFile) error {
 	if err := g.s.b.Remove(ctx, chunkFilePath(cf)); err != nil {
 		return fmt.Errorf("remove chunk %s: %w", cf.Name, err)
 	}
+	g.removed(cf)
+	return nil
+}
+
+// removed books a chunk file the sweep deleted.
+func (g *gcRun) removed(cf ChunkFile) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if cf.Bad {
@@ -801,7 +828,6 @@ func (g *gcRun) remove(ctx context.Context, cf ChunkFile) error {
 	}
 	g.res.RemovedBytes += cf.Size
 	g.s.obs.chunkRemoved(cf.Size)
-	return nil
 }
 
 // removeRechecked is remove for object storage, where the listing may be
@@ -815,20 +841,26 @@ func (g *gcRun) removeRechecked(ctx context.Context, cf ChunkFile) error {
 		return fmt.Errorf("gc: stat chunk %s: %w", cf.Name, err)
 	}
 	if !fi.AccessTime.Before(g.minAtime) {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		g.res.ReclaimableBytes -= cf.Size
-		if cf.Bad {
-			g.res.ReclaimableBad--
-			g.res.StillBad++
-			g.res.DiskBytes += fi.Size
-		} else {
-			g.res.ReclaimableChunks--
-			g.inUse(fi.Size)
-		}
+		g.kept(cf, fi)
 		return nil
 	}
 	return g.remove(ctx, cf)
+}
+
+// kept books a condemned chunk file that turned out fresh (fi) on a
+// second look right before its removal.
+func (g *gcRun) kept(cf ChunkFile, fi backend.FileInfo) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.res.ReclaimableBytes -= cf.Size
+	if cf.Bad {
+		g.res.ReclaimableBad--
+		g.res.StillBad++
+		g.res.DiskBytes += fi.Size
+	} else {
+		g.res.ReclaimableChunks--
+		g.inUse(fi.Size)
+	}
 }
 
 // finish derives the totals.

@@ -205,13 +205,17 @@ func NewTask(p Payload, opts ...asynq.Option) (*asynq.Task, error) {
 	if len(b) > MaxPayloadSize {
 		return nil, fmt.Errorf("%w payload: %d bytes, more than %d", name.ErrInvalid, len(b), MaxPayloadSize)
 	}
-	base := []asynq.Option{
+	return asynq.NewTask(p.TaskType(), b, append(taskOptions(p), opts...)...), nil
+}
+
+// taskOptions are each task's asynq options before the caller's.
+func taskOptions(p Payload) []asynq.Option {
+	return []asynq.Option{
 		asynq.Queue(Queue),
 		asynq.Timeout(Timeout(p.TaskType())),
 		asynq.MaxRetry(MaxRetry),
 		asynq.Retention(Retention),
 	}
-	return asynq.NewTask(p.TaskType(), b, append(base, opts...)...), nil
 }
 
 // Outcomes of a finished task.

@@ -83,7 +83,7 @@ func (e *Enqueuer) EnqueueAfter(ctx context.Context, p tasks.Payload, after []st
 		if slices.Contains(ids, a) {
 			continue
 		}
-		_, err := e.ins.GetTaskInfo(tasks.Queue, a)
+		_, err := FindTask(e.ins, a)
 		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 			return nil, fmt.Errorf("%w --after %q: no such task (finished tasks are kept %s)", name.ErrInvalid, a, tasks.Retention)
 		}
@@ -133,7 +133,7 @@ func dropChain(ctx context.Context, rdb redis.UniversalClient, id string, after 
 // parentState tells whether task id ended ok ("ok"), ended otherwise
 // (a reason naming it) or has not ended ("").
 func parentState(ins *asynq.Inspector, id string) (ok bool, failed string, err error) {
-	info, err := ins.GetTaskInfo(tasks.Queue, id)
+	info, err := FindTask(ins, id)
 	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 		return false, fmt.Sprintf("task %s is gone (deleted, or cancelled while queued)", id), nil
 	}
@@ -179,7 +179,7 @@ func settleChain(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Insp
 		return true, rdb.SRem(ctx, chainDepsKey, id).Err()
 	}
 	after := strings.Split(m["after"], ",")
-	info, err := ins.GetTaskInfo(tasks.Queue, id)
+	info, err := FindTask(ins, id)
 	switch {
 	case errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound):
 		created, _ := strconv.ParseInt(m["created"], 10, 64)
@@ -214,8 +214,8 @@ func settleChain(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Insp
 		}
 	case ready:
 		_ = AppendLog(ctx, rdb, id, info.Type, false, "task(s) "+strings.Join(after, ", ")+" completed ok: released to run")
-		if err := ins.RunTask(tasks.Queue, id); err != nil {
-			if now, err2 := ins.GetTaskInfo(tasks.Queue, id); err2 != nil || now.State == asynq.TaskStateScheduled {
+		if err := ins.RunTask(info.Queue, id); err != nil {
+			if now, err2 := ins.GetTaskInfo(info.Queue, id); err2 != nil || now.State == asynq.TaskStateScheduled {
 				return false, fmt.Errorf("release task %s: %w", id, err)
 			}
 		}
@@ -238,8 +238,8 @@ func failChained(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Insp
 		return fmt.Errorf("record of task %s: %w", info.ID, err)
 	}
 	_ = AppendLog(ctx, rdb, info.ID, info.Type, true, "TASK ERROR: "+tasks.OutcomeFailed+": "+msg)
-	if err := ins.ArchiveTask(tasks.Queue, info.ID); err != nil {
-		if now, err2 := ins.GetTaskInfo(tasks.Queue, info.ID); err2 != nil || now.State == asynq.TaskStateScheduled {
+	if err := ins.ArchiveTask(info.Queue, info.ID); err != nil {
+		if now, err2 := ins.GetTaskInfo(info.Queue, info.ID); err2 != nil || now.State == asynq.TaskStateScheduled {
 			return fmt.Errorf("archive task %s: %w", info.ID, err)
 		}
 	}

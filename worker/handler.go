@@ -31,6 +31,9 @@ const (
 // ProcessTask implements asynq.Handler: the mux, but refusing unknown task
 // types at once instead of retrying them.
 func (w *Worker) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	if err := w.verifyTask(ctx, t); err != nil {
+		return err
+	}
 	h, pattern := w.mux.Handler(t)
 	if pattern == "" {
 		return w.invalid(ctx, "unknown", t, fmt.Errorf("%w task type %q: this worker handles %v", name.ErrInvalid, t.Type(), tasks.Types))
@@ -83,9 +86,21 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
 	}
+	ectx, lose := context.WithCancelCause(ctx)
+	defer lose(nil)
+	release, err := w.takeSlots(ctx, p.Stores(), rec.id, log, lose)
+	if err != nil {
+		outcome, ret := w.conclude(ctx, log, rec, nil, err, start)
+		w.metrics.finished(typ, outcome, 0)
+		return ret
+	}
+	defer release()
 	gauge, end := w.metrics.started(typ, rec.id)
 	rep := newReporter(rec.write, gauge, w.every, log)
-	res, err := Execute(ctx, w.stores, p, rec.id, rep.update)
+	res, err := Execute(ectx, w.stores, p, rec.id, rep.update)
+	if cause := context.Cause(ectx); ctx.Err() == nil && cause != nil {
+		err = cause
+	}
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
 	w.recordOutcome(ctx, p, outcome, res)

@@ -237,11 +237,14 @@ var (
 	descProcessed = prometheus.NewDesc("asynq_tasks_processed_total", "Tasks processed (succeeded or failed).", queueLabels, nil)
 	descFailed    = prometheus.NewDesc("asynq_tasks_failed_total", "Task runs that failed.", queueLabels, nil)
 	descPaused    = prometheus.NewDesc("asynq_queue_paused_total", "1 if the queue is paused, else 0.", queueLabels, nil)
+	// descConsumers tells a queue whose store no worker has (tasks wait
+	// there, visibly, for one) from a busy one.
+	descConsumers = prometheus.NewDesc("pbsq_queue_consumers", "Running workers that listen to the queue.", queueLabels, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *QueueCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descEnqueued, descSize, descLatency, descMemory, descProcessed, descFailed, descPaused} {
+	for _, d := range []*prometheus.Desc{descEnqueued, descSize, descLatency, descMemory, descProcessed, descFailed, descPaused, descConsumers} {
 		ch <- d
 	}
 }
@@ -258,7 +261,14 @@ func (c *QueueCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(descSize, err)
 		return
 	}
+	consumers, cerr := queueConsumers(c.ins)
+	if cerr != nil {
+		c.log.Debug("queue metrics: list workers", "err", cerr)
+	}
 	for _, q := range names {
+		if cerr == nil {
+			ch <- prometheus.MustNewConstMetric(descConsumers, prometheus.GaugeValue, float64(consumers[q]), q)
+		}
 		info, err := c.ins.GetQueueInfo(q)
 		if err != nil {
 			c.log.Debug("queue metrics: queue info", "queue", q, "err", err)

@@ -12,7 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore/lock"
-	"github.com/pbsq/pbsq/tasks"
 )
 
 // What happens to a task that does not finish (docs/DESIGN.md §3.3, §5.4):
@@ -145,7 +144,7 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 		return nil
 	}
 	for attempt := 0; ; attempt++ {
-		info, err := ins.GetTaskInfo(tasks.Queue, id)
+		info, err := FindTask(ins, id)
 		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 			return 0, fmt.Errorf("task %q: %w", id, ErrTaskNotFound)
 		}
@@ -162,13 +161,13 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 			if err := ins.CancelProcessing(id); err != nil {
 				return info.State, fmt.Errorf("cancel task %s: %w", id, err)
 			}
-			return info.State, archiveWhenStopped(ctx, ins, id)
+			return info.State, archiveWhenStopped(ctx, ins, info.Queue, id)
 		default:
 			// Mark first: a worker dequeuing it meanwhile sees the mark.
 			if err := mark(); err != nil {
 				return info.State, err
 			}
-			err := ins.DeleteTask(tasks.Queue, id)
+			err := ins.DeleteTask(info.Queue, id)
 			if err == nil || errors.Is(err, asynq.ErrTaskNotFound) {
 				return info.State, nil
 			}
@@ -182,10 +181,10 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 
 // archiveWhenStopped waits for asynq to move a cancelled task out of the
 // active state (it does at once, into retry) and archives it there.
-func archiveWhenStopped(ctx context.Context, ins *asynq.Inspector, id string) error {
+func archiveWhenStopped(ctx context.Context, ins *asynq.Inspector, queue, id string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		info, err := ins.GetTaskInfo(tasks.Queue, id)
+		info, err := ins.GetTaskInfo(queue, id)
 		if err != nil {
 			return fmt.Errorf("cancel task %s: %w", id, err)
 		}
@@ -193,7 +192,7 @@ func archiveWhenStopped(ctx context.Context, ins *asynq.Inspector, id string) er
 		case asynq.TaskStateArchived, asynq.TaskStateCompleted:
 			return nil
 		case asynq.TaskStatePending, asynq.TaskStateScheduled, asynq.TaskStateRetry:
-			err := ins.ArchiveTask(tasks.Queue, id)
+			err := ins.ArchiveTask(queue, id)
 			if err == nil || errors.Is(err, asynq.ErrTaskNotFound) {
 				return nil
 			}

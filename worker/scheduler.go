@@ -36,7 +36,17 @@ type Enqueuer struct {
 	rdb    redis.UniversalClient
 	client *asynq.Client
 	ins    *asynq.Inspector
+	keys   *tasks.Keys
+	// perStore routes each task to the queue of its stores.
+	perStore bool
 }
+
+// QueuePerStore routes every task to the queue of its stores
+// (tasks.QueueFor), which only workers having those stores listen to.
+func (e *Enqueuer) QueuePerStore() { e.perStore = true }
+
+// SignWith makes Enqueue sign every task with k (nil: unsigned).
+func (e *Enqueuer) SignWith(k *tasks.Keys) { e.keys = k }
 
 // NewEnqueuer connects to the queue's Redis.
 func NewEnqueuer(opt asynq.RedisConnOpt) (*Enqueuer, error) {
@@ -64,7 +74,16 @@ const enqueueGuardTTL = 30 * time.Second
 // same canonical payload) is pending, scheduled, retrying or active: then
 // it returns a *DuplicateError naming that task.
 func (e *Enqueuer) Enqueue(ctx context.Context, p tasks.Payload, opts ...asynq.Option) (*asynq.TaskInfo, error) {
-	task, err := tasks.NewTask(p, opts...)
+	var task *asynq.Task
+	var err error
+	if e.perStore {
+		opts = append([]asynq.Option{asynq.Queue(tasks.QueueFor(p))}, opts...)
+	}
+	if e.keys != nil {
+		task, err = tasks.NewSignedTask(p, e.keys, time.Now(), opts...)
+	} else {
+		task, err = tasks.NewTask(p, opts...)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +135,17 @@ func (e *Enqueuer) FindDuplicate(ctx context.Context, p tasks.Payload) (*asynq.T
 	if err != nil {
 		return nil, err
 	}
+	for _, q := range []string{tasks.QueueFor(p), tasks.Queue} {
+		dup, err := e.findDuplicateIn(ctx, q, p.TaskType(), want)
+		if dup != nil || err != nil {
+			return dup, err
+		}
+	}
+	return nil, nil
+}
+
+// findDuplicateIn is FindDuplicate in one queue.
+func (e *Enqueuer) findDuplicateIn(ctx context.Context, queue, typ string, want []byte) (*asynq.TaskInfo, error) {
 	lists := []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){
 		e.ins.ListActiveTasks, e.ins.ListPendingTasks, e.ins.ListRetryTasks, e.ins.ListScheduledTasks,
 	}
@@ -124,7 +154,7 @@ func (e *Enqueuer) FindDuplicate(ctx context.Context, p tasks.Payload) (*asynq.T
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			infos, err := list(tasks.Queue, asynq.PageSize(dupPage), asynq.Page(page))
+			infos, err := list(queue, asynq.PageSize(dupPage), asynq.Page(page))
 			if errors.Is(err, asynq.ErrQueueNotFound) {
 				return nil, nil // nothing was ever queued
 			}
@@ -132,7 +162,7 @@ func (e *Enqueuer) FindDuplicate(ctx context.Context, p tasks.Payload) (*asynq.T
 				return nil, fmt.Errorf("look for duplicates: %w", err)
 			}
 			for _, info := range infos {
-				if info.Type == p.TaskType() && sameJob(info.Type, info.Payload, want) {
+				if info.Type == typ && sameJob(info.Type, info.Payload, want) {
 					return info, nil
 				}
 			}

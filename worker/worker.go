@@ -59,6 +59,15 @@ type Options struct {
 	// Scan, when set, runs the periodic store scan of the datastore and
 	// group metrics.
 	Scan *ScanOptions
+	// StoreNames are the datastores Stores can open: the worker listens to
+	// their queues (tasks.StoreQueues) besides the legacy tasks.Queue.
+	StoreNames []string
+	// StoreCaps is max-jobs per store: at most that many tasks of the
+	// store run at once on all workers sharing the Redis (0: no cap).
+	StoreCaps map[string]int
+	// TaskKeys, when set, makes the worker run only tasks signed with one
+	// of them (tasks.NewSignedTask); others are archived as invalid.
+	TaskKeys *tasks.Keys
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
@@ -79,6 +88,10 @@ type Worker struct {
 	stopChains func()
 	storeM     *storeMetrics
 	scan       *ScanOptions
+	keys       *tasks.Keys
+	caps       map[string]int
+	// storeNames are Options.StoreNames, for messages.
+	storeNames []string
 
 	// running counts handlers still running: after asynq's shutdown
 	// timeout they are abandoned, not finished.
@@ -117,6 +130,9 @@ func New(opts Options) *Worker {
 		stopChains: func() {},
 		storeM:     newStoreMetrics(opts.Registerer),
 		scan:       opts.Scan,
+		keys:       opts.TaskKeys,
+		caps:       opts.StoreCaps,
+		storeNames: opts.StoreNames,
 	}
 	if w.busyDelay == nil {
 		w.busyDelay = defaultBusyDelay
@@ -136,7 +152,7 @@ func New(opts Options) *Worker {
 	}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              opts.Concurrency,
-		Queues:                   map[string]int{tasks.Queue: 1},
+		Queues:                   workerQueues(opts.StoreNames),
 		ShutdownTimeout:          w.timeout,
 		TaskCheckInterval:        cmpOr(opts.PollInterval, time.Second),
 		DelayedTaskCheckInterval: cmpOr(opts.ForwardInterval, 2*time.Second),
@@ -184,7 +200,8 @@ func (w *Worker) Start(ctx context.Context) error {
 		loops.Go(func() { w.scanLoop(cctx, *w.scan) })
 	}
 	w.stopChains = func() { cancel(); loops.Wait() }
-	w.log.Info("worker started", "queue", tasks.Queue)
+	w.log.Info("worker started", "stores", w.storeNames, "signed_tasks_only", w.keys != nil)
+	w.warnTrust()
 	if w.scheduler != nil {
 		ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})

@@ -63,7 +63,7 @@ func (a *app) datastoreCmd() *cobra.Command {
 					}
 				}
 			}
-			b, err := openBackend(ctx, store, ds)
+			b, err := a.openBackend(ctx, store, ds)
 			if err != nil {
 				return err
 			}

@@ -29,6 +29,8 @@ type serveState struct {
 	Embedded  bool   `json:"embedded"`
 	Metrics   string `json:"metrics,omitempty"`
 	Dashboard string `json:"dashboard,omitempty"`
+	// TaskKeyFile is the generated key of the embedded default.
+	TaskKeyFile string `json:"task-key-file,omitempty"`
 }
 
 // serveStateDirs are where the state file may go, in order: the user's
@@ -182,6 +184,10 @@ for root), removed on exit.`,
 					"addr", mr.Addr(), "config", a.configPath)
 			}
 
+			if err := a.serveTaskKey(); err != nil {
+				return err
+			}
+			st.TaskKeyFile = a.serveKeyFile
 			rt, err := a.startWorker(ctx, conn, f)
 			if err != nil {
 				return err

@@ -53,7 +53,7 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 		}
 	}
 	for {
-		info, err := ins.GetTaskInfo(tasks.Queue, id)
+		info, err := worker.FindTask(ins, id)
 		switch {
 		case errors.Is(err, asynq.ErrTaskNotFound), errors.Is(err, asynq.ErrQueueNotFound):
 			bar.done()
@@ -279,16 +279,22 @@ func (a *app) tasksCmd() *cobra.Command {
 				"pending": ins.ListPendingTasks, "active": ins.ListActiveTasks, "scheduled": ins.ListScheduledTasks,
 				"retry": ins.ListRetryTasks, "archived": ins.ListArchivedTasks, "completed": ins.ListCompletedTasks,
 			}
+			queues, err := worker.Queues(ins)
+			if err != nil {
+				return err
+			}
 			var all []*asynq.TaskInfo
 			for _, s := range states {
-				infos, err := list[s](tasks.Queue, asynq.PageSize(limit))
-				if errors.Is(err, asynq.ErrQueueNotFound) {
-					break
+				for _, q := range queues {
+					infos, err := list[s](q, asynq.PageSize(limit))
+					if errors.Is(err, asynq.ErrQueueNotFound) {
+						continue
+					}
+					if err != nil {
+						return fmt.Errorf("list %s tasks: %w", s, err)
+					}
+					all = append(all, infos...)
 				}
-				if err != nil {
-					return fmt.Errorf("list %s tasks: %w", s, err)
-				}
-				all = append(all, infos...)
 			}
 			if lsJSON {
 				views := make([]taskView, 0, len(all))
@@ -322,7 +328,7 @@ func (a *app) tasksCmd() *cobra.Command {
 				return err
 			}
 			defer e.Close()
-			info, err := e.Inspector().GetTaskInfo(tasks.Queue, args[0])
+			info, err := worker.FindTask(e.Inspector(), args[0])
 			if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 				return usagef("task %q not found (finished tasks are kept 7 days)", args[0])
 			}

@@ -68,7 +68,7 @@ func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) 
 	if err != nil {
 		return err
 	}
-	info, err := e.Inspector().GetTaskInfo(tasks.Queue, id)
+	info, err := worker.FindTask(e.Inspector(), id)
 	gone := errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound)
 	switch {
 	case gone && !hasLog:
@@ -99,7 +99,7 @@ func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) 
 		if _, err := print(); err != nil {
 			return err
 		}
-		info, err = e.Inspector().GetTaskInfo(tasks.Queue, id)
+		info, err = worker.FindTask(e.Inspector(), id)
 		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
 			return &exitError{code: exitFailed, err: fmt.Errorf("task %s is gone (deleted, or cancelled while queued)", id)}
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -62,7 +64,16 @@ func (a *app) enqueuer() (*worker.Enqueuer, error) {
 	if err != nil {
 		return nil, err
 	}
-	return worker.NewEnqueuer(conn)
+	keys, err := a.taskKeys()
+	if err != nil {
+		return nil, err
+	}
+	e, err := worker.NewEnqueuer(conn)
+	if err == nil {
+		e.SignWith(keys)
+		e.QueuePerStore()
+	}
+	return e, err
 }
 
 // workerStores opens configured datastores for a long-running worker: each
@@ -157,6 +168,10 @@ type workerRuntime struct {
 }
 
 func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f workerFlags) (*workerRuntime, error) {
+	keys, err := a.taskKeys()
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	stores := newWorkerStores(a, lock.NewMetrics(reg))
@@ -168,6 +183,9 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
 		Scan:            a.scanOptions(),
+		TaskKeys:        keys,
+		StoreNames:      slices.Sorted(maps.Keys(a.cfg.Datastores)),
+		StoreCaps:       a.storeCaps(),
 	}
 	if f.schedules {
 		opts.Schedules = a.cfg.schedules()

@@ -30,6 +30,7 @@ type Config struct {
 	Dashboard  DashboardConfig            `yaml:"dashboard,omitempty"`
 	Datastores map[string]DatastoreConfig `yaml:"datastores,omitempty"`
 	Schedules  map[string]ScheduleConfig  `yaml:"schedules,omitempty"`
+	Security   SecurityConfig             `yaml:"security,omitempty"`
 
 	// path is where the config was read from ("" when none exists yet).
 	path string
@@ -67,6 +68,13 @@ type LocksConfig struct {
 	Lease   time.Duration `yaml:"lease,omitempty"`
 }
 
+// SecurityConfig: TaskKeyFile names the task-signing key file (one key a
+// line; the first signs, all verify). The key itself never goes into the
+// config.
+type SecurityConfig struct {
+	TaskKeyFile string `yaml:"task-key-file,omitempty"`
+}
+
 // MetricsConfig is the /metrics listener.
 type MetricsConfig struct {
 	Listen string `yaml:"listen,omitempty"`
@@ -82,6 +90,9 @@ type MetricsConfig struct {
 type DatastoreConfig struct {
 	Path string    `yaml:"path,omitempty"`
 	S3   *S3Config `yaml:"s3,omitempty"`
+	// MaxJobs caps the tasks of this store running at once on all workers
+	// sharing the Redis (0: no cap).
+	MaxJobs int `yaml:"max-jobs,omitempty"`
 }
 
 // S3Config is an S3 datastore; credentials come from the AWS chain.
@@ -95,6 +106,11 @@ type S3Config struct {
 	// the prefix: the PBS host it names (or "*"), once the administrator
 	// has taken the datastore out of that PBS's hands.
 	PBSInUseOverride string `yaml:"pbs-in-use-override,omitempty"`
+	// RequestsPerSecond is the store's request budget, shared by every
+	// pbsq process through Redis (per process without Redis); 0: none.
+	RequestsPerSecond float64 `yaml:"requests-per-second,omitempty"`
+	// BytesPerSecond optionally bounds the bytes moved, likewise.
+	BytesPerSecond int64 `yaml:"bytes-per-second,omitempty"`
 }
 
 // ScheduleConfig queues a job periodically; `pbsq serve` and `pbsq worker`
@@ -266,6 +282,12 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s: path and s3 are exclusive", store)
 	case d.S3 != nil && (d.S3.Endpoint == "" || d.S3.Bucket == ""):
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
+	case d.S3 != nil && (d.S3.RequestsPerSecond < 0 || d.S3.BytesPerSecond < 0):
+		return fmt.Errorf("datastores.%s.s3: requests-per-second %g and bytes-per-second %d must not be negative", store, d.S3.RequestsPerSecond, d.S3.BytesPerSecond)
+	case d.S3 != nil && d.S3.BytesPerSecond > 0 && d.S3.RequestsPerSecond == 0:
+		return fmt.Errorf("datastores.%s.s3.bytes-per-second: needs requests-per-second as well", store)
+	case d.MaxJobs < 0 || d.MaxJobs > 1000:
+		return fmt.Errorf("datastores.%s.max-jobs %d: must be 0 (no cap) to 1000", store, d.MaxJobs)
 	case d.S3 != nil && strings.Trim(d.S3.Prefix, "/") != d.S3.Prefix:
 		return fmt.Errorf("datastores.%s.s3.prefix %q: must not start or end with '/'", store, d.S3.Prefix)
 	case d.S3 != nil && d.S3.Prefix != "":
@@ -326,6 +348,10 @@ func (c *Config) applyDefaults() {
 	env("PBSQ_LOCKS_BACKEND", &c.Locks.Backend)
 	env("PBSQ_LOCKS_DIR", &c.Locks.Dir)
 	env("PBSQ_METRICS_LISTEN", &c.Metrics.Listen)
+	env("PBSQ_TASK_KEY_FILE", &c.Security.TaskKeyFile)
+	if k := c.Security.TaskKeyFile; k != "" && !filepath.IsAbs(k) && c.path != "" {
+		c.Security.TaskKeyFile = filepath.Join(filepath.Dir(c.path), k)
+	}
 	if c.Locks.Backend == "" {
 		c.Locks.Backend = defaultLockStyle
 	}

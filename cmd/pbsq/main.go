@@ -10,8 +10,10 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/pbsq/pbsq/datastore"
@@ -70,6 +72,12 @@ type app struct {
 	logLevel   string
 	cfg        *Config
 	log        *slog.Logger
+	// serveKeyFile is the key `pbsq serve` generated for its embedded
+	// default (see serveTaskKey).
+	serveKeyFile string
+	// budgetRdb carries the shared S3 request budgets (see s3Budget).
+	budgetOnce sync.Once
+	budgetRdb  redis.UniversalClient
 }
 
 func (a *app) init() error {

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
 	"github.com/pbsq/pbsq/tasks"
+	"github.com/pbsq/pbsq/worker"
 )
 
 // pbsqBin is the binary under test, built once.
@@ -206,18 +206,19 @@ func (e *env) inspector() *asynq.Inspector {
 // queued counts the tasks in any state.
 func (e *env) queued() int {
 	ins := e.inspector()
-	queues, err := ins.Queues()
+	queues, err := worker.Queues(ins)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if !slices.Contains(queues, tasks.Queue) {
-		return 0
+	n := 0
+	for _, q := range queues {
+		info, err := ins.GetQueueInfo(q)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		n += info.Size + info.Completed
 	}
-	info, err := ins.GetQueueInfo(tasks.Queue)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return info.Size + info.Completed
+	return n
 }
 
 func TestEnqueueBadInputExit2NothingQueued(t *testing.T) {
@@ -455,7 +456,7 @@ func TestServeEmbedded(t *testing.T) {
 	}
 	metrics := get(st.Metrics)
 	for _, want := range []string{`pbsq_tasks_total{outcome="ok",type="datastore:verify"} 1`, "pbsq_verify_chunks_total", "pbsq_lock_acquire_total",
-		`asynq_queue_size{queue="pbsq"}`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
+		`asynq_queue_size{queue="pbsq:demo"}`, `pbsq_queue_consumers{queue="pbsq:demo"} 1`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -473,7 +474,7 @@ func TestServeEmbedded(t *testing.T) {
 	if page := get(st.Dashboard); !strings.Contains(page, "/monitoring/") {
 		t.Errorf("dashboard page does not use its root path:\n%.300s", page)
 	}
-	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq"`) {
+	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq:demo"`) {
 		t.Errorf("dashboard API: %s", api)
 	}
 
@@ -544,7 +545,7 @@ func TestSchedules(t *testing.T) {
 			t.Fatalf("schedules ls --json: %v\n%s", err, out)
 		}
 		ins := e.inspector()
-		done, _ := ins.ListCompletedTasks(tasks.Queue)
+		done, _ := ins.ListCompletedTasks(tasks.QueueFor(&tasks.Verify{Store: "demo"}))
 		return len(rows) == 2 && rows[1].Last != nil && rows[1].Last.TaskID != "" && len(done) >= 2
 	})
 	if rows[0].Name != "nightly-prune" || rows[0].Last != nil || rows[0].Next.UTC().Format("15:04") != "02:30" {

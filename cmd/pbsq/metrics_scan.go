@@ -14,9 +14,9 @@ import (
 func (s *workerStores) openBackend(ctx context.Context, store string, ds DatastoreConfig) (backend.Backend, error) {
 	if ds.S3 != nil && s.s3Request != nil {
 		hook := s.s3Request
-		return s3backend.New(ctx, s3Config(ds.S3), s3backend.WithRequestHook(func(op, code string) { hook(store, op, code) }))
+		return s.a.openBackend(ctx, store, ds, s3backend.WithRequestHook(func(op, code string) { hook(store, op, code) }))
 	}
-	return openBackend(ctx, store, ds)
+	return s.a.openBackend(ctx, store, ds)
 }
 
 // scanOptions are the store scan's settings from the config; the

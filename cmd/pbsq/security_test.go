@@ -138,8 +138,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	outputs = append(outputs, named{"pbsq tasks ls with a wrong password", string(out)})
 
 	// HTTP: /metrics, the dashboard page and its API.
-	for _, u := range []string{st.Metrics, st.Dashboard, dashAPI(st, "/queues"), dashAPI(st, "/queues/pbsq"),
-		dashAPI(st, "/queues/pbsq/completed_tasks"), dashAPI(st, "/queues/pbsq/archived_tasks"),
+	for _, u := range []string{st.Metrics, st.Dashboard, dashAPI(st, "/queues"), dashAPI(st, "/queues/pbsq:offsite"),
+		dashAPI(st, "/queues/pbsq:offsite/completed_tasks"), dashAPI(st, "/queues/pbsq:offsite/archived_tasks"),
 		dashAPI(st, "/servers"), dashAPI(st, "/redis_info")} {
 		outputs = append(outputs, named{u, httpGet(t, u)})
 	}

@@ -12,10 +12,17 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// openBackend opens the storage of a configured datastore.
-func openBackend(ctx context.Context, store string, ds DatastoreConfig) (backend.Backend, error) {
+// openBackend opens the storage of a configured datastore (opts apply to
+// an S3 one).
+func (a *app) openBackend(ctx context.Context, store string, ds DatastoreConfig, opts ...s3backend.Option) (backend.Backend, error) {
 	if ds.S3 != nil {
-		return s3backend.New(ctx, s3Config(ds.S3))
+		cfg := s3Config(ds.S3)
+		budget, err := a.s3Budget(store, ds.S3)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Budget = budget
+		return s3backend.New(ctx, cfg, opts...)
 	}
 	return fsbackend.New(ds.Path)
 }
@@ -51,7 +58,7 @@ func (a *app) openStore(ctx context.Context, store string, lockWait *time.Durati
 	if err != nil {
 		return nil, err
 	}
-	b, err := openBackend(ctx, store, ds)
+	b, err := a.openBackend(ctx, store, ds)
 	if err != nil {
 		return nil, fmt.Errorf("datastore %q: %w", store, err)
 	}

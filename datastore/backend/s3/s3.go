@@ -89,6 +89,8 @@ type Config struct {
 	MaxInFlight int
 	// RequestTimeout bounds each call including its retries (default 60s).
 	RequestTimeout time.Duration
+	// Budget, when set, paces every request (see Budget).
+	Budget *Budget
 }
 
 // Option customises the S3 client, e.g. in tests.
@@ -190,6 +192,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*S3, error) {
 			o.BaseEndpoint = aws.String(endpoint)
 		}
 		o.UsePathStyle = cfg.PathStyle
+		o.APIOptions = append(o.APIOptions, perAttemptWith(cfg.Budget))
 		for _, opt := range opts {
 			opt(o)
 		}
@@ -725,11 +728,19 @@ func (s *S3) countBelow(ctx context.Context, prefix string, limit int) (int, err
 // listPages pages through ListObjectsV2 with continuation tokens, holding a
 // semaphore slot only per page so that page callbacks may issue requests.
 func (s *S3) listPages(ctx context.Context, prefix, delim string, page func(*s3.ListObjectsV2Output) bool) error {
+	return s.listPagesAfter(ctx, prefix, delim, "", page)
+}
+
+// listPagesAfter is listPages starting after the key startAfter.
+func (s *S3) listPagesAfter(ctx context.Context, prefix, delim, startAfter string, page func(*s3.ListObjectsV2Output) bool) error {
 	var token *string
 	for {
 		var out *s3.ListObjectsV2Output
 		err := s.do(ctx, func(ctx context.Context) error {
 			in := &s3.ListObjectsV2Input{Bucket: &s.bucket, Prefix: &prefix, ContinuationToken: token}
+			if startAfter != "" && token == nil {
+				in.StartAfter = &startAfter
+			}
 			if delim != "" {
 				in.Delimiter = &delim
 			}
@@ -1159,12 +1170,21 @@ func (s *S3) Touch(ctx context.Context, name string) error {
 	if err != nil {
 		return s.wrap("touch", name, err)
 	}
+	if s.copyKeptTime(out) {
+		return s.rewrite(ctx, name, key)
+	}
+	return nil
+}
+
+// copyKeptTime reports whether a self-copy left LastModified as it was, so
+// the object must be rewritten to be touched.
+func (s *S3) copyKeptTime(out *s3.CopyObjectOutput) bool {
 	if out.CopyObjectResult == nil || out.CopyObjectResult.LastModified == nil {
-		return nil
+		return false
 	}
 	serverNow, ok := awsmiddleware.GetServerTime(out.ResultMetadata)
 	if !ok {
-		return nil
+		return false
 	}
 	// A server that updates LastModified returns about the time of its Date
 	// header. The Date header has one-second resolution and may lag by up
@@ -1175,20 +1195,24 @@ func (s *S3) Touch(ctx context.Context, name string) error {
 	if behind >= 2*time.Second {
 		s.touchRewrite.Store(true)
 	}
-	if behind >= time.Second {
-		return s.rewrite(ctx, name, key)
-	}
-	return nil
+	return behind >= time.Second
 }
 
 // rewrite puts an object's content again, to refresh its LastModified. The
 // If-Match keeps it from undoing a concurrent change (which refreshed the
 // object anyway).
 func (s *S3) rewrite(ctx context.Context, name, key string) error {
-	var data []byte
-	var etag *string
-	err := s.do(ctx, func(ctx context.Context) error {
-		out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	data, etag, err := s.getObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key})
+	if err != nil {
+		return s.wrap("touch", name, err)
+	}
+	return s.putIfMatch(ctx, name, key, data, etag)
+}
+
+// getObject reads a whole object and its ETag.
+func (s *S3) getObject(ctx context.Context, in *s3.GetObjectInput) (data []byte, etag *string, err error) {
+	err = s.do(ctx, func(ctx context.Context) error {
+		out, err := s.client.GetObject(ctx, in)
 		if err != nil {
 			return err
 		}
@@ -1197,10 +1221,12 @@ func (s *S3) rewrite(ctx context.Context, name, key string) error {
 		data, err = io.ReadAll(out.Body)
 		return err
 	})
-	if err != nil {
-		return s.wrap("touch", name, err)
-	}
-	err = s.do(ctx, func(ctx context.Context) error {
+	return data, etag, err
+}
+
+// putIfMatch writes data back over key unless it changed since it was read.
+func (s *S3) putIfMatch(ctx context.Context, name, key string, data []byte, etag *string) error {
+	err := s.do(ctx, func(ctx context.Context) error {
 		_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
 			Bucket: &s.bucket, Key: &key, IfMatch: etag,
 			Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),

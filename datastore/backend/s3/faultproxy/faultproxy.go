@@ -47,6 +47,76 @@ type Proxy struct {
 	stats struct {
 		requests, slowDown, internal, reset, resetAfter, slow atomic.Int64
 	}
+	logMu sync.Mutex
+	kinds map[string]int64
+	log   []Entry
+}
+
+// Entry is one request the proxy received.
+type Entry struct {
+	Time time.Time
+	Kind string // see Kind
+	Path string // URL path: /bucket/key with path-style addressing
+}
+
+// Kind names the S3 operation of a request, for Counts: "DeleteObjects",
+// "DeleteObject", "ListObjects", "CopyObject", "PutObject", "GetObject",
+// "HeadObject", or the HTTP method otherwise.
+func Kind(r *http.Request) string {
+	q := r.URL.Query()
+	switch {
+	case r.Method == http.MethodPost && q.Has("delete"):
+		return "DeleteObjects"
+	case r.Method == http.MethodDelete:
+		return "DeleteObject"
+	case r.Method == http.MethodGet && q.Has("list-type"):
+		return "ListObjects"
+	case r.Method == http.MethodPut && r.Header.Get("X-Amz-Copy-Source") != "":
+		return "CopyObject"
+	case r.Method == http.MethodPut:
+		return "PutObject"
+	case r.Method == http.MethodGet:
+		return "GetObject"
+	case r.Method == http.MethodHead:
+		return "HeadObject"
+	}
+	return r.Method
+}
+
+// Counts returns the number of requests per Kind so far.
+func (p *Proxy) Counts() map[string]int64 {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	m := make(map[string]int64, len(p.kinds))
+	for k, v := range p.kinds {
+		m[k] = v
+	}
+	return m
+}
+
+// Log returns every request so far, in order of arrival.
+func (p *Proxy) Log() []Entry {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	return append([]Entry(nil), p.log...)
+}
+
+// ResetLog forgets Counts and Log (not Stats).
+func (p *Proxy) ResetLog() {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	p.kinds, p.log = nil, nil
+}
+
+func (p *Proxy) record(r *http.Request) {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	if p.kinds == nil {
+		p.kinds = make(map[string]int64)
+	}
+	k := Kind(r)
+	p.kinds[k]++
+	p.log = append(p.log, Entry{Time: time.Now(), Kind: k, Path: r.URL.Path})
 }
 
 // New starts a proxy on a loopback port in front of target (an http URL).
@@ -102,6 +172,7 @@ const s3Error = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Me
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.stats.requests.Add(1)
+	p.record(r)
 	x, rates := p.roll()
 	switch {
 	case x < rates.SlowDown:
