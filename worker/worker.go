@@ -147,7 +147,10 @@ func New(opts Options) *Worker {
 	}
 	if len(opts.Schedules) > 0 {
 		// On the worker's connection, which Shutdown closes.
-		enq := &Enqueuer{rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), ins: asynq.NewInspectorFromRedisClient(rdb)}
+		// Signed like the CLI's tasks; routed per store when the worker
+		// knows its stores (as the CLI does).
+		enq := &Enqueuer{rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), ins: asynq.NewInspectorFromRedisClient(rdb),
+			keys: opts.TaskKeys, perStore: len(opts.StoreNames) > 0}
 		w.scheduler = NewScheduler(enq, opts.Schedules, SchedulerOptions{Logger: log, Registerer: opts.Registerer})
 	}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
