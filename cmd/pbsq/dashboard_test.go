@@ -57,9 +57,12 @@ func (d dashReq) do(t *testing.T) int {
 	return resp.StatusCode
 }
 
+// demoQueue is the queue of the test store's tasks (one per store).
+var demoQueue = tasks.QueueFor(&tasks.Verify{Store: "demo"})
+
 func (e *env) paused() bool {
 	e.t.Helper()
-	info, err := e.inspector().GetQueueInfo(tasks.Queue)
+	info, err := e.inspector().GetQueueInfo(demoQueue)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -83,7 +86,7 @@ func TestDashboardReadOnlyByDefault(t *testing.T) {
 	serve := e.start("serve")
 	st := waitServeState(t, e)
 	e.mustRun("enqueue", "verify", "--store", "demo", "--wait") // the queue exists
-	pause := dashAPI(st, "/queues/"+tasks.Queue+":pause")
+	pause := dashAPI(st, "/queues/"+demoQueue+":pause")
 	own := origin(t, st.Dashboard)
 
 	if code := (dashReq{method: "GET", url: dashAPI(st, "/queues")}).do(t); code != 200 {
@@ -93,7 +96,7 @@ func TestDashboardReadOnlyByDefault(t *testing.T) {
 		{method: "POST", url: pause, header: map[string]string{"Origin": "http://evil.example", "Content-Type": "text/plain"}},
 		{method: "POST", url: pause, header: map[string]string{"Origin": own, "Sec-Fetch-Site": "same-origin"}},
 		{method: "POST", url: pause},
-		{method: "DELETE", url: dashAPI(st, "/queues/"+tasks.Queue+"/completed_tasks:delete_all")},
+		{method: "DELETE", url: dashAPI(st, "/queues/"+demoQueue+"/completed_tasks:delete_all")},
 	} {
 		if code := r.do(t); code < 400 {
 			t.Errorf("%s %s %v: %d, want refused", r.method, r.url, r.header, code)
@@ -124,7 +127,7 @@ func TestDashboardWritesNeedTokenAndSameOrigin(t *testing.T) {
 	serve := e.start("serve")
 	st := waitServeState(t, e)
 	e.mustRun("enqueue", "verify", "--store", "demo", "--wait")
-	pause := dashAPI(st, "/queues/"+tasks.Queue+":pause")
+	pause := dashAPI(st, "/queues/"+demoQueue+":pause")
 	own := origin(t, st.Dashboard)
 
 	if code := (dashReq{method: "GET", url: dashAPI(st, "/queues")}).do(t); code != http.StatusUnauthorized {

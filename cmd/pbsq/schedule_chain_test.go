@@ -61,7 +61,7 @@ func TestScheduleAfter(t *testing.T) {
 	ins := e.inspector()
 	var gc *asynq.TaskInfo
 	waitFor(t, 60*time.Second, func() bool {
-		done, _ := ins.ListCompletedTasks(tasks.Queue)
+		done, _ := ins.ListCompletedTasks(demoQueue)
 		for _, d := range done {
 			if d.Type == tasks.TypeGC {
 				gc = d
