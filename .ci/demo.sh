@@ -17,8 +17,8 @@ run() {
 [ -x "$pbsq" ] || { echo "demo: $pbsq missing; run make demo (it builds first)" >&2; exit 1; }
 
 # A previous demo's serve may still run (DEMO_KEEP=1): stop it first.
-if [ -f "$demo/serve.json" ]; then
-	old=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' "$demo/serve.json")
+if [ -f "$demo/serve.pid" ]; then
+	old=$(cat "$demo/serve.pid")
 	if [ -n "$old" ] && kill -0 "$old" 2>/dev/null; then
 		echo "demo: stopping the previous demo's pbsq serve (pid $old)"
 		kill -TERM "$old"
@@ -77,6 +77,7 @@ run ls --store demo -r
 step "pbsq serve: in-process Redis, worker, /metrics, dashboard"
 "$pbsq" serve >"$demo/serve.out" 2>"$demo/serve.log" &
 serve_pid=$!
+echo "$serve_pid" >"$demo/serve.pid"
 stop_serve() {
 	if kill -0 "$serve_pid" 2>/dev/null; then
 		kill -TERM "$serve_pid"
@@ -84,18 +85,21 @@ stop_serve() {
 	fi
 }
 if [ "${DEMO_KEEP:-0}" != 1 ]; then trap stop_serve EXIT; fi
+# serve prints its URLs and the state file (in a private runtime dir,
+# through which the CLI finds serve's Redis) once it is ready.
 for _ in $(seq 100); do
-	[ -f "$demo/serve.json" ] && break
+	grep -q '^  state:' "$demo/serve.out" 2>/dev/null && break
 	kill -0 "$serve_pid" 2>/dev/null || { cat "$demo/serve.log" >&2; exit 1; }
 	sleep 0.1
 done
-[ -f "$demo/serve.json" ] || { echo "demo: serve did not start" >&2; cat "$demo/serve.log" >&2; exit 1; }
+grep -q '^  state:' "$demo/serve.out" || { echo "demo: serve did not start" >&2; cat "$demo/serve.log" >&2; exit 1; }
 cat "$demo/serve.out"
-url() { sed -n "s/.*\"$1\": *\"\([^\"]*\)\".*/\1/p" "$demo/serve.json"; }
+url() { sed -n "s/^  $1: *\([^ ]*\).*/\1/p" "$demo/serve.out"; }
 dashboard=$(url dashboard)
 metrics=$(url metrics)
+state=$(url 'state')
 
-step "verify everything (the CLI finds serve's Redis through $demo/serve.json)"
+step "verify everything (the CLI finds serve's Redis through $state)"
 run enqueue verify --store demo --wait >/dev/null
 
 step "prune --dry-run, keep-last 2: what would go"
@@ -108,6 +112,9 @@ echo "queued $id"
 printf '$ pbsq enqueue verify --store demo --ns prod --ignore-verified=false\n'
 "$pbsq" enqueue verify --store demo --ns prod --ignore-verified=false && echo "unexpected: queued twice" || echo "(exit $?: refused)"
 run tasks wait "$id" >/dev/null
+
+step "its task log: a line per snapshot, PBS style"
+run tasks log "$id"
 
 step "a lock held elsewhere: the verify waits for it (lock-wait) with its progress shown"
 "$pbsq" lock --store demo --ns prod --exclusive -- sleep 4 &
