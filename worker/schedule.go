@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/robfig/cron/v3"
@@ -252,6 +253,12 @@ func (s *Scheduler) fire(ctx context.Context, sc Schedule, at time.Time) {
 		return // another scheduler handles this fire
 	}
 	info, err := s.enq.Enqueue(ctx, sc.Payload)
+	s.queued(ctx, sc, at, info, err)
+}
+
+// queued records what queueing sc's job for the fire at at did, and on
+// success queues the schedules chained after it.
+func (s *Scheduler) queued(ctx context.Context, sc Schedule, at time.Time, info *asynq.TaskInfo, err error) {
 	var dup *DuplicateError
 	switch {
 	case errors.As(err, &dup):

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -69,15 +68,6 @@ func (s *Scheduler) fireAfter(ctx context.Context, parent Schedule, parentID str
 			continue
 		}
 		info, err := s.enq.EnqueueAfter(ctx, sc.Payload, []string{parentID})
-		var dup *DuplicateError
-		switch {
-		case errors.As(err, &dup):
-			s.record(ctx, sc, at, ScheduleDuplicate, dup.ID, dup.Error())
-		case err != nil:
-			s.record(ctx, sc, at, ScheduleError, "", err.Error())
-		default:
-			s.record(ctx, sc, at, ScheduleEnqueued, info.ID, "")
-			s.fireAfter(ctx, sc, info.ID, at)
-		}
+		s.queued(ctx, sc, at, info, err)
 	}
 }
