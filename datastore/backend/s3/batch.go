@@ -3,7 +3,6 @@ package s3
 import (
 	"context"
 	"errors"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -89,31 +88,8 @@ func (s *S3) WalkFrom(ctx context.Context, dir, after string, fn func(backend.Fi
 			return err
 		}
 	}
-	var fnErr error
-	err = s.listPagesAfter(ctx, prefix, "", startAfter, func(page *s3.ListObjectsV2Output) bool {
-		for _, o := range page.Contents {
-			key := aws.ToString(o.Key)
-			if strings.HasSuffix(key, "/") {
-				continue
-			}
-			name, ok := s.pathOf(key)
-			if !ok {
-				continue
-			}
-			if fnErr = fn(fileInfo(name, aws.ToInt64(o.Size), o.LastModified)); fnErr != nil {
-				return false
-			}
-		}
-		return ctx.Err() == nil
-	})
-	if errors.Is(fnErr, backend.ErrStopWalk) {
-		return nil
+	if err := s.walkKeys(ctx, dir, prefix, startAfter, fn); !errors.Is(err, backend.ErrStopWalk) {
+		return err
 	}
-	if fnErr != nil {
-		return fnErr
-	}
-	if err != nil {
-		return s.wrap("walk", dir, err)
-	}
-	return ctx.Err()
+	return nil
 }

@@ -836,34 +836,41 @@ func (s *S3) Walk(ctx context.Context, dir string, fn func(backend.FileInfo) err
 		prefixes = []string{p}
 	}
 	for _, prefix := range prefixes {
-		var fnErr error
-		err := s.listPages(ctx, prefix, "", func(page *s3.ListObjectsV2Output) bool {
-			for _, o := range page.Contents {
-				key := aws.ToString(o.Key)
-				if strings.HasSuffix(key, "/") {
-					continue // directory marker object
-				}
-				name, ok := s.pathOf(key)
-				if !ok {
-					continue
-				}
-				if fnErr = fn(fileInfo(name, aws.ToInt64(o.Size), o.LastModified)); fnErr != nil {
-					return false
-				}
-			}
-			return ctx.Err() == nil
-		})
-		if fnErr != nil {
-			return fnErr
-		}
-		if err != nil {
-			return s.wrap("walk", dir, err)
-		}
-		if err := ctx.Err(); err != nil {
+		if err := s.walkKeys(ctx, dir, prefix, "", fn); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// walkKeys calls fn for every file below prefix (of dir, for messages), in
+// key order, starting after the key startAfter ("": from the first);
+// directory marker objects and keys no path names are passed over.
+func (s *S3) walkKeys(ctx context.Context, dir, prefix, startAfter string, fn func(backend.FileInfo) error) error {
+	var fnErr error
+	err := s.listPagesAfter(ctx, prefix, "", startAfter, func(page *s3.ListObjectsV2Output) bool {
+		for _, o := range page.Contents {
+			key := aws.ToString(o.Key)
+			if strings.HasSuffix(key, "/") {
+				continue // directory marker object
+			}
+			name, ok := s.pathOf(key)
+			if !ok {
+				continue
+			}
+			if fnErr = fn(fileInfo(name, aws.ToInt64(o.Size), o.LastModified)); fnErr != nil {
+				return false
+			}
+		}
+		return ctx.Err() == nil
+	})
+	if fnErr != nil {
+		return fnErr
+	}
+	if err != nil {
+		return s.wrap("walk", dir, err)
+	}
+	return ctx.Err()
 }
 
 // Remove implements backend.Backend; S3 deletes of missing keys succeed.
