@@ -551,24 +551,31 @@ func TestGCWriterInvisibleLosesChunks(t *testing.T) {
 	}
 }
 
+// gtMoveScenario fills s for the move-during-mark tests:
+// namespace a (the target), ns/b/vm/200 (listed while the move happens)
+// and the snapshot mv in ns/c to be moved to dst; moved are its chunks.
+func gtMoveScenario(t *testing.T, s *Store) (mv, dst name.Snapshot, moved []Digest) {
+	t.Helper()
+	if err := s.CreateNamespace(context.Background(), name.MustNamespace("a")); err != nil {
+		t.Fatal(err)
+	}
+	ftBackup(t, s, "b", "vm", "200", gtT0, ftFile(t, "small.img", 1000, 0))
+	mv = ftBackup(t, s, "c", "vm", "300", gtT0, ftFile(t, "disk.img", 200<<10, 0), ftFile(t, "root.pxar", 200<<10, 0)).SnapshotName()
+	for d, p := range gtFinishedChunks(t, s) {
+		if strings.HasPrefix(p, "ns/c/") {
+			moved = append(moved, d)
+		}
+	}
+	return mv, mv.InNS(name.MustNamespace("a")), moved
+}
+
 // gtMoveDuringMark moves a snapshot from namespace c (not yet walked) into
 // namespace a (already walked) while GC lists a group of namespace b,
 // recording the move in the journal unless journal is false.
 func gtMoveDuringMark(t *testing.T, journal bool) (*GCResult, []Digest, string, *Store) {
 	ctx := context.Background()
 	s0, dir, _ := ftStoreLocks(t)
-	if err := s0.CreateNamespace(ctx, name.MustNamespace("a")); err != nil {
-		t.Fatal(err)
-	}
-	ftBackup(t, s0, "b", "vm", "200", gtT0, ftFile(t, "small.img", 1000, 0))
-	mv := ftBackup(t, s0, "c", "vm", "300", gtT0, ftFile(t, "disk.img", 200<<10, 0), ftFile(t, "root.pxar", 200<<10, 0)).SnapshotName()
-	var moved []Digest
-	for d, p := range gtFinishedChunks(t, s0) {
-		if strings.HasPrefix(p, "ns/c/") {
-			moved = append(moved, d)
-		}
-	}
-	dst := mv.InNS(name.MustNamespace("a"))
+	mv, dst, moved := gtMoveScenario(t, s0)
 	s, gb := gtWrapped(t, s0)
 	var once sync.Once
 	gb.list = func(d string) {

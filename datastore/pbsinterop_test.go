@@ -279,18 +279,7 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 		t.Run(fmt.Sprint("journal=", journal), func(t *testing.T) {
 			ctx := context.Background()
 			s0, dir, lockDir := ptStore(t, -1)
-			if err := s0.CreateNamespace(ctx, name.MustNamespace("a")); err != nil {
-				t.Fatal(err)
-			}
-			ftBackup(t, s0, "b", "vm", "200", gtT0, ftFile(t, "small.img", 1000, 0))
-			mv := ftBackup(t, s0, "c", "vm", "300", gtT0, ftFile(t, "disk.img", 200<<10, 0), ftFile(t, "root.pxar", 200<<10, 0)).SnapshotName()
-			var moved []Digest
-			for d, p := range gtFinishedChunks(t, s0) {
-				if strings.HasPrefix(p, "ns/c/") {
-					moved = append(moved, d)
-				}
-			}
-			dst := mv.InNS(name.MustNamespace("a"))
+			mv, dst, moved := gtMoveScenario(t, s0)
 			jpath := filepath.Join(lockDir, "test", "move-journal")
 			gb := &gtBackend{Backend: s0.Backend()}
 			s, err := Open("test", ptBase{gb, dir}, Options{Locker: s0.Locker(), LocksDir: lockDir})
