@@ -44,13 +44,8 @@ func (s *S3) TouchIfOlder(ctx context.Context, name string, before time.Time) (b
 		})
 		return err
 	})
-	switch {
-	case isPreconditionFailed(err):
-		return false, nil
-	case isNotFound(err):
-		return false, backend.NotExist(name)
-	case err != nil:
-		return false, s.wrap("touch", name, err)
+	if older, err := s.olderAnswer(name, err); !older {
+		return false, err
 	}
 	if s.copyKeptTime(out) {
 		return true, s.rewrite(ctx, name, key)
@@ -58,9 +53,10 @@ func (s *S3) TouchIfOlder(ctx context.Context, name string, before time.Time) (b
 	return true, nil
 }
 
-// rewriteIfOlder is rewrite with a GET conditional on If-Unmodified-Since.
-func (s *S3) rewriteIfOlder(ctx context.Context, name, key string, before time.Time) (bool, error) {
-	data, etag, err := s.getObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key, IfUnmodifiedSince: aws.Time(before)})
+// olderAnswer reads the answer to a touch request conditional on
+// If-Unmodified-Since: older reports that it went through; 412 (recent)
+// is not an error.
+func (s *S3) olderAnswer(name string, err error) (older bool, _ error) {
 	switch {
 	case isPreconditionFailed(err):
 		return false, nil
@@ -68,6 +64,15 @@ func (s *S3) rewriteIfOlder(ctx context.Context, name, key string, before time.T
 		return false, backend.NotExist(name)
 	case err != nil:
 		return false, s.wrap("touch", name, err)
+	}
+	return true, nil
+}
+
+// rewriteIfOlder is rewrite with a GET conditional on If-Unmodified-Since.
+func (s *S3) rewriteIfOlder(ctx context.Context, name, key string, before time.Time) (bool, error) {
+	data, etag, err := s.getObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: &key, IfUnmodifiedSince: aws.Time(before)})
+	if older, err := s.olderAnswer(name, err); !older {
+		return false, err
 	}
 	return true, s.putIfMatch(ctx, name, key, data, etag)
 }
