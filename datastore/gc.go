@@ -227,6 +227,7 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 	ctx, requests := backend.CountRequests(ctx)
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	confirmLease := func(context.Context) error { return nil }
 	if !req.DryRun {
 		// The chunk-store lock first: it keeps PBS's writers and GC away
 		// (processlock.go); the lease then excludes pbsq GCs elsewhere.
@@ -238,11 +239,12 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 			return nil, err
 		}
 		defer unlock()
-		release, err := s.acquireGCLease(ctx, cancel)
+		lease, err := s.acquireGCLease(ctx, cancel)
 		if err != nil {
 			return nil, err
 		}
-		defer release()
+		defer lease.release()
+		confirmLease = lease.confirm
 	}
 
 	g := &gcRun{
@@ -263,6 +265,11 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 		return g.res, gcErr(ctx, err)
 	}
 	s.obs.logf("marked %d index file(s), %d chunk(s) referenced, %d missing", g.res.IndexFiles, g.res.ReferencedChunks, g.res.MissingChunks)
+	// The heartbeat notices a takeover only at its next beat; nothing may
+	// be removed by a GC that no longer holds the lease.
+	if err := confirmLease(ctx); err != nil {
+		return g.res, err
+	}
 	s.obs.logf("phase 2 (sweep)")
 	if err := g.sweep(ctx); err != nil {
 		return g.res, gcErr(ctx, err)
@@ -893,11 +900,19 @@ type gcLease struct {
 	Heartbeat time.Time `json:"heartbeat"`
 }
 
+// gcLeaseHeld is a GC lease this process holds.
+type gcLeaseHeld struct {
+	// confirm reads the lease and fails with ErrGCLeaseLost (cancelling
+	// the GC too) unless it is still ours.
+	confirm func(ctx context.Context) error
+	// release stops the heartbeat and removes the lease if still ours.
+	release func()
+}
+
 // acquireGCLease takes the store's GC lease or fails with an error
-// wrapping lock.ErrBusy. The returned release stops the heartbeat and
-// removes the lease (if still ours). Should another GC take the lease over,
-// cancel is called with ErrGCLeaseLost.
-func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFunc) (func(), error) {
+// wrapping lock.ErrBusy. Should another GC take the lease over, the next
+// heartbeat or confirm calls cancel with ErrGCLeaseLost.
+func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFunc) (*gcLeaseHeld, error) {
 	var r [8]byte
 	_, _ = rand.Read(r[:])
 	host, _ := os.Hostname()
@@ -949,10 +964,21 @@ func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFu
 	}
 
 	bg := context.WithoutCancel(ctx)
-	stopBeat := heartbeat(gcLeaseRefresh, func() bool {
-		cur, err := s.readGCLease(bg)
+	// confirm is called by the heartbeat goroutine and by GC itself.
+	var mu sync.Mutex
+	confirm := func(ctx context.Context) error {
+		mu.Lock()
+		defer mu.Unlock()
+		cur, err := s.readGCLease(ctx)
 		if (err == nil && cur.ID != me.ID) || errors.Is(err, fs.ErrNotExist) {
-			cancel(fmt.Errorf("garbage collection of store %q: %w (now held by %s pid %d)", s.name, ErrGCLeaseLost, cur.Host, cur.PID))
+			lost := fmt.Errorf("garbage collection of store %q: %w (now held by %s pid %d)", s.name, ErrGCLeaseLost, cur.Host, cur.PID)
+			cancel(lost)
+			return lost
+		}
+		return nil
+	}
+	stopBeat := heartbeat(gcLeaseRefresh, func() bool {
+		if errors.Is(confirm(bg), ErrGCLeaseLost) {
 			return false
 		}
 		me.Heartbeat = time.Now().UTC()
@@ -963,7 +989,7 @@ func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFu
 		}
 		return true
 	})
-	return func() {
+	release := func() {
 		stopBeat()
 		rctx, rcancel := context.WithTimeout(bg, time.Minute)
 		defer rcancel()
@@ -972,7 +998,8 @@ func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFu
 				s.log.Warn("could not remove the GC lease; the next GC finds it stale after ten missed heartbeats", "err", err)
 			}
 		}
-	}, nil
+	}
+	return &gcLeaseHeld{confirm: confirm, release: release}, nil
 }
 
 // readGCLease reads the lease; an unreadable one counts as last refreshed

@@ -791,9 +791,17 @@ func TestGCOneAtATime(t *testing.T) {
 	if _, err := sc.s.GC(ctx, GCRequest{DryRun: true}, nil); err != nil {
 		t.Errorf("dry run beside a running GC: %v", err)
 	}
-	time.Sleep(150 * time.Millisecond)
-	if l := gtReadLease(t, sc.dir); l.ID != first.ID || !l.Heartbeat.After(first.Heartbeat) {
-		t.Errorf("lease heartbeat did not advance: %+v then %+v", first, l)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		l := gtReadLease(t, sc.dir)
+		if l.ID != first.ID {
+			t.Fatalf("lease changed hands: %+v then %+v", first, l)
+		}
+		if l.Heartbeat.After(first.Heartbeat) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lease heartbeat did not advance in 30 s: %+v then %+v", first, l)
+		}
 	}
 	if !gtExists(t, sc.dir, ChunkPath(sc.oldOrphan)) {
 		t.Error("a refused GC swept")
@@ -846,7 +854,8 @@ func TestGCLease(t *testing.T) {
 		release, done := gtBlockedGC(t, sc.s)
 		defer release()
 		write(sc.s, gcLease{ID: "usurper", Host: "elsewhere", PID: 7, Start: time.Now(), Heartbeat: time.Now()})
-		time.Sleep(150 * time.Millisecond)
+		// Whether or not a heartbeat saw it first, GC confirms its lease
+		// before sweeping.
 		release()
 		if err := <-done; !errors.Is(err, ErrGCLeaseLost) {
 			t.Errorf("GC whose lease was taken: %v, want ErrGCLeaseLost", err)
@@ -880,10 +889,19 @@ func TestGCWriterRegistry(t *testing.T) {
 		t.Fatalf("active writers %+v, stale %v, %v", live, stale, err)
 	}
 	first := live[0]
-	time.Sleep(150 * time.Millisecond)
-	live, _, _ = s.activeWriters(ctx)
-	if len(live) != 1 || !live[0].Heartbeat.After(first.Heartbeat) || !live[0].Start.Equal(first.Start) {
-		t.Errorf("heartbeat did not advance: %+v then %+v", first, live)
+	// Each beat writes (and syncs) the entry, which can take long on a
+	// loaded machine: wait for a beat rather than for a fixed time.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		live, _, _ = s.activeWriters(ctx)
+		if len(live) == 1 && live[0].Heartbeat.After(first.Heartbeat) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("heartbeat did not advance in 30 s: %+v then %+v", first, live)
+		}
+	}
+	if !live[0].Start.Equal(first.Start) {
+		t.Errorf("heartbeat changed the start: %+v then %+v", first, live)
 	}
 	done()
 	done()

@@ -408,7 +408,9 @@ func TestLockCommand(t *testing.T) {
 	go func() { time.Sleep(time.Second); release() }()
 	start := time.Now()
 	e.expect(0, "lock", "--store", "demo", "--ns", "a/b", "--exclusive", "--wait", "4s", "--", "true")
-	if d := time.Since(start); d < 800*time.Millisecond || d > 4*time.Second {
+	// Exit 0 shows it got the lock within its window; it cannot have got
+	// it before the holder left.
+	if d := time.Since(start); d < 800*time.Millisecond {
 		t.Errorf("lock with --wait 4s took %s; the holder left after 1s", d)
 	}
 
