@@ -76,9 +76,6 @@ const (
 	// maxGroupRetries bounds the relisting of a group whose newest snapshot
 	// vanished while it was being marked (PBS's retry loop).
 	maxGroupRetries = 10
-	// objectStoreWorkers is the number of requests in flight on object
-	// storage (touches, deletes).
-	objectStoreWorkers = 32
 )
 
 // The GC lease: only one GC may run per store, wherever it runs, and
@@ -589,7 +586,7 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 func (g *gcRun) startTouchers(ctx context.Context) {
 	n := runtime.GOMAXPROCS(0)
 	if g.objectStore {
-		n = objectStoreWorkers
+		n = g.s.b.Features().InFlight
 	}
 	g.touchq = make(chan Digest, 4096)
 	for range n {
@@ -669,7 +666,7 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	batches := g.newSweepBatcher(ctx)
 	if g.objectStore && !g.req.DryRun && batches == nil {
 		removals = make(chan ChunkFile, 1024)
-		for range objectStoreWorkers {
+		for range g.s.b.Features().InFlight {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()

@@ -153,10 +153,7 @@ func (s *Store) newMover(op string, progress ProgressFunc) *mover {
 			NamespacesRemoved: []string{}, NamespacesKept: []KeptNamespace{},
 		},
 	}
-	m.kind = "s3"
-	if m.atomic {
-		m.kind = "fs"
-	}
+	m.kind = s.b.Features().Kind
 	m.res.Backend = m.kind
 	m.batchRm, _ = s.b.(batchRemover)
 	m.groupParallel = moveGroupParallelS3

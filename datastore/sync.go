@@ -26,16 +26,6 @@ import (
 const DefaultSyncOwner = "root@pam"
 
 const (
-	// Chunks checked and copied at once. Object storage answers each
-	// request after a round trip, so it needs more in flight to keep the
-	// link busy; a filesystem is CPU- and disk-bound sooner.
-	syncWorkersFS = 16
-	syncWorkersS3 = 32
-	// Groups synced at once. A group's snapshots go in order, but
-	// groups are independent; on object storage each group's listings and
-	// re-checks are round trips that overlap well.
-	syncGroupsFS = 2
-	syncGroupsS3 = 8
 	// clientLogName is the backup client's log, uploaded after the
 	// manifest and not listed in it; PBS syncs it when present.
 	clientLogName = "client.log.blob"
@@ -225,9 +215,14 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	}
 	defer unlock()
 	start := time.Now()
-	workers, groupsAtOnce := syncWorkersFS, syncGroupsFS
+	// Chunks go as many at once as the busier backend wants. Groups are
+	// independent (a group's snapshots go in order); on object storage
+	// each group's listings and re-checks are round trips that overlap
+	// well, so more groups go at once there.
+	workers := max(src.b.Features().InFlight, dst.b.Features().InFlight)
+	groupsAtOnce := 2
 	if src.b.Features().ImplicitDirs || dst.b.Features().ImplicitDirs {
-		workers, groupsAtOnce = syncWorkersS3, syncGroupsS3
+		groupsAtOnce = 8
 	}
 	y := &syncer{
 		src: src, dst: dst, req: req,

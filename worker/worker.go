@@ -252,11 +252,7 @@ func (o observedStores) Open(ctx context.Context, store, taskID string, wait *ta
 	}
 	obs := o.metrics.Observer(store)
 	if o.metrics != nil {
-		backend := "fs"
-		if s.Backend().Features().ImplicitDirs {
-			backend = "s3"
-		}
-		o.metrics.storeOpened(store, backend)
+		o.metrics.storeOpened(store, s.Backend().Features().Kind)
 	}
 	if tl := taskLogFrom(ctx); tl != nil {
 		if obs == nil {

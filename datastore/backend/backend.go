@@ -51,8 +51,15 @@ type FileInfo struct {
 	AccessTime time.Time
 }
 
-// Features tells the datastore how to use a backend.
+// Features tells the datastore how to use a backend: operations take
+// their tuning from here rather than from the backend's type.
 type Features struct {
+	// Kind names the backend in metrics and results: "fs" or "s3".
+	Kind string
+	// InFlight is how many requests keep the backend busy. A filesystem
+	// is CPU- and disk-bound soon; object storage answers each request
+	// after a round trip, so it needs many in flight to fill the link.
+	InFlight int
 	// AtomicRename: Rename moves a whole directory atomically (rename(2)).
 	AtomicRename bool
 	// ImplicitDirs: directories exist only while something is inside, so an

@@ -58,6 +58,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"ColonKeys", testColonKeys},
 		{"WalkErrors", testWalkErrors},
 		{"ReadFileMax", testReadFileMax},
+		{"Features", testFeatures},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -65,6 +66,21 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 			b := newBackend(t)
 			tc.fn(t, b)
 		})
+	}
+}
+
+// testFeatures: operations size their work from what the backend says
+// about itself, and label metrics with its kind.
+func testFeatures(t *testing.T, b backend.Backend) {
+	f := b.Features()
+	if f.Kind != "fs" && f.Kind != "s3" {
+		t.Errorf("Kind %q, want fs or s3", f.Kind)
+	}
+	if f.InFlight < 1 {
+		t.Errorf("InFlight %d, want at least 1", f.InFlight)
+	}
+	if f.AtomicRename == f.ImplicitDirs {
+		t.Errorf("AtomicRename %v and ImplicitDirs %v: the datastore knows a directory store and an object store only", f.AtomicRename, f.ImplicitDirs)
 	}
 }
 

@@ -283,9 +283,10 @@ func (s *S3) String() string {
 }
 
 // Features: objects appear and vanish without directories; there is no
-// rename, so directories cannot move atomically.
+// rename, so directories cannot move atomically. An operation keeps half
+// the request slots busy, leaving room for listings and a second task.
 func (s *S3) Features() backend.Features {
-	return backend.Features{AtomicRename: false, ImplicitDirs: true}
+	return backend.Features{Kind: "s3", InFlight: max(1, cap(s.sem)/2), AtomicRename: false, ImplicitDirs: true}
 }
 
 // Close drops idle connections.
