@@ -20,6 +20,13 @@ import (
 // or digest failure condemns the chunk: when its data is good but its
 // length differs from what an index says, the index is what is wrong.
 
+// chunkRef is a chunk as an index lists it: its digest and the length
+// the index says it decodes to.
+type chunkRef struct {
+	digest Digest
+	size   uint64
+}
+
 // maxChunkBlob is the largest file a chunk can be: the largest chunk
 // (16 MiB, zstd then needs no larger window either), stored uncompressed
 // behind the largest (encrypted) header, with some slack. Sync refuses

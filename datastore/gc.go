@@ -402,12 +402,6 @@ func (g *gcRun) scanIndexFiles(ctx context.Context) (int, []string, error) {
 	return total, strays, nil
 }
 
-// isIndexFile reports whether a base name is an index file GC must read
-// (not a dot-file: those are temp files of atomic writes).
-func isIndexFile(base string) bool {
-	return !strings.HasPrefix(base, ".") && (strings.HasSuffix(base, ".fidx") || strings.HasSuffix(base, ".didx"))
-}
-
 // inLayout reports whether an index path is one the walk by namespace,
 // group and snapshot visits: (ns/<comp>/)*<type>/<id>/<time>/<file>, all
 // names valid.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sort"
+	"strings"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/format"
@@ -233,4 +234,16 @@ func protectedJSON(m *format.Manifest) ([]byte, error) {
 	c := *m
 	c.Unprotected = nil
 	return c.JSON()
+}
+
+// isIndexFile reports whether a base name is an index file GC must read
+// (not a dot-file: those are temp files of atomic writes).
+func isIndexFile(base string) bool {
+	return !strings.HasPrefix(base, ".") && (strings.HasSuffix(base, ".fidx") || strings.HasSuffix(base, ".didx"))
+}
+
+// isBlobFile reports whether a file a manifest lists is a blob (rather
+// than an index of chunks).
+func isBlobFile(name string) bool {
+	return len(name) > len(".blob") && strings.HasSuffix(name, ".blob")
 }

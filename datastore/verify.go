@@ -108,11 +108,6 @@ type chunkVerdict struct {
 	size uint32
 }
 
-type chunkRef struct {
-	digest Digest
-	size   uint64
-}
-
 // verifier holds one task's state: the chunks already checked.
 type verifier struct {
 	s       *Store
@@ -351,10 +346,6 @@ func (v *verifier) files(ctx context.Context, sn name.Snapshot, m *format.Manife
 		return nil, err
 	}
 	return append(reasons, bad...), nil
-}
-
-func isBlobFile(name string) bool {
-	return len(name) > 5 && name[len(name)-5:] == ".blob"
 }
 
 // chunks checks the chunks not yet checked by this task on all cores and
