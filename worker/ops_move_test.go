@@ -70,3 +70,59 @@ func TestMoveOpsExecute(t *testing.T) {
 		t.Errorf("moved group: %v %v", snaps, err)
 	}
 }
+// TestMoveRerunAfterDeath: a worker that dies after a move finished but
+// before asynq recorded it leaves a re-run that finds the source gone. The
+// re-run counts as done when the target is there; a first run, or a
+// re-run whose target is missing too, still reports the missing source.
+func TestMoveRerunAfterDeath(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	open := func(store string) (*datastore.Store, error) {
+		return f.stores.Open(ctx, store, "t", nil)
+	}
+	retries := 0
+	old := retryCount
+	retryCount = func(context.Context) (int, bool) { return retries, true }
+	t.Cleanup(func() { retryCount = old })
+
+	group := &tasks.MoveGroup{Store: testStoreName, NS: "a", BackupType: "vm", BackupID: "100", TargetNS: "a/b"}
+	ns := &tasks.MoveNamespace{Store: testStoreName, NS: "a/b", TargetNS: "c"}
+	runs := []struct {
+		name string
+		run  func() (Outcome, error)
+	}{
+		{"group", func() (Outcome, error) { return runMoveGroup(ctx, open, group, nil) }},
+		{"namespace", func() (Outcome, error) { return runMoveNamespace(ctx, open, ns, nil) }},
+	}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			retries = 0
+			if out, err := r.run(); err != nil {
+				t.Fatalf("first run: %v (%+v)", err, out)
+			}
+			// The first run's worker "died" before completion was recorded.
+			if _, err := r.run(); !errors.Is(err, datastore.ErrNotFound) {
+				t.Errorf("a first run that finds the source gone: %v, want ErrNotFound", err)
+			}
+			retries = 1
+			out, err := r.run()
+			if err != nil {
+				t.Fatalf("re-run of a finished move: %v", err)
+			}
+			if res, ok := out.(*datastore.MoveResult); !ok || !res.Complete {
+				t.Errorf("re-run of a finished move: %+v, want a complete move", out)
+			}
+		})
+	}
+
+	// Neither source nor target: the re-run reports the missing source.
+	retries = 1
+	missing := &tasks.MoveGroup{Store: testStoreName, NS: "a", BackupType: "vm", BackupID: "999", TargetNS: "x"}
+	if _, err := runMoveGroup(ctx, open, missing, nil); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("re-run with neither source nor target: %v, want ErrNotFound", err)
+	}
+	missingNS := &tasks.MoveNamespace{Store: testStoreName, NS: "nope", TargetNS: "nope2"}
+	if _, err := runMoveNamespace(ctx, open, missingNS, nil); !errors.Is(err, datastore.ErrNotFound) {
+		t.Errorf("namespace re-run with neither source nor target: %v, want ErrNotFound", err)
+	}
+}
