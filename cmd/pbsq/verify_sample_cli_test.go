@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestVerifySampleAndTimeBoxCLI: --sample and --max-duration on run and
@@ -13,6 +14,7 @@ import (
 // queue; sampled runs report their rotation.
 func TestVerifySampleAndTimeBoxCLI(t *testing.T) {
 	e := newEnv(t, true)
+	e.metricsOpts("scan-interval: 1s")
 	e.backups()
 	for _, bad := range []struct{ flag, value, want string }{
 		{"--sample", "0", "sample 0"},
@@ -86,6 +88,13 @@ func TestVerifySampleAndTimeBoxCLI(t *testing.T) {
 	if !strings.Contains(show, `"sample":100`) || !strings.Contains(show, `"max-duration":"1ns"`) {
 		t.Errorf("task payload lacks sample or max-duration: %s", show)
 	}
-	e.start("worker")
+	w := e.start("worker")
 	e.expect(exitSkipped, "tasks", "wait", id)
+
+	// The store scan exports the completed rotation's coverage.
+	url := metricsURL(t, w)
+	waitFor(t, 30*time.Second, func() bool {
+		v, ok := metricValue(scrape(t, url), "pbsq_verify_sample_coverage_ratio", map[string]string{"store": "demo"})
+		return ok && v == 1
+	})
 }
