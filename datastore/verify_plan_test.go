@@ -236,8 +236,18 @@ func vpStopAfter() (func() time.Time, *Observer) {
 // the next run of the scope resumes, and the two read no more than the
 // store's chunks plus one snapshot's.
 func TestVerifyTimeBoxResume(t *testing.T) {
+	for _, bk := range []string{"fs", "s3"} {
+		t.Run(bk, func(t *testing.T) {
+			if bk == "s3" && testing.Short() {
+				t.Skip("versitygw in -short")
+			}
+			vpTimeBoxResume(t, vpStores(t)[bk](t))
+		})
+	}
+}
+
+func vpTimeBoxResume(t *testing.T, base *Store) {
 	ctx := context.Background()
-	base, _ := ftStore(t)
 	sc := vpSetup(t, base, 2, 4, 6)
 	clock, obs := vpStopAfter()
 	s := base.WithObserver(obs)
