@@ -354,13 +354,14 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		v.res.OK++
 		v.s.obs.logf("verify %s: ok", snapRef(sn.Snapshot))
 	}
-	v.plan.checked(sn.Snapshot, len(reasons) == 0)
 	if v.req.ReadOnly {
+		v.plan.checked(sn.Snapshot, len(reasons) == 0)
 		return nil, nil
 	}
 	if len(reasons) == 0 && !v.plan.recordOK(sn.Snapshot) {
 		// Sampled: ok is recorded once the rotation has checked it all.
 		v.plan.unrecorded++
+		v.plan.checked(sn.Snapshot, true)
 		return nil, nil
 	}
 	upid := UPID("verify", v.s.name, v.req.TaskID, v.start)
@@ -379,6 +380,7 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	if err != nil {
 		return nil, fmt.Errorf("record verify state of %s: %w", label, err)
 	}
+	v.plan.checked(sn.Snapshot, len(reasons) == 0)
 	return nil, nil
 }
 
