@@ -211,6 +211,11 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 			continue
 		}
 		busy, err := v.snapshot(ctx, sn)
+		if errors.Is(err, errTimeBox) {
+			v.notReached(len(snaps) - i + len(aside))
+			aside = nil
+			break
+		}
 		if err != nil {
 			return v.res, err
 		}
@@ -227,6 +232,10 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 			break
 		}
 		busy, err := v.snapshot(ctx, sn)
+		if errors.Is(err, errTimeBox) {
+			v.notReached(len(aside) - i)
+			break
+		}
 		if err != nil {
 			return v.res, err
 		}
@@ -342,6 +351,10 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	}
 	v.res.Snapshots++
 	reasons, err := v.files(ctx, sn.Snapshot, m)
+	if errors.Is(err, errTimeBox) {
+		v.res.Snapshots-- // not finished: the next run checks it
+		return nil, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -479,8 +492,12 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 			}
 		}()
 	}
+	stopped := false
 	for _, r := range todo {
 		if ctx.Err() != nil {
+			break
+		}
+		if stopped = v.plan.timeUp(); stopped {
 			break
 		}
 		jobs <- r
@@ -492,6 +509,9 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	}
 	if firstErr != nil {
 		return nil, firstErr
+	}
+	if stopped {
+		return nil, errTimeBox
 	}
 	var reasons []string
 	v.mu.Lock()

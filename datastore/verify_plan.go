@@ -412,8 +412,13 @@ func (p *verifyPlan) wantChunk(d Digest) bool {
 	return (chunkBucket(d)-p.from+sampleBuckets)%sampleBuckets < p.width
 }
 
-// timeUp: has the time box ended? Checked before each snapshot, so a run
-// overruns its bound by at most one snapshot.
+// errTimeBox stops a snapshot's chunks when the time box ends; the chunks
+// checked so far go into the resume record, so stopping loses no work.
+var errTimeBox = errors.New("max-duration reached")
+
+// timeUp: has the time box ended? Checked before each snapshot and each
+// chunk handed to the checkers, so a run overruns its bound by the chunks
+// in flight (one per core), never by more than one snapshot.
 func (p *verifyPlan) timeUp() bool {
 	if p == nil || p.deadline.IsZero() {
 		return false

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -412,5 +413,45 @@ func vpRoundTrip(t *testing.T, v any, into interface{ validate(string) error }) 
 	}
 	if err := decodeVerifyRecord(b, into); err != nil {
 		t.Fatalf("re-decode %s: %v", b, err)
+	}
+}
+
+// TestVerifyTimeBoxMidSnapshot: the time box also ends a snapshot's
+// chunks: the snapshot is left unrecorded for the next run, and the chunks
+// checked so far are carried over, so nothing is read twice.
+func TestVerifyTimeBoxMidSnapshot(t *testing.T) {
+	// Two checkers, so at most two chunks are in flight when it stops.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	ctx := context.Background()
+	base, _ := ftStore(t)
+	sc := vpSetup(t, base, 1, 2, 24)
+	// The clock advances one minute with every chunk checked.
+	var mu sync.Mutex
+	n := 0
+	t0 := time.Unix(1800000000, 0)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return t0.Add(time.Duration(n) * time.Minute)
+	}
+	s := base.WithObserver(&Observer{ChunkVerified: func(string, int64) { mu.Lock(); n++; mu.Unlock() }})
+	r1, err := s.Verify(ctx, VerifyRequest{Scope: vpAll(), TaskID: "m1", MaxDuration: 330 * time.Second, Clock: clock}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := len(sc.refs[sc.snaps[0]])
+	// Stopped after 6 chunks plus those in flight, inside snapshot 1.
+	if r1.Snapshots != 0 || r1.NotReached != 2 || r1.Chunks < 6 || r1.Chunks > 6+2 || r1.Chunks >= first || !errors.Is(r1.Outcome(), ErrSkipped) {
+		t.Fatalf("run 1: %d snapshot(s), %d not reached, %d of %d chunks, outcome %v", r1.Snapshots, r1.NotReached, r1.Chunks, first, r1.Outcome())
+	}
+	if st := vtState(t, s, sc.snaps[0]); st != "none" {
+		t.Fatalf("interrupted snapshot recorded %s", st)
+	}
+	r2, err := s.Verify(ctx, VerifyRequest{Scope: vpAll(), TaskID: "m2"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2.Outcome() != nil || r2.Snapshots != 2 || r1.Chunks+r2.Chunks != len(sc.all) {
+		t.Fatalf("run 2: outcome %v, %d snapshot(s); chunks read %d+%d of %d", r2.Outcome(), r2.Snapshots, r1.Chunks, r2.Chunks, len(sc.all))
 	}
 }
