@@ -36,6 +36,26 @@ type VerifyRequest struct {
 	// recorded and corrupt chunks are not renamed. It works on stores
 	// where writing is refused (an object store a PBS uses).
 	ReadOnly bool
+	// Sample (1..99) checks only the chunks in this run's window of the
+	// scope's sample rotation, about Sample %; 0 or 100 checks all.
+	Sample int
+	// MaxDuration > 0 starts no snapshot after it; the rest is skipped
+	// and the next verify of the scope resumes (DESIGN §4.5).
+	MaxDuration time.Duration
+	// Clock replaces time.Now for MaxDuration (tests stop runs with it).
+	Clock func() time.Time
+}
+
+func (r VerifyRequest) validate() error {
+	switch {
+	case r.Sample < 0 || r.Sample > 100:
+		return invalidf("sample %d: must be 1..100 percent", r.Sample)
+	case r.MaxDuration < 0:
+		return invalidf("max-duration %s: must be positive", r.MaxDuration)
+	case r.Sample > 0 && r.Sample < 100 && r.ReadOnly:
+		return invalidf("sample %d with read-only: a sampled verify records its rotation in the store", r.Sample)
+	}
+	return nil
 }
 
 // FailedSnapshot is a snapshot that did not verify, with the reasons.
@@ -61,6 +81,11 @@ type VerifyResult struct {
 	Bytes           int64            `json:"bytes"`
 	Seconds         float64          `json:"seconds"`
 	MiBPerSecond    float64          `json:"mib-per-second"`
+	// NotReached counts the snapshots a time-boxed run did not reach.
+	NotReached int `json:"not-reached,omitempty"`
+	// Resumed counts the snapshots an interrupted run of the job checked.
+	Resumed int           `json:"resumed,omitempty"`
+	Sample  *SampleResult `json:"sample,omitempty"`
 }
 
 // Outcome folds the result into ok, skipped or failed.
@@ -119,6 +144,7 @@ type verifier struct {
 	checked map[Digest]chunkVerdict
 	reasons map[Digest]string
 	workers int
+	plan    *verifyPlan
 
 	decoders     *decoderPool
 	idleCheckers []*chunkChecker
@@ -139,23 +165,52 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		decoders: newDecoderPool(verifyDecodeBudget),
 	}
 	defer v.decoders.close()
+	if err := req.validate(); err != nil {
+		return nil, err
+	}
 	if !req.ReadOnly {
 		if _, err := s.beginWrite(ctx, false); err != nil {
 			return nil, err
 		}
 	}
+	var err error
+	if v.plan, err = s.newVerifyPlan(ctx, req, v.start); err != nil {
+		return nil, err
+	}
 	snaps, err := s.scopeSnapshots(ctx, req.Scope)
 	if err != nil {
 		return nil, err
 	}
+	for _, c := range v.plan.preload() {
+		v.checked[c.digest] = chunkVerdict{st: chunkOK, size: c.size}
+	}
 	v.rep = newReporter(progress, "verify", int64(len(snaps)))
 	s.obs.logf("verify datastore %s: %d snapshot(s) in scope", s.name, len(snaps))
+	if v.plan.sample {
+		s.obs.logf("sampled verify: %d%% of the chunks (buckets %d..%d of 100), rotation started %s",
+			req.Sample, v.plan.from, (v.plan.from+v.plan.width-1)%sampleBuckets, v.plan.rot.Started.Format(time.RFC3339))
+	}
 	var aside []SnapshotInfo
-	for _, sn := range snaps {
+	for i, sn := range snaps {
 		if err := ctx.Err(); err != nil {
 			return v.res, err
 		}
+		if v.plan.timeUp() {
+			v.notReached(len(snaps) - i + len(aside))
+			aside = nil
+			break
+		}
+		if v.plan.done(sn.Snapshot) {
+			v.res.Resumed++
+			v.rep.add(1)
+			continue
+		}
 		busy, err := v.snapshot(ctx, sn)
+		if errors.Is(err, errTimeBox) {
+			v.notReached(len(snaps) - i + len(aside))
+			aside = nil
+			break
+		}
 		if err != nil {
 			return v.res, err
 		}
@@ -166,8 +221,16 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		}
 		v.rep.add(1)
 	}
-	for _, sn := range aside {
+	for i, sn := range aside {
+		if v.plan.timeUp() {
+			v.notReached(len(aside) - i)
+			break
+		}
 		busy, err := v.snapshot(ctx, sn)
+		if errors.Is(err, errTimeBox) {
+			v.notReached(len(aside) - i)
+			break
+		}
 		if err != nil {
 			return v.res, err
 		}
@@ -178,6 +241,9 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		}
 		v.rep.add(1)
 	}
+	if err := s.finishVerifyPlan(ctx, req, v.plan, v.checked, v.res, time.Now()); err != nil {
+		return v.res, err
+	}
 	v.res.Seconds = time.Since(v.start).Seconds()
 	if v.res.Seconds > 0 {
 		v.res.MiBPerSecond = float64(v.res.Bytes) / (1 << 20) / v.res.Seconds
@@ -186,6 +252,15 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 	s.obs.logf("verify summary: %d snapshot(s) checked, %d ok, %d failed, %d already verified, %d skipped, %d unfinished; %d chunk(s), %d bytes",
 		v.res.Snapshots, v.res.OK, len(v.res.Failed), v.res.AlreadyVerified, len(v.res.Skipped), len(v.res.Unfinished), v.res.Chunks, v.res.Bytes)
 	return v.res, nil
+}
+
+// notReached reports the n snapshots a time-boxed run did not reach.
+func (v *verifier) notReached(n int) {
+	v.res.NotReached += n
+	v.res.Skipped = append(v.res.Skipped, Skipped{Item: fmt.Sprintf("%d snapshot(s)", n),
+		Reason: fmt.Sprintf("max-duration %s reached; the next verify of this scope resumes", v.req.MaxDuration)})
+	v.s.obs.skipped("verify", "max-duration")
+	v.s.obs.logf("max-duration %s reached: %d snapshot(s) not reached, left for the next verify of this scope", v.req.MaxDuration, n)
 }
 
 // scopeSnapshots lists the snapshots in scope, oldest first per group.
@@ -271,6 +346,10 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	}
 	v.res.Snapshots++
 	reasons, err := v.files(ctx, sn.Snapshot, m)
+	if errors.Is(err, errTimeBox) {
+		v.res.Snapshots-- // not finished: the next run checks it
+		return nil, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -284,6 +363,13 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		v.s.obs.logf("verify %s: ok", snapRef(sn.Snapshot))
 	}
 	if v.req.ReadOnly {
+		v.plan.checked(sn.Snapshot, len(reasons) == 0)
+		return nil, nil
+	}
+	if len(reasons) == 0 && !v.plan.recordOK(sn.Snapshot) {
+		// Sampled: ok is recorded once the rotation has checked it all.
+		v.plan.unrecorded++
+		v.plan.checked(sn.Snapshot, true)
 		return nil, nil
 	}
 	upid := UPID("verify", v.s.name, v.req.TaskID, v.start)
@@ -302,6 +388,7 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	if err != nil {
 		return nil, fmt.Errorf("record verify state of %s: %w", label, err)
 	}
+	v.plan.checked(sn.Snapshot, len(reasons) == 0)
 	return nil, nil
 }
 
@@ -354,7 +441,7 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	var todo []chunkRef
 	v.mu.Lock()
 	for _, r := range refs {
-		if _, ok := v.checked[r.digest]; !ok {
+		if _, ok := v.checked[r.digest]; !ok && v.plan.wantChunk(r.digest) {
 			todo = append(todo, r)
 		}
 	}
@@ -396,8 +483,12 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 			}
 		}()
 	}
+	stopped := false
 	for _, r := range todo {
 		if ctx.Err() != nil {
+			break
+		}
+		if stopped = v.plan.timeUp(); stopped {
 			break
 		}
 		jobs <- r
@@ -410,6 +501,9 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	if firstErr != nil {
 		return nil, firstErr
 	}
+	if stopped {
+		return nil, errTimeBox
+	}
 	var reasons []string
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -420,6 +514,7 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 				reasons = append(reasons, sizeMismatch(r, int64(c.size)))
 			}
 		case chunkEncrypted:
+		case 0: // outside this sampled run's window
 		default:
 			reasons = append(reasons, fmt.Sprintf("chunk %s %s: %s", r.digest, c.st, v.reasons[r.digest]))
 		}

@@ -19,6 +19,7 @@ func FuzzDecode(f *testing.F) {
 			`{"store":"main","ns":"a","target-ns":"a/b"}`},
 		TypePrune: {`{"store":"main","ns":"a","backup-type":"vm","backup-id":"1","max-depth":1,"keep-last":1,"keep-hourly":2,"keep-daily":3,"keep-weekly":4,"keep-monthly":5,"keep-yearly":6,"dry-run":true,"lock-wait":0.5}`},
 		TypeVerify: {`{"store":"main","ns":"","backup-type":"ct","backup-id":"x.y","snapshot":"2024-03-01T10:00:00Z","ignore-verified":false,"outdated-after":7}`,
+			`{"store":"main","sample":25,"max-duration":"2h"}`,
 			`{"STORE":"main","Ns":"a"}`, `null`},
 		TypeSync: {`{"source-store":"main","source-ns":"a","store":"off","ns":"b","group-filter":["type:vm","exclude:regex:^ct/","group:host/h1"],"transfer-last":3,"remove-vanished":true,"resync-corrupt":true,"owner":"sync@pbs","rate":1000}`},
 		TypeGC:   {`{"store":"main","dry-run":true}`, `{"store":"main","lock-wait":"1h"}`},

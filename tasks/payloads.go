@@ -1,8 +1,10 @@
 package tasks
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -167,6 +169,28 @@ type Verify struct {
 	LockWait       *Duration `json:"lock-wait,omitempty"`
 	// ReadOnly records no verify state and renames no corrupt chunk.
 	ReadOnly bool `json:"read-only,omitempty"`
+	// Sample (percent, 1..100) checks about that share of the chunks, in
+	// a rotation over the scope's chunks (DESIGN §4.5).
+	Sample *int `json:"sample,omitempty"`
+	// MaxDuration stops the verify after it; the next one resumes.
+	MaxDuration *MaxDuration `json:"max-duration,omitempty"`
+}
+
+// MaxDuration is a time box: "1h30m" or a number of seconds.
+type MaxDuration struct{ time.Duration }
+
+// MarshalJSON writes the Go duration string.
+func (d MaxDuration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// UnmarshalJSON accepts what Duration accepts, naming max-duration when
+// it refuses.
+func (d *MaxDuration) UnmarshalJSON(b []byte) error {
+	var x Duration
+	if err := x.UnmarshalJSON(b); err != nil {
+		return fmt.Errorf("%w max-duration %s: must be a duration like \"1h\" or seconds", name.ErrInvalid, b)
+	}
+	d.Duration = x.Duration
+	return nil
 }
 
 func (*Verify) TaskType() string   { return TypeVerify }
@@ -197,6 +221,15 @@ func (p *Verify) Validate() error {
 	}
 	if p.OutdatedAfter != nil && (*p.OutdatedAfter < 0 || *p.OutdatedAfter > 100000) {
 		return fmt.Errorf("%w outdated-after %d: must be 0..100000 days", name.ErrInvalid, *p.OutdatedAfter)
+	}
+	if p.Sample != nil && (*p.Sample < 1 || *p.Sample > 100) {
+		return fmt.Errorf("%w sample %d: must be 1..100 percent", name.ErrInvalid, *p.Sample)
+	}
+	if p.Sample != nil && *p.Sample < 100 && p.ReadOnly {
+		return fmt.Errorf("%w sample %d with read-only: a sampled verify records its rotation in the store", name.ErrInvalid, *p.Sample)
+	}
+	if d := p.MaxDuration; d != nil && (d.Duration <= 0 || d.Duration > Timeout(TypeVerify)) {
+		return fmt.Errorf("%w max-duration %s: must be more than 0 and at most %s", name.ErrInvalid, d.Duration, Timeout(TypeVerify))
 	}
 	return validateWait(p.LockWait)
 }

@@ -123,7 +123,14 @@ func verifyRequest(p *tasks.Verify, taskID string) (datastore.VerifyRequest, err
 	if p.IgnoreVerified != nil {
 		ignore = *p.IgnoreVerified
 	}
-	return datastore.VerifyRequest{Scope: sc, IgnoreVerified: ignore, OutdatedAfter: p.OutdatedAfter, TaskID: taskID, ReadOnly: p.ReadOnly}, nil
+	req := datastore.VerifyRequest{Scope: sc, IgnoreVerified: ignore, OutdatedAfter: p.OutdatedAfter, TaskID: taskID, ReadOnly: p.ReadOnly}
+	if p.Sample != nil {
+		req.Sample = *p.Sample
+	}
+	if p.MaxDuration != nil {
+		req.MaxDuration = p.MaxDuration.Duration
+	}
+	return req, nil
 }
 
 func pruneRequest(p *tasks.Prune) (datastore.PruneRequest, error) {

@@ -66,6 +66,7 @@ type storeMetrics struct {
 	gcLast, gcPending *prometheus.GaugeVec
 	s3Requests        *prometheus.CounterVec
 	scanSeconds       *prometheus.GaugeVec
+	sampleCoverage    *prometheus.GaugeVec
 }
 
 func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
@@ -90,6 +91,8 @@ func newStoreMetrics(reg prometheus.Registerer) *storeMetrics {
 		gcLast:       g("pbsq_gc_last_run_timestamp_seconds", "End of the store's last garbage collection (not dry runs).", "store"),
 		gcPending:    g("pbsq_gc_pending_bytes", "Bytes of unreferenced chunks too recent to remove at the last GC (removed by a later one).", "store"),
 		scanSeconds:  g("pbsq_store_scan_timestamp_seconds", "End of the last successful scan of the store for these metrics.", "store"),
+		sampleCoverage: g("pbsq_verify_sample_coverage_ratio",
+			"Share of the chunks (0..1) the store's most recently advanced sampled-verify rotation has checked; 1: complete.", "store"),
 	}
 	m.s3Requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "pbsq_s3_requests_total",
@@ -122,6 +125,9 @@ func (w *Worker) recordOutcome(ctx context.Context, p tasks.Payload, outcome str
 				pp.HSet(ctx, jobSuccessKey, st+" "+p.TaskType(), now.UnixMilli())
 				w.storeM.jobSuccess.WithLabelValues(st, p.TaskType()).Set(float64(now.Unix()))
 			}
+		}
+		if r, ok := res.(*datastore.VerifyResult); ok && r != nil && r.Sample != nil {
+			w.storeM.sampleCoverage.WithLabelValues(p.Stores()[0]).Set(r.Sample.Coverage)
 		}
 		if gp, ok := p.(*tasks.GC); ok && !gp.DryRun {
 			if r, ok := res.(*datastore.GCResult); ok && r != nil {
@@ -210,6 +216,13 @@ func (w *Worker) scanStore(ctx context.Context, store string, groups bool, gc *g
 		}
 		m.lastVerify.WithLabelValues(l...).Set(verified)
 		m.verifyFailed.WithLabelValues(l...).Set(float64(g.VerifyFailed))
+	}
+	if cov, ok, err := s.VerifySampleCoverage(ctx); err != nil {
+		return err
+	} else if ok {
+		m.sampleCoverage.WithLabelValues(store).Set(cov)
+	} else {
+		m.sampleCoverage.DeleteLabelValues(store)
 	}
 	m.scanSeconds.WithLabelValues(store).Set(float64(time.Now().Unix()))
 	return nil

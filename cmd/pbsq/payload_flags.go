@@ -113,10 +113,16 @@ func payloadFlags(taskType string, cmd *cobra.Command) func() (tasks.Payload, er
 		ignore := f.Bool("ignore-verified", true, "skip snapshots already verified (see --outdated-after)")
 		outdated := f.Int("outdated-after", 0, "re-verify snapshots verified more than DAYS ago")
 		readOnly := f.Bool("read-only", false, "record no verify state and rename no corrupt chunk (works on a store PBS uses)")
+		sample := f.Int("sample", 0, "check about P percent of the chunks (1..100); ceil(100/P) runs rotate over all of them")
+		maxDur := f.Duration("max-duration", 0, "stop after D (e.g. 2h); the rest is skipped (exit 4) and the next verify of the scope resumes")
 		return func() (tasks.Payload, error) {
-			return withWait(&tasks.Verify{Store: store, NS: ns, BackupType: typ, BackupID: id, Snapshot: *snap,
+			p := &tasks.Verify{Store: store, NS: ns, BackupType: typ, BackupID: id, Snapshot: *snap,
 				MaxDepth: intPtr("max-depth", &maxDepth), IgnoreVerified: boolPtr("ignore-verified", ignore), OutdatedAfter: intPtr("outdated-after", outdated),
-				ReadOnly: *readOnly})
+				ReadOnly: *readOnly, Sample: intPtr("sample", sample)}
+			if f.Changed("max-duration") {
+				p.MaxDuration = &tasks.MaxDuration{Duration: *maxDur}
+			}
+			return withWait(p)
 		}
 	case tasks.TypeSync:
 		storeFlags()
