@@ -654,7 +654,9 @@ func (s *Store) verifyFailed(ctx context.Context, snap name.Snapshot) (bool, err
 // syncFile is one file of a source snapshot, read and checked.
 type syncFile struct {
 	name string
-	raw  []byte
+	raw  []byte // nil: larger than syncKeep, streamed from the source
+	size int64
+	sum  [32]byte
 	// same: the target has this file with identical bytes.
 	same bool
 }
@@ -681,9 +683,13 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	defer release()
 
-	srcRaw, err := y.src.b.ReadFile(ctx, ssn.File(ManifestName))
+	srcRaw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(ManifestName), maxManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // pruned or moved since it was listed
+	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		y.fail(ssn, []string{"source manifest: " + err.Error()})
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
@@ -704,30 +710,26 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	// the snapshot directory holds too: it is current.
 	// Without a listing of the target snapshot's files (object storage),
 	// every file it may have is asked for; missing ones cost a 404.
-	var names []string
+	var wantManifest, wantLog bool
+	var names []format.FileInfo
 	if it.dst != nil {
 		known := it.dst.Files != nil
-		if it.dst.Finished || !known {
-			names = append(names, ManifestName)
-		}
+		wantManifest = it.dst.Finished || !known
 		for _, f := range m.Files {
 			if !known || slices.Contains(it.dst.Files, f.Filename) {
-				names = append(names, f.Filename)
+				names = append(names, f)
 			}
 		}
-		if !known {
-			names = append(names, clientLogName)
-		}
+		wantLog = !known
 	}
-	old, err := y.dst.readFiles(ctx, tsn, names, y.workers)
+	old, err := y.dst.readSnapFiles(ctx, tsn, wantManifest, wantLog, names, false, y.workers)
 	if err != nil {
 		return nil, err
 	}
-	dstRaw, dstFinished := old[ManifestName]
-	sameManifest := dstFinished && bytes.Equal(dstRaw, srcRaw)
-	_, dstHasLog := old[clientLogName]
-	dstHasLog = dstHasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
-	if sameManifest && !it.corrupt && filesMatchManifest(m, old) {
+	dstFinished := old.hasManifest
+	sameManifest := dstFinished && bytes.Equal(old.manifest, srcRaw)
+	dstHasLog := old.hasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
+	if sameManifest && !it.corrupt && filesMatch(m, old.files) {
 		if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
 			return nil, err
 		}
@@ -737,11 +739,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 
 	// Read and check every source file.
-	srcNames := make([]string, len(m.Files))
-	for i, f := range m.Files {
-		srcNames[i] = f.Filename
-	}
-	raws, err := y.src.readFiles(ctx, ssn, srcNames, y.workers)
+	srcs, err := y.src.readSnapFiles(ctx, ssn, false, false, m.Files, true, y.workers)
 	if err != nil {
 		return nil, err
 	}
@@ -750,26 +748,25 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	seen := map[Digest]bool{}
 	var reasons []string
 	for _, f := range m.Files {
-		raw, ok := raws[f.Filename]
+		c, ok := srcs.files[f.Filename]
 		if !ok {
 			reasons = append(reasons, f.Filename+": missing in the source")
 			continue
 		}
-		idx, why := checkFile(f, raw)
-		if why != "" {
-			reasons = append(reasons, why)
+		if c.why != "" {
+			reasons = append(reasons, c.why)
 			continue
 		}
-		prev, had := old[f.Filename]
-		sf := syncFile{name: f.Filename, raw: raw, same: had && bytes.Equal(prev, raw)}
+		prev, had := old.files[f.Filename]
+		sf := syncFile{name: f.Filename, raw: c.raw, size: c.size, sum: c.sum,
+			same: had && prev.why == "" && prev.sum == c.sum}
 		// An identical index in a finished target snapshot had its chunks
 		// when it was written; anything else gets its chunks checked.
-		if idx != nil && (!sf.same || !dstFinished || it.corrupt) {
-			for i := 0; i < idx.ChunkCount(); i++ {
-				d := Digest(idx.ChunkDigest(i))
-				if !seen[d] {
-					seen[d] = true
-					refs = append(refs, chunkRef{digest: d, size: idx.ChunkLen(i)})
+		if !sf.same || !dstFinished || it.corrupt {
+			for _, r := range c.refs {
+				if !seen[r.digest] {
+					seen[r.digest] = true
+					refs = append(refs, r)
 				}
 			}
 		}
@@ -818,7 +815,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	err = parallel(ctx, y.workers, len(toWrite), func(ctx context.Context, i int) error {
 		f := toWrite[i]
-		if err := y.dst.b.WriteFile(ctx, tsn.File(f.name), f.raw); err != nil {
+		if err := y.copySnapFile(ctx, ssn, tsn, f); err != nil {
 			return fmt.Errorf("write %s of snapshot %s on store %q: %w", f.name, snapshotLabel(tsn), y.dst.name, err)
 		}
 		return nil
@@ -869,83 +866,18 @@ func manifestProblems(m *format.Manifest, snap name.Snapshot) []string {
 	return out
 }
 
-// checkFile checks a snapshot file against its manifest entry; for an
-// index it returns the parsed index.
-func checkFile(f format.FileInfo, raw []byte) (format.Index, string) {
-	if isBlobFile(f.Filename) {
-		if uint64(len(raw)) != f.Size || sha256.Sum256(raw) != f.Csum {
-			return nil, f.Filename + ": checksum or size differs from the manifest"
-		}
-		if _, err := format.InspectBlob(raw); err != nil {
-			return nil, fmt.Sprintf("%s: %v", f.Filename, err)
-		}
-		return nil, ""
-	}
-	idx, err := format.ParseIndex(f.Filename, raw)
-	if err != nil {
-		return nil, fmt.Sprintf("%s: %v", f.Filename, err)
-	}
-	if idx.Checksum() != f.Csum {
-		return nil, f.Filename + ": index checksum differs from the manifest"
-	}
-	if idx.DataSize() != f.Size {
-		return nil, fmt.Sprintf("%s: size %d differs from the manifest's %d", f.Filename, idx.DataSize(), f.Size)
-	}
-	return idx, ""
-}
-
-// filesMatchManifest reports whether every file the manifest lists was
-// read (from the target) and matches its entry: the cheap re-check of a
-// snapshot whose manifest is identical to the source's.
-func filesMatchManifest(m *format.Manifest, files map[string][]byte) bool {
-	for _, f := range m.Files {
-		raw, ok := files[f.Filename]
-		if !ok {
-			return false
-		}
-		if _, why := checkFile(f, raw); why != "" {
-			return false
-		}
-	}
-	return true
-}
-
-// readFiles reads files of a snapshot concurrently; missing ones are left
-// out of the map, other errors fail.
-func (s *Store) readFiles(ctx context.Context, snap name.Snapshot, files []string, workers int) (map[string][]byte, error) {
-	raws := make([][]byte, len(files))
-	found := make([]bool, len(files))
-	err := parallel(ctx, workers, len(files), func(ctx context.Context, i int) error {
-		raw, err := s.b.ReadFile(ctx, snap.File(files[i]))
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read %s of snapshot %s on store %q: %w", files[i], snapshotLabel(snap), s.name, err)
-		}
-		raws[i], found[i] = raw, true
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string][]byte, len(files))
-	for i, f := range files {
-		if found[i] {
-			out[f] = raws[i]
-		}
-	}
-	return out, nil
-}
-
 // copyClientLog copies the client log when the source has it and the
 // target does not, as PBS does (it is not part of the manifest).
 func (y *syncer) copyClientLog(ctx context.Context, ssn, tsn name.Snapshot, it syncItem, dstHasLog bool) error {
 	if dstHasLog || (it.src.Files != nil && !slices.Contains(it.src.Files, clientLogName)) {
 		return nil
 	}
-	raw, err := y.src.b.ReadFile(ctx, ssn.File(clientLogName))
+	raw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(clientLogName), maxManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		y.warn(fmt.Sprintf("%s: client log not copied: %v", snapshotLabel(ssn), err))
 		return nil
 	}
 	if err != nil {
