@@ -198,13 +198,11 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 		s.groupRequest(src), s.groupRequest(dst),
 	}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	ctx, release, err := s.lockChain(ctx, reqs)
 	if err != nil {
 		return nil, fmt.Errorf("move-group %s from %q to %q: %w", src, src.NS, dst.NS, err)
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 
 	if ok, err := s.NamespaceExists(ctx, src.NS); err != nil {
 		return nil, err
@@ -278,13 +276,11 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 	defer unlock()
 
-	guards, err := s.lockGuards(ctx, moveNamespaceLocks(s, src, dst))
+	ctx, release, err := s.lockChain(ctx, moveNamespaceLocks(s, src, dst))
 	if err != nil {
 		return nil, fmt.Errorf("move-namespace %q to %q: %w", src, dst, err)
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 
 	nss, targets, jobs, err := m.checkNamespaceMove(ctx, req)
 	if err != nil {
@@ -552,13 +548,11 @@ func (m *mover) moveOneGroup(ctx context.Context, j moveJob, merge bool) error {
 	dst := j.src.InNS(j.dstNS)
 	reqs := []lock.Request{s.groupRequest(j.src), s.groupRequest(dst)}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	ctx, release, err := s.lockChain(ctx, reqs)
 	if err != nil {
 		return err
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 	p, err := m.planGroup(ctx, j.src, j.dstNS, merge)
 	if errors.Is(err, ErrNotFound) {
 		return nil // removed since it was listed
@@ -1321,27 +1315,6 @@ func (m *mover) finish(start time.Time, err error) {
 	b.WriteString("; every snapshot is in exactly one place (an interrupted copy on object storage at worst twice, finished in the target)")
 	b.WriteString("; rerun the same move to finish it")
 	r.Partial = b.String()
-}
-
-// lockGuards takes reqs in the given order and returns the guards; on failure
-// nothing stays held. The root namespace is never locked.
-func (s *Store) lockGuards(ctx context.Context, reqs []lock.Request) ([]*lock.Guard, error) {
-	if s.locks == nil {
-		return nil, nil
-	}
-	var held []*lock.Guard
-	for _, r := range reqs {
-		if r.Kind == lock.Namespace && r.NS.IsRoot() {
-			continue
-		}
-		g, err := s.locks.Acquire(ctx, r)
-		if err != nil {
-			_ = lock.ReleaseAll(held...)
-			return nil, err
-		}
-		held = append(held, g)
-	}
-	return held, nil
 }
 
 // ---- move records

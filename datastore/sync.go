@@ -396,22 +396,11 @@ type storeLock struct {
 // lockAcross takes the requests in the order given, on their stores, and
 // returns one release func; on failure nothing stays held.
 func lockAcross(ctx context.Context, reqs []storeLock) (context.Context, func(), error) {
-	var rels []func()
-	release := func() {
-		for i := len(rels) - 1; i >= 0; i-- {
-			rels[i]()
-		}
+	on := make([]lock.On, len(reqs))
+	for i, sl := range reqs {
+		on[i] = lock.On{Locker: sl.s.locks, Request: sl.r}
 	}
-	for _, sl := range reqs {
-		lctx, rel, err := sl.s.lockChain(ctx, []lock.Request{sl.r})
-		if err != nil {
-			release()
-			return ctx, nil, err
-		}
-		ctx = lctx
-		rels = append(rels, rel)
-	}
-	return ctx, release, nil
+	return lock.HoldAll(ctx, on...)
 }
 
 // groupLocks are a group's locks in the documented order: the two
