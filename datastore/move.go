@@ -300,23 +300,22 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 
 	m.rep.phase("move", int64(len(jobs)))
-	aside, err := m.runGroups(ctx, jobs, req.MergeGroups, m.groupParallel)
+	err = busyRetry[moveJob]{
+		workers: m.groupParallel,
+		run: func(ctx context.Context, j moveJob) error {
+			err := m.moveOneGroup(ctx, j, req.MergeGroups)
+			if errors.Is(err, name.ErrInvalid) {
+				m.skip(groupLabel(j.src), err, "refused")
+				return nil
+			}
+			return err
+		},
+		retrying: func(n int) { m.rep.message(fmt.Sprintf("retrying %d busy group(s)", n)) },
+		skip:     func(j moveJob, busy error) { m.skip(groupLabel(j.src), busy, "busy") },
+		done:     func(moveJob) { m.rep.add(1) },
+	}.do(ctx, jobs)
 	if err != nil {
 		return m.res, err
-	}
-	if len(aside) > 0 {
-		m.rep.message(fmt.Sprintf("retrying %d busy group(s)", len(aside)))
-		retry := make([]moveJob, len(aside))
-		for i, j := range aside {
-			retry[i] = j.moveJob
-		}
-		again, err := m.runGroups(ctx, retry, req.MergeGroups, 1)
-		if err != nil {
-			return m.res, err
-		}
-		for _, j := range again {
-			m.skip(groupLabel(j.src), j.busy, "busy")
-		}
 	}
 	// Source namespaces holding skipped groups stay, with their ancestors.
 	keep := map[name.Namespace]int{}
@@ -474,72 +473,6 @@ func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) error {
 	m.res.NamespacesCreated = append(m.res.NamespacesCreated, ns.String())
 	m.mu.Unlock()
 	return nil
-}
-
-// busyJob is a group set aside because a lock stayed busy.
-type busyJob struct {
-	moveJob
-	busy error
-}
-
-// runGroups moves jobs, parallel groups at a time, in order. Groups whose
-// locks stay busy are returned; a group whose checks fail now (changed
-// since the check phase) is skipped; any other error stops the move.
-func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, parallel int) ([]busyJob, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var (
-		mu       sync.Mutex
-		aside    []busyJob
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	work := make(chan moveJob)
-	for w := 0; w < min(parallel, len(jobs)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				err := m.moveOneGroup(ctx, j, merge)
-				switch {
-				case err == nil:
-				case errors.Is(err, lock.ErrBusy):
-					mu.Lock()
-					aside = append(aside, busyJob{moveJob: j, busy: err})
-					mu.Unlock()
-					continue // counted when retried
-				case errors.Is(err, name.ErrInvalid):
-					m.skip(groupLabel(j.src), err, "refused")
-				default:
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					cancel(err)
-				}
-				m.rep.add(1)
-			}
-		}()
-	}
-feed:
-	for _, j := range jobs {
-		select {
-		case work <- j:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(aside, func(i, k int) bool { return aside[i].seq < aside[k].seq })
-	return aside, nil
 }
 
 // moveOneGroup moves one group of a move-namespace under its group locks.

@@ -273,35 +273,20 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 
 	y.rep = newReporter(progress, "sync", int64(len(groups)))
 	dst.obs.logf("sync from datastore %s into %s: %d group(s) in scope", src.name, dst.name, len(groups))
-	var aside []groupPair
-	var asideMu sync.Mutex
-	err = parallel(ctx, y.groupsAtOnce, len(groups), func(ctx context.Context, i int) error {
-		busy, err := y.group(ctx, groups[i])
-		if err != nil {
-			return err
-		}
-		if busy != nil {
-			asideMu.Lock()
-			aside = append(aside, groups[i])
-			asideMu.Unlock()
-			return nil
-		}
-		y.rep.add(1)
-		return nil
-	})
+	err = busyRetry[groupPair]{
+		workers: y.groupsAtOnce,
+		run: func(ctx context.Context, gp groupPair) error {
+			busy, err := y.group(ctx, gp)
+			if err != nil {
+				return err
+			}
+			return busy
+		},
+		skip: func(gp groupPair, busy error) { y.skip(groupLabel(gp.src), busy.Error(), "busy") },
+		done: func(groupPair) { y.rep.add(1) },
+	}.do(ctx, groups)
 	if err != nil {
 		return y.finish(start), err
-	}
-	sort.Slice(aside, func(i, j int) bool { return groupLabel(aside[i].src) < groupLabel(aside[j].src) })
-	for _, gp := range aside {
-		busy, err := y.group(ctx, gp)
-		if err != nil {
-			return y.finish(start), err
-		}
-		if busy != nil {
-			y.skip(groupLabel(gp.src), busy.Error(), "busy")
-		}
-		y.rep.add(1)
 	}
 
 	if req.RemoveVanished {
@@ -1179,40 +1164,6 @@ func (y *syncer) progressMessage() {
 		y.res.Snapshots, y.res.Chunks, float64(y.res.Bytes)/(1<<20), y.res.ChunksPresent)
 	y.mu.Unlock()
 	y.rep.message(msg)
-}
-
-// parallel runs fn(0..n-1) on up to workers goroutines and returns the
-// first error, cancelling the others' context.
-func parallel(ctx context.Context, workers, n int, fn func(ctx context.Context, i int) error) error {
-	if n == 0 {
-		return ctx.Err()
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < min(workers, n); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-				}
-			}
-		}()
-	}
-feed:
-	for i := 0; i < n; i++ {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	return context.Cause(ctx)
 }
 
 // removeVanishedSnapshots removes, in a group whose lock is held, the

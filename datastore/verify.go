@@ -155,33 +155,26 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 	}
 	v.rep = newReporter(progress, "verify", int64(len(snaps)))
 	s.obs.logf("verify datastore %s: %d snapshot(s) in scope", s.name, len(snaps))
-	var aside []SnapshotInfo
-	for _, sn := range snaps {
-		if err := ctx.Err(); err != nil {
-			return v.res, err
-		}
-		busy, err := v.snapshot(ctx, sn)
-		if err != nil {
-			return v.res, err
-		}
-		if busy != nil {
+	err = busyRetry[SnapshotInfo]{
+		run: func(ctx context.Context, sn SnapshotInfo) error {
+			busy, err := v.snapshot(ctx, sn)
+			if err != nil {
+				return err
+			}
+			return busy
+		},
+		aside: func(sn SnapshotInfo, busy error) {
 			s.obs.logf("%s busy, retried at the end: %v", snapRef(sn.Snapshot), busy)
-			aside = append(aside, sn)
-			continue
-		}
-		v.rep.add(1)
-	}
-	for _, sn := range aside {
-		busy, err := v.snapshot(ctx, sn)
-		if err != nil {
-			return v.res, err
-		}
-		if busy != nil {
+		},
+		skip: func(sn SnapshotInfo, busy error) {
 			v.res.Skipped = append(v.res.Skipped, Skipped{Item: sn.NS.String() + ":" + sn.Snapshot.String(), Reason: busy.Error()})
 			s.obs.skipped("verify", "busy")
 			s.obs.logf("skipped %s: busy: %v", snapRef(sn.Snapshot), busy)
-		}
-		v.rep.add(1)
+		},
+		done: func(SnapshotInfo) { v.rep.add(1) },
+	}.do(ctx, snaps)
+	if err != nil {
+		return v.res, err
 	}
 	v.res.Seconds = time.Since(v.start).Seconds()
 	if v.res.Seconds > 0 {
