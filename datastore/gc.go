@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -655,25 +657,13 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	g.rep.phase("sweep", 1<<16)
 	var done int64
 	var seen, reclaim int
-	var removals chan ChunkFile
-	var wg sync.WaitGroup
+	// Object stores without batch removal: one request per removal, as
+	// many at a time as the backend keeps in flight.
+	var removals *errgroup.Group
 	batches := g.newSweepBatcher(ctx)
 	if g.objectStore && !g.req.DryRun && batches == nil {
-		removals = make(chan ChunkFile, 1024)
-		for range g.s.b.Features().InFlight {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for cf := range removals {
-					if ctx.Err() != nil {
-						continue
-					}
-					if err := g.removeRechecked(ctx, cf); err != nil {
-						g.cancel(err)
-					}
-				}
-			}()
-		}
+		removals = new(errgroup.Group)
+		removals.SetLimit(g.s.b.Features().InFlight)
 	}
 	err := g.s.WalkChunks(ctx, func(cf ChunkFile) error {
 		if err := context.Cause(ctx); err != nil {
@@ -706,20 +696,22 @@ func (g *gcRun) sweep(ctx context.Context) error {
 		case g.req.DryRun, batches != nil:
 			return nil
 		case removals != nil:
-			select {
-			case removals <- cf:
+			removals.Go(func() error {
+				if ctx.Err() == nil {
+					if err := g.removeRechecked(ctx, cf); err != nil {
+						g.cancel(err)
+					}
+				}
 				return nil
-			case <-ctx.Done():
-				return context.Cause(ctx)
-			}
+			})
+			return nil
 		default:
 			// The filesystem walk stat()ed the file just now: remove at once.
 			return g.remove(ctx, cf)
 		}
 	})
 	if removals != nil {
-		close(removals)
-		wg.Wait()
+		_ = removals.Wait() // errors cancel ctx, reported below
 	}
 	if batches != nil {
 		if ferr := batches.close(ctx); err == nil {

@@ -20,31 +20,8 @@ func (s *Store) snapshotRequest(snap name.Snapshot, mode lock.Mode) lock.Request
 }
 
 // lockChain takes the requests in order (callers give namespace → group →
-// snapshot) and returns a context for the work done under them, and a
-// release func; on failure nothing stays held. The context is cancelled as
-// soon as a lease is lost (Redis locks), so the work stops before another
-// holder can get in. The root namespace is never locked, as in PBS.
+// snapshot) and returns a context for the work done under them, cancelled
+// as soon as a lease is lost, and a release func; see lock.HoldAll.
 func (s *Store) lockChain(ctx context.Context, reqs []lock.Request) (context.Context, func(), error) {
-	if s.locks == nil {
-		return ctx, func() {}, nil
-	}
-	var held []*lock.Guard
-	releaseAll := func() {
-		for i := len(held) - 1; i >= 0; i-- {
-			_ = held[i].Release()
-		}
-	}
-	for _, r := range reqs {
-		if r.Kind == lock.Namespace && r.NS.IsRoot() {
-			continue
-		}
-		g, err := s.locks.Acquire(ctx, r)
-		if err != nil {
-			releaseAll()
-			return ctx, nil, err
-		}
-		held = append(held, g)
-	}
-	wctx, cancel := lock.Watch(ctx, held...)
-	return wctx, func() { cancel(); releaseAll() }, nil
+	return s.locks.Hold(ctx, reqs...)
 }

@@ -195,13 +195,11 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 		s.groupRequest(src), s.groupRequest(dst),
 	}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	ctx, release, err := s.lockChain(ctx, reqs)
 	if err != nil {
 		return nil, fmt.Errorf("move-group %s from %q to %q: %w", src, src.NS, dst.NS, err)
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 
 	if ok, err := s.NamespaceExists(ctx, src.NS); err != nil {
 		return nil, err
@@ -275,13 +273,11 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 	defer unlock()
 
-	guards, err := s.lockGuards(ctx, moveNamespaceLocks(s, src, dst))
+	ctx, release, err := s.lockChain(ctx, moveNamespaceLocks(s, src, dst))
 	if err != nil {
 		return nil, fmt.Errorf("move-namespace %q to %q: %w", src, dst, err)
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 
 	nss, targets, jobs, err := m.checkNamespaceMove(ctx, req)
 	if err != nil {
@@ -301,23 +297,22 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 
 	m.rep.phase("move", int64(len(jobs)))
-	aside, err := m.runGroups(ctx, jobs, req.MergeGroups, m.groupParallel)
+	err = busyRetry[moveJob]{
+		workers: m.groupParallel,
+		run: func(ctx context.Context, j moveJob) error {
+			err := m.moveOneGroup(ctx, j, req.MergeGroups)
+			if errors.Is(err, name.ErrInvalid) {
+				m.skip(groupLabel(j.src), err, "refused")
+				return nil
+			}
+			return err
+		},
+		retrying: func(n int) { m.rep.message(fmt.Sprintf("retrying %d busy group(s)", n)) },
+		skip:     func(j moveJob, busy error) { m.skip(groupLabel(j.src), busy, "busy") },
+		done:     func(moveJob) { m.rep.add(1) },
+	}.do(ctx, jobs)
 	if err != nil {
 		return m.res, err
-	}
-	if len(aside) > 0 {
-		m.rep.message(fmt.Sprintf("retrying %d busy group(s)", len(aside)))
-		retry := make([]moveJob, len(aside))
-		for i, j := range aside {
-			retry[i] = j.moveJob
-		}
-		again, err := m.runGroups(ctx, retry, req.MergeGroups, 1)
-		if err != nil {
-			return m.res, err
-		}
-		for _, j := range again {
-			m.skip(groupLabel(j.src), j.busy, "busy")
-		}
 	}
 	// Source namespaces holding skipped groups stay, with their ancestors.
 	keep := map[name.Namespace]int{}
@@ -477,85 +472,17 @@ func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) error {
 	return nil
 }
 
-// busyJob is a group set aside because a lock stayed busy.
-type busyJob struct {
-	moveJob
-	busy error
-}
-
-// runGroups moves jobs, parallel groups at a time, in order. Groups whose
-// locks stay busy are returned; a group whose checks fail now (changed
-// since the check phase) is skipped; any other error stops the move.
-func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, parallel int) ([]busyJob, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var (
-		mu       sync.Mutex
-		aside    []busyJob
-		firstErr error
-		wg       sync.WaitGroup
-	)
-	work := make(chan moveJob)
-	for w := 0; w < min(parallel, len(jobs)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				err := m.moveOneGroup(ctx, j, merge)
-				switch {
-				case err == nil:
-				case errors.Is(err, lock.ErrBusy):
-					mu.Lock()
-					aside = append(aside, busyJob{moveJob: j, busy: err})
-					mu.Unlock()
-					continue // counted when retried
-				case errors.Is(err, name.ErrInvalid):
-					m.skip(groupLabel(j.src), err, "refused")
-				default:
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					cancel(err)
-				}
-				m.rep.add(1)
-			}
-		}()
-	}
-feed:
-	for _, j := range jobs {
-		select {
-		case work <- j:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	sort.Slice(aside, func(i, k int) bool { return aside[i].seq < aside[k].seq })
-	return aside, nil
-}
-
 // moveOneGroup moves one group of a move-namespace under its group locks.
 func (m *mover) moveOneGroup(ctx context.Context, j moveJob, merge bool) error {
 	s := m.s
 	dst := j.src.InNS(j.dstNS)
 	reqs := []lock.Request{s.groupRequest(j.src), s.groupRequest(dst)}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	ctx, release, err := s.lockChain(ctx, reqs)
 	if err != nil {
 		return err
 	}
-	defer lock.ReleaseAll(guards...)
-	ctx, cancel := lock.Watch(ctx, guards...)
-	defer cancel()
+	defer release()
 	p, err := m.planGroup(ctx, j.src, j.dstNS, merge)
 	if errors.Is(err, ErrNotFound) {
 		return nil // removed since it was listed
@@ -1318,27 +1245,6 @@ func (m *mover) finish(start time.Time, err error) {
 	b.WriteString("; every snapshot is in exactly one place (an interrupted copy on object storage at worst twice, finished in the target)")
 	b.WriteString("; rerun the same move to finish it")
 	r.Partial = b.String()
-}
-
-// lockGuards takes reqs in the given order and returns the guards; on failure
-// nothing stays held. The root namespace is never locked.
-func (s *Store) lockGuards(ctx context.Context, reqs []lock.Request) ([]*lock.Guard, error) {
-	if s.locks == nil {
-		return nil, nil
-	}
-	var held []*lock.Guard
-	for _, r := range reqs {
-		if r.Kind == lock.Namespace && r.NS.IsRoot() {
-			continue
-		}
-		g, err := s.locks.Acquire(ctx, r)
-		if err != nil {
-			_ = lock.ReleaseAll(held...)
-			return nil, err
-		}
-		held = append(held, g)
-	}
-	return held, nil
 }
 
 // ---- move records

@@ -82,35 +82,25 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 	}
 	rep := newReporter(progress, "prune", int64(len(groups)))
 	s.obs.logf("prune datastore %s: %d group(s) in scope%s", s.name, len(groups), map[bool]string{true: " (dry run)"}[req.DryRun])
-	var aside []name.Group
 	var asideSnaps []pendingRemoval
-	for _, g := range groups {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
-		if errors.Is(err, lock.ErrBusy) {
-			s.obs.logf("group %s busy, retried at the end: %v", groupRef(g), err)
-			aside = append(aside, g)
-			continue
-		}
-		if err != nil {
-			return res, err
-		}
-		asideSnaps = append(asideSnaps, busySnaps...)
-		rep.add(1)
-	}
-	for _, g := range aside {
-		busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
-		if errors.Is(err, lock.ErrBusy) {
-			res.Skipped = append(res.Skipped, Skipped{Item: g.NS.String() + ":" + g.String(), Reason: err.Error()})
+	err = busyRetry[name.Group]{
+		run: func(ctx context.Context, g name.Group) error {
+			busySnaps, err := s.pruneGroup(ctx, g, req, loc, res)
+			asideSnaps = append(asideSnaps, busySnaps...)
+			return err
+		},
+		aside: func(g name.Group, busy error) {
+			s.obs.logf("group %s busy, retried at the end: %v", groupRef(g), busy)
+		},
+		skip: func(g name.Group, busy error) {
+			res.Skipped = append(res.Skipped, Skipped{Item: g.NS.String() + ":" + g.String(), Reason: busy.Error()})
 			s.obs.skipped("prune", "busy")
-			s.obs.logf("skipped group %s: busy: %v", groupRef(g), err)
-		} else if err != nil {
-			return res, err
-		}
-		asideSnaps = append(asideSnaps, busySnaps...)
-		rep.add(1)
+			s.obs.logf("skipped group %s: busy: %v", groupRef(g), busy)
+		},
+		done: func(name.Group) { rep.add(1) },
+	}.do(ctx, groups)
+	if err != nil {
+		return res, err
 	}
 	for _, p := range asideSnaps {
 		if err := s.removeSnapshotLocked(ctx, p, true, res); err != nil {

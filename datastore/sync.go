@@ -268,35 +268,20 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 
 	y.rep = newReporter(progress, "sync", int64(len(groups)))
 	dst.obs.logf("sync from datastore %s into %s: %d group(s) in scope", src.name, dst.name, len(groups))
-	var aside []groupPair
-	var asideMu sync.Mutex
-	err = parallel(ctx, y.groupsAtOnce, len(groups), func(ctx context.Context, i int) error {
-		busy, err := y.group(ctx, groups[i])
-		if err != nil {
-			return err
-		}
-		if busy != nil {
-			asideMu.Lock()
-			aside = append(aside, groups[i])
-			asideMu.Unlock()
-			return nil
-		}
-		y.rep.add(1)
-		return nil
-	})
+	err = busyRetry[groupPair]{
+		workers: y.groupsAtOnce,
+		run: func(ctx context.Context, gp groupPair) error {
+			busy, err := y.group(ctx, gp)
+			if err != nil {
+				return err
+			}
+			return busy
+		},
+		skip: func(gp groupPair, busy error) { y.skip(groupLabel(gp.src), busy.Error(), "busy") },
+		done: func(groupPair) { y.rep.add(1) },
+	}.do(ctx, groups)
 	if err != nil {
 		return y.finish(start), err
-	}
-	sort.Slice(aside, func(i, j int) bool { return groupLabel(aside[i].src) < groupLabel(aside[j].src) })
-	for _, gp := range aside {
-		busy, err := y.group(ctx, gp)
-		if err != nil {
-			return y.finish(start), err
-		}
-		if busy != nil {
-			y.skip(groupLabel(gp.src), busy.Error(), "busy")
-		}
-		y.rep.add(1)
 	}
 
 	if req.RemoveVanished {
@@ -391,22 +376,11 @@ type storeLock struct {
 // lockAcross takes the requests in the order given, on their stores, and
 // returns one release func; on failure nothing stays held.
 func lockAcross(ctx context.Context, reqs []storeLock) (context.Context, func(), error) {
-	var rels []func()
-	release := func() {
-		for i := len(rels) - 1; i >= 0; i-- {
-			rels[i]()
-		}
+	on := make([]lock.On, len(reqs))
+	for i, sl := range reqs {
+		on[i] = lock.On{Locker: sl.s.locks, Request: sl.r}
 	}
-	for _, sl := range reqs {
-		lctx, rel, err := sl.s.lockChain(ctx, []lock.Request{sl.r})
-		if err != nil {
-			release()
-			return ctx, nil, err
-		}
-		ctx = lctx
-		rels = append(rels, rel)
-	}
-	return ctx, release, nil
+	return lock.HoldAll(ctx, on...)
 }
 
 // groupLocks are a group's locks in the documented order: the two
@@ -649,7 +623,9 @@ func (s *Store) verifyFailed(ctx context.Context, snap name.Snapshot) (bool, err
 // syncFile is one file of a source snapshot, read and checked.
 type syncFile struct {
 	name string
-	raw  []byte
+	raw  []byte // nil: larger than syncKeep, streamed from the source
+	size int64
+	sum  [32]byte
 	// same: the target has this file with identical bytes.
 	same bool
 }
@@ -676,9 +652,13 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	defer release()
 
-	srcRaw, err := y.src.b.ReadFile(ctx, ssn.File(ManifestName))
+	srcRaw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(ManifestName), maxManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // pruned or moved since it was listed
+	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		y.fail(ssn, []string{"source manifest: " + err.Error()})
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
@@ -699,30 +679,26 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	// the snapshot directory holds too: it is current.
 	// Without a listing of the target snapshot's files (object storage),
 	// every file it may have is asked for; missing ones cost a 404.
-	var names []string
+	var wantManifest, wantLog bool
+	var names []format.FileInfo
 	if it.dst != nil {
 		known := it.dst.Files != nil
-		if it.dst.Finished || !known {
-			names = append(names, ManifestName)
-		}
+		wantManifest = it.dst.Finished || !known
 		for _, f := range m.Files {
 			if !known || slices.Contains(it.dst.Files, f.Filename) {
-				names = append(names, f.Filename)
+				names = append(names, f)
 			}
 		}
-		if !known {
-			names = append(names, clientLogName)
-		}
+		wantLog = !known
 	}
-	old, err := y.dst.readFiles(ctx, tsn, names, y.workers)
+	old, err := y.dst.readSnapFiles(ctx, tsn, wantManifest, wantLog, names, false, y.workers)
 	if err != nil {
 		return nil, err
 	}
-	dstRaw, dstFinished := old[ManifestName]
-	sameManifest := dstFinished && bytes.Equal(dstRaw, srcRaw)
-	_, dstHasLog := old[clientLogName]
-	dstHasLog = dstHasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
-	if sameManifest && !it.corrupt && filesMatchManifest(m, old) {
+	dstFinished := old.hasManifest
+	sameManifest := dstFinished && bytes.Equal(old.manifest, srcRaw)
+	dstHasLog := old.hasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
+	if sameManifest && !it.corrupt && filesMatch(m, old.files) {
 		if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
 			return nil, err
 		}
@@ -732,11 +708,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 
 	// Read and check every source file.
-	srcNames := make([]string, len(m.Files))
-	for i, f := range m.Files {
-		srcNames[i] = f.Filename
-	}
-	raws, err := y.src.readFiles(ctx, ssn, srcNames, y.workers)
+	srcs, err := y.src.readSnapFiles(ctx, ssn, false, false, m.Files, true, y.workers)
 	if err != nil {
 		return nil, err
 	}
@@ -745,26 +717,25 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	seen := map[Digest]bool{}
 	var reasons []string
 	for _, f := range m.Files {
-		raw, ok := raws[f.Filename]
+		c, ok := srcs.files[f.Filename]
 		if !ok {
 			reasons = append(reasons, f.Filename+": missing in the source")
 			continue
 		}
-		idx, why := checkFile(f, raw)
-		if why != "" {
-			reasons = append(reasons, why)
+		if c.why != "" {
+			reasons = append(reasons, c.why)
 			continue
 		}
-		prev, had := old[f.Filename]
-		sf := syncFile{name: f.Filename, raw: raw, same: had && bytes.Equal(prev, raw)}
+		prev, had := old.files[f.Filename]
+		sf := syncFile{name: f.Filename, raw: c.raw, size: c.size, sum: c.sum,
+			same: had && prev.why == "" && prev.sum == c.sum}
 		// An identical index in a finished target snapshot had its chunks
 		// when it was written; anything else gets its chunks checked.
-		if idx != nil && (!sf.same || !dstFinished || it.corrupt) {
-			for i := 0; i < idx.ChunkCount(); i++ {
-				d := Digest(idx.ChunkDigest(i))
-				if !seen[d] {
-					seen[d] = true
-					refs = append(refs, chunkRef{digest: d, size: idx.ChunkLen(i)})
+		if !sf.same || !dstFinished || it.corrupt {
+			for _, r := range c.refs {
+				if !seen[r.digest] {
+					seen[r.digest] = true
+					refs = append(refs, r)
 				}
 			}
 		}
@@ -813,7 +784,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	err = parallel(ctx, y.workers, len(toWrite), func(ctx context.Context, i int) error {
 		f := toWrite[i]
-		if err := y.dst.b.WriteFile(ctx, tsn.File(f.name), f.raw); err != nil {
+		if err := y.copySnapFile(ctx, ssn, tsn, f); err != nil {
 			return fmt.Errorf("write %s of snapshot %s on store %q: %w", f.name, snapshotLabel(tsn), y.dst.name, err)
 		}
 		return nil
@@ -864,83 +835,18 @@ func manifestProblems(m *format.Manifest, snap name.Snapshot) []string {
 	return out
 }
 
-// checkFile checks a snapshot file against its manifest entry; for an
-// index it returns the parsed index.
-func checkFile(f format.FileInfo, raw []byte) (format.Index, string) {
-	if isBlobFile(f.Filename) {
-		if uint64(len(raw)) != f.Size || sha256.Sum256(raw) != f.Csum {
-			return nil, f.Filename + ": checksum or size differs from the manifest"
-		}
-		if _, err := format.InspectBlob(raw); err != nil {
-			return nil, fmt.Sprintf("%s: %v", f.Filename, err)
-		}
-		return nil, ""
-	}
-	idx, err := format.ParseIndex(f.Filename, raw)
-	if err != nil {
-		return nil, fmt.Sprintf("%s: %v", f.Filename, err)
-	}
-	if idx.Checksum() != f.Csum {
-		return nil, f.Filename + ": index checksum differs from the manifest"
-	}
-	if idx.DataSize() != f.Size {
-		return nil, fmt.Sprintf("%s: size %d differs from the manifest's %d", f.Filename, idx.DataSize(), f.Size)
-	}
-	return idx, ""
-}
-
-// filesMatchManifest reports whether every file the manifest lists was
-// read (from the target) and matches its entry: the cheap re-check of a
-// snapshot whose manifest is identical to the source's.
-func filesMatchManifest(m *format.Manifest, files map[string][]byte) bool {
-	for _, f := range m.Files {
-		raw, ok := files[f.Filename]
-		if !ok {
-			return false
-		}
-		if _, why := checkFile(f, raw); why != "" {
-			return false
-		}
-	}
-	return true
-}
-
-// readFiles reads files of a snapshot concurrently; missing ones are left
-// out of the map, other errors fail.
-func (s *Store) readFiles(ctx context.Context, snap name.Snapshot, files []string, workers int) (map[string][]byte, error) {
-	raws := make([][]byte, len(files))
-	found := make([]bool, len(files))
-	err := parallel(ctx, workers, len(files), func(ctx context.Context, i int) error {
-		raw, err := s.b.ReadFile(ctx, snap.File(files[i]))
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read %s of snapshot %s on store %q: %w", files[i], snapshotLabel(snap), s.name, err)
-		}
-		raws[i], found[i] = raw, true
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string][]byte, len(files))
-	for i, f := range files {
-		if found[i] {
-			out[f] = raws[i]
-		}
-	}
-	return out, nil
-}
-
 // copyClientLog copies the client log when the source has it and the
 // target does not, as PBS does (it is not part of the manifest).
 func (y *syncer) copyClientLog(ctx context.Context, ssn, tsn name.Snapshot, it syncItem, dstHasLog bool) error {
 	if dstHasLog || (it.src.Files != nil && !slices.Contains(it.src.Files, clientLogName)) {
 		return nil
 	}
-	raw, err := y.src.b.ReadFile(ctx, ssn.File(clientLogName))
+	raw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(clientLogName), maxManifestFile)
 	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		y.warn(fmt.Sprintf("%s: client log not copied: %v", snapshotLabel(ssn), err))
 		return nil
 	}
 	if err != nil {
@@ -1253,40 +1159,6 @@ func (y *syncer) progressMessage() {
 		y.res.Snapshots, y.res.Chunks, float64(y.res.Bytes)/(1<<20), y.res.ChunksPresent)
 	y.mu.Unlock()
 	y.rep.message(msg)
-}
-
-// parallel runs fn(0..n-1) on up to workers goroutines and returns the
-// first error, cancelling the others' context.
-func parallel(ctx context.Context, workers, n int, fn func(ctx context.Context, i int) error) error {
-	if n == 0 {
-		return ctx.Err()
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < min(workers, n); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					cancel(err)
-				}
-			}
-		}()
-	}
-feed:
-	for i := 0; i < n; i++ {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(next)
-	wg.Wait()
-	return context.Cause(ctx)
 }
 
 // removeVanishedSnapshots removes, in a group whose lock is held, the

@@ -943,6 +943,18 @@ func TestSyncBusy(t *testing.T) {
 		!strings.Contains(stJSON(res.Skipped), "busy") {
 		t.Fatalf("%v\n%s", res.Outcome(), stJSON(res))
 	}
+	// group and snapshot return (busy, err) as (lock error, nil) when a
+	// lock is refused: the intended pair, not a swapped one. Sync succeeds
+	// (stSync) and each skip names the lock that stayed held.
+	wantSkip := map[string]string{
+		":vm/100": `group "vm/100" (exclusive) on store "dst"`,
+		":ct/200": `snapshot "` + ct0.String() + `" (shared) on store "src"`,
+	}
+	for _, sk := range res.Skipped {
+		if w, ok := wantSkip[sk.Item]; !ok || !strings.Contains(sk.Reason, w) || !strings.Contains(sk.Reason, lock.ErrBusy.Error()) {
+			t.Errorf("skip %q: %q, want a busy reason naming %s", sk.Item, sk.Reason, w)
+		}
+	}
 	_ = g.Release()
 	_ = sl.Release()
 	res = stSync(t, src, dst, SyncRequest{MaxDepth: -1})

@@ -190,56 +190,39 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 		s.obs.logf("sampled verify: %d%% of the chunks (buckets %d..%d of 100), rotation started %s",
 			req.Sample, v.plan.from, (v.plan.from+v.plan.width-1)%sampleBuckets, v.plan.rot.Started.Format(time.RFC3339))
 	}
-	var aside []SnapshotInfo
-	for i, sn := range snaps {
-		if err := ctx.Err(); err != nil {
-			return v.res, err
-		}
-		if v.plan.timeUp() {
-			v.notReached(len(snaps) - i + len(aside))
-			aside = nil
-			break
-		}
-		if v.plan.done(sn.Snapshot) {
-			v.res.Resumed++
-			v.rep.add(1)
-			continue
-		}
-		busy, err := v.snapshot(ctx, sn)
-		if errors.Is(err, errTimeBox) {
-			v.notReached(len(snaps) - i + len(aside))
-			aside = nil
-			break
-		}
-		if err != nil {
-			return v.res, err
-		}
-		if busy != nil {
+	finished := 0
+	err = busyRetry[SnapshotInfo]{
+		run: func(ctx context.Context, sn SnapshotInfo) error {
+			if v.plan.timeUp() {
+				return errTimeBox
+			}
+			if v.plan.done(sn.Snapshot) {
+				v.res.Resumed++
+				return nil
+			}
+			busy, err := v.snapshot(ctx, sn)
+			if err != nil {
+				return err
+			}
+			return busy
+		},
+		aside: func(sn SnapshotInfo, busy error) {
 			s.obs.logf("%s busy, retried at the end: %v", snapRef(sn.Snapshot), busy)
-			aside = append(aside, sn)
-			continue
-		}
-		v.rep.add(1)
-	}
-	for i, sn := range aside {
-		if v.plan.timeUp() {
-			v.notReached(len(aside) - i)
-			break
-		}
-		busy, err := v.snapshot(ctx, sn)
-		if errors.Is(err, errTimeBox) {
-			v.notReached(len(aside) - i)
-			break
-		}
-		if err != nil {
-			return v.res, err
-		}
-		if busy != nil {
+		},
+		skip: func(sn SnapshotInfo, busy error) {
 			v.res.Skipped = append(v.res.Skipped, Skipped{Item: sn.NS.String() + ":" + sn.Snapshot.String(), Reason: busy.Error()})
 			s.obs.skipped("verify", "busy")
 			s.obs.logf("skipped %s: busy: %v", snapRef(sn.Snapshot), busy)
-		}
-		v.rep.add(1)
+		},
+		done: func(SnapshotInfo) { finished++; v.rep.add(1) },
+	}.do(ctx, snaps)
+	if errors.Is(err, errTimeBox) {
+		// Snapshots set aside as busy and not retried count as not reached.
+		v.notReached(len(snaps) - finished)
+		err = nil
+	}
+	if err != nil {
+		return v.res, err
 	}
 	if err := s.finishVerifyPlan(ctx, req, v.plan, v.checked, v.res, time.Now()); err != nil {
 		return v.res, err

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -296,5 +298,118 @@ func TestVerifyManifestBombBounded(t *testing.T) {
 	}
 	if rss >= maxRSS {
 		t.Errorf("verify of a 100 MiB manifest bomb peaked at %d MiB RSS", rss>>20)
+	}
+}
+
+// addToManifest lists fi in the manifest of snapshot directory snap.
+func addToManifest(t *testing.T, snap string, fi format.FileInfo) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(snap, "index.json.blob"))
+	must(t, err)
+	m, err := format.ParseManifest(raw)
+	must(t, err)
+	fi.CryptMode = m.Files[0].CryptMode
+	m.Files = append(m.Files, fi)
+	raw, err = m.Marshal()
+	must(t, err)
+	must(t, os.WriteFile(filepath.Join(snap, "index.json.blob"), raw, 0o644))
+}
+
+// sparse makes path a sparse file of size bytes beginning with head.
+func sparse(t *testing.T, path string, head []byte, size int64) {
+	t.Helper()
+	must(t, os.WriteFile(path, head, 0o644))
+	must(t, os.Truncate(path, size))
+}
+
+// hugeValidIndex writes a fixed index of n entries that all name digest d
+// (chunks of 4 MiB), with a correct checksum, without holding it, and
+// returns its manifest entry.
+func hugeValidIndex(t *testing.T, path string, n int, d [32]byte) format.FileInfo {
+	t.Helper()
+	entries := bytes.Repeat(d[:], 1<<15)
+	h := sha256.New()
+	for left := n; left > 0; left -= 1 << 15 {
+		h.Write(entries[:32*min(left, 1<<15)])
+	}
+	csum := [32]byte(h.Sum(nil))
+	x := &format.FixedIndex{Size: uint64(n) << 22, ChunkSize: 4 << 20}
+	hdr := x.Marshal()
+	// index_csum follows magic, uuid and ctime (PBS's layout).
+	const offCsum = 32
+	if empty := x.Checksum(); !bytes.Equal(hdr[offCsum:offCsum+32], empty[:]) {
+		t.Fatal("index_csum is not where the test expects it")
+	}
+	copy(hdr[offCsum:], csum[:])
+	f, err := os.Create(path)
+	must(t, err)
+	w := bufio.NewWriterSize(f, 1<<20)
+	_, err = w.Write(hdr)
+	must(t, err)
+	for left := n; left > 0; left -= 1 << 15 {
+		_, err = w.Write(entries[:32*min(left, 1<<15)])
+		must(t, err)
+	}
+	must(t, w.Flush())
+	must(t, f.Close())
+	return format.FileInfo{Filename: filepath.Base(path), Size: x.Size, Csum: csum}
+}
+
+// TestSyncSparseHugeFilesBounded: snapshot files are streamed by sync,
+// never held whole. In one source snapshot, a listed 1.5 GiB sparse index,
+// a crafted sparse 640 MiB index with a good-looking header, a 1.5 GiB
+// sparse blob and a 120 MiB sparse one fail that snapshot; another holds a
+// valid 320 MiB index (10 Mi entries of one real 4 MiB chunk), which is
+// synced whole. Peak RSS of sync fs→fs stays under 300 MiB.
+func TestSyncSparseHugeFilesBounded(t *testing.T) {
+	e := newEnv(t, false)
+	src := e.bombStore("src", 1, func(int) []byte { return compressedBlob(rleZstd(nil, 1, 0, nil)) })
+	bad := filepath.Join(src, bombSnap)
+	must(t, os.Truncate(filepath.Join(bad, "bomb.img.fidx"), 1536<<20))
+	const craftedSize = 640 << 20
+	hdr := (&format.FixedIndex{Size: (craftedSize - format.IndexHeaderSize) / 32 << 22, ChunkSize: 4 << 20}).Marshal()
+	sparse(t, filepath.Join(bad, "crafted.img.fidx"), hdr, craftedSize)
+	addToManifest(t, bad, format.FileInfo{Filename: "crafted.img.fidx", Size: (craftedSize - format.IndexHeaderSize) / 32 << 22})
+	blobHead := []byte{0x42, 0xab, 0x38, 0x07, 0xbe, 0x83, 0x70, 0xa1, 0, 0, 0, 0}
+	sparse(t, filepath.Join(bad, "huge.conf.blob"), blobHead, 1536<<20)
+	addToManifest(t, bad, format.FileInfo{Filename: "huge.conf.blob", Size: 1536 << 20})
+	sparse(t, filepath.Join(bad, "big.conf.blob"), blobHead, 120<<20)
+	addToManifest(t, bad, format.FileInfo{Filename: "big.conf.blob", Size: 120 << 20})
+
+	// The good snapshot: one real chunk of 4 MiB of zeros.
+	img := filepath.Join(e.dir, "small.img")
+	e.mustRun("backup", "--store", "src", "--type", "vm", "--id", "200", "--time", "2024-03-01T10:00:00Z", img)
+	good := filepath.Join(src, "vm/200/2024-03-01T10:00:00Z")
+	d := sha256.Sum256(make([]byte, 4<<20))
+	h := hex.EncodeToString(d[:])
+	must(t, os.MkdirAll(filepath.Join(src, ".chunks", h[:4]), 0o755))
+	must(t, os.WriteFile(filepath.Join(src, ".chunks", h[:4], h), compressedBlob(rleZstd(nil, 32, 0, nil)), 0o644))
+	const entries = 10 << 20
+	addToManifest(t, good, hugeValidIndex(t, filepath.Join(good, "huge.img.fidx"), entries, d))
+
+	dst := filepath.Join(e.dir, "dst")
+	must(t, os.MkdirAll(filepath.Join(dst, ".chunks"), 0o755))
+	e.writeConfig(fsStoreYAML("src", src) + fsStoreYAML("dst", dst))
+	out, code, rss := e.rssRun("run", "sync", "--source-store", "src", "--store", "dst")
+	if code == 0 {
+		t.Errorf("sync of hostile files: exit 0, want the snapshot failed:\n%s", out)
+	}
+	for _, want := range []string{"bomb.img.fidx", "crafted.img.fidx", "huge.conf.blob", "big.conf.blob"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sync output does not name %s as a problem:\n%s", want, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dst, bombSnap)); err == nil {
+		t.Errorf("the failed snapshot was synced")
+	}
+	fi, err := os.Stat(filepath.Join(dst, "vm/200/2024-03-01T10:00:00Z", "huge.img.fidx"))
+	if err != nil || fi.Size() != format.IndexHeaderSize+32*entries {
+		t.Errorf("the valid 320 MiB index was not synced whole: %v, %v", fi, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "vm/200/2024-03-01T10:00:00Z", "index.json.blob")); err != nil {
+		t.Errorf("the good snapshot has no manifest: %v", err)
+	}
+	if rss >= maxRSS {
+		t.Errorf("sync of sparse huge files and a 320 MiB index peaked at %d MiB RSS, want < %d", rss>>20, maxRSS>>20)
 	}
 }

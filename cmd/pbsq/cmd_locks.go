@@ -93,15 +93,14 @@ exit code. SIGTERM and Ctrl-C are passed on to CMD.`,
 				return err
 			}
 			l = l.WithTask("pbsq-lock")
-			guards, err := l.AcquireAll(cmd.Context(), reqs...)
+			// A lost lease (Redis locks) must stop CMD before another holder
+			// can get in: it runs under the context Hold watches.
+			lock.SortRequests(reqs)
+			ctx, release, err := l.Hold(cmd.Context(), reqs...)
 			if err != nil {
 				return err
 			}
-			defer lock.ReleaseAll(guards...)
-			// A lost lease (Redis locks) must stop CMD before another holder
-			// can get in.
-			ctx, stop := lock.Watch(cmd.Context(), guards...)
-			defer stop()
+			defer release()
 			c := exec.CommandContext(ctx, args[0], args[1:]...)
 			c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 			c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }

@@ -175,6 +175,29 @@ func Open(ctx context.Context, b Backend, name string) (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(data)), nil
 }
 
+// StreamWriter is implemented by backends that can write a file from a
+// reader without holding it whole, so that copying a large file (sync's
+// indexes) costs a buffer, not the file.
+type StreamWriter interface {
+	// WriteFrom is WriteFile with the content read from r up to EOF. An
+	// error from r aborts the write: name keeps its old content (or stays
+	// missing) and nothing partial is left.
+	WriteFrom(ctx context.Context, name string, r io.Reader) error
+}
+
+// WriteFrom streams r into name when b supports it, and reads r whole then
+// calls WriteFile otherwise.
+func WriteFrom(ctx context.Context, b Backend, name string, r io.Reader) error {
+	if sw, ok := b.(StreamWriter); ok {
+		return sw.WriteFrom(ctx, name, r)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	return b.WriteFile(ctx, name, data)
+}
+
 // Syncer is implemented by backends whose CreateFile does not make data
 // durable by itself (filesystem chunks, as PBS's default sync level):
 // Sync flushes everything written so far.

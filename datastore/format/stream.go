@@ -212,6 +212,19 @@ func (s *BlobStreamer) Copy(w io.Writer, limit int64) (int64, error) {
 	return n, s.checkCRC()
 }
 
+// Skip reads the rest of a blob of any kind without decoding it and
+// checks the CRC: InspectBlob for a stream.
+func (s *BlobStreamer) Skip() (int64, error) {
+	if s.kind == 0 {
+		return 0, fmt.Errorf("skip of an unopened blob: %w", ErrCorrupt)
+	}
+	n, err := io.Copy(io.Discard, s.br)
+	if err != nil {
+		return n, s.fail(err)
+	}
+	return n, s.checkCRC()
+}
+
 // Decode decompresses a compressed blob's payload into w with dec and
 // checks the CRC. At most limit bytes are accepted; more is ErrTooLarge.
 // A frame needing a larger window than dec's is ErrWindowTooLarge.

@@ -260,6 +260,15 @@ func FuzzBlobStream(f *testing.F) {
 			case errors.Is(werr, ErrBadCRC) && !errors.Is(err, ErrBadCRC):
 				t.Fatalf("whole-blob decode finds a bad CRC, stream says %v", err)
 			}
+			// Skip is InspectBlob for a stream.
+			_, ierr := InspectBlob(raw)
+			_, serr := s.Open(iotest.HalfReader(bytes.NewReader(raw)))
+			if serr == nil {
+				_, serr = s.Skip()
+			}
+			if (ierr == nil) != (serr == nil) {
+				t.Fatalf("InspectBlob says %v, Open+Skip %v", ierr, serr)
+			}
 		}
 	})
 }

@@ -304,16 +304,60 @@ func withWaited(req Request, err error, waited time.Duration) error {
 func (l *Locker) AcquireAll(ctx context.Context, reqs ...Request) ([]*Guard, error) {
 	sorted := slices.Clone(reqs)
 	SortRequests(sorted)
-	guards := make([]*Guard, 0, len(sorted))
-	for _, r := range sorted {
-		g, err := l.Acquire(ctx, r)
+	on := make([]On, len(sorted))
+	for i, r := range sorted {
+		on[i] = On{Locker: l, Request: r}
+	}
+	return acquireAll(ctx, on)
+}
+
+// On is one lock to take: a request on a Locker (nil: locking is off).
+type On struct {
+	Locker  *Locker
+	Request Request
+}
+
+// Hold is HoldAll with every request on l.
+func (l *Locker) Hold(ctx context.Context, reqs ...Request) (context.Context, func(), error) {
+	on := make([]On, len(reqs))
+	for i, r := range reqs {
+		on[i] = On{Locker: l, Request: r}
+	}
+	return HoldAll(ctx, on...)
+}
+
+// HoldAll takes the locks in the order given (callers give namespace →
+// group → snapshot, several namespaces as SortRequests orders them) and
+// returns a context for the work done under them and a release function
+// that stops watching and releases them, last taken first. The context is
+// cancelled, with a cause wrapping ErrLeaseLost, as soon as a lease is
+// lost (Redis locks), so the work stops before another holder can get in.
+// On failure nothing stays held. The root namespace is never locked, as in
+// PBS, and a nil Locker takes nothing.
+func HoldAll(ctx context.Context, locks ...On) (context.Context, func(), error) {
+	locks = slices.DeleteFunc(slices.Clone(locks), func(o On) bool {
+		return o.Locker == nil || (o.Request.Kind == Namespace && o.Request.NS.IsRoot())
+	})
+	held, err := acquireAll(ctx, locks)
+	if err != nil {
+		return ctx, nil, err
+	}
+	wctx, cancel := Watch(ctx, held...)
+	return wctx, func() { cancel(); _ = ReleaseAll(held...) }, nil
+}
+
+// acquireAll takes the locks in order; on failure it releases what it took.
+func acquireAll(ctx context.Context, locks []On) ([]*Guard, error) {
+	held := make([]*Guard, 0, len(locks))
+	for _, o := range locks {
+		g, err := o.Locker.Acquire(ctx, o.Request)
 		if err != nil {
-			ReleaseAll(guards...)
+			_ = ReleaseAll(held...)
 			return nil, err
 		}
-		guards = append(guards, g)
+		held = append(held, g)
 	}
-	return guards, nil
+	return held, nil
 }
 
 // ReleaseAll releases guards in reverse order, returning the joined errors.

@@ -59,6 +59,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) backend.Backend) {
 		{"WalkErrors", testWalkErrors},
 		{"ReadFileMax", testReadFileMax},
 		{"Features", testFeatures},
+		{"WriteFrom", testWriteFrom},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -929,4 +930,69 @@ func testReadFileMax(t *testing.T, b backend.Backend) {
 	if _, ok := b.(backend.MaxReader); !ok {
 		t.Errorf("%T does not implement backend.MaxReader", b)
 	}
+}
+
+// pieceReader hands out data in pieces of at most n bytes, then fails
+// with err (io.EOF for a clean end).
+type pieceReader struct {
+	data []byte
+	n    int
+	err  error
+}
+
+func (r *pieceReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, r.err
+	}
+	k := copy(p[:min(len(p), r.n)], r.data)
+	r.data = r.data[k:]
+	return k, nil
+}
+
+var errSourceFailed = errors.New("source failed")
+
+// testWriteFrom: a streamed write gives the same file as WriteFile, small
+// or larger than any buffer a backend holds (20 MiB, read in odd pieces);
+// a reader failing midway leaves the old content, or no file, and no
+// partial file or temp file in a listing.
+func testWriteFrom(t *testing.T, b backend.Backend) {
+	ctx := ctxT(t)
+	if _, ok := b.(backend.StreamWriter); !ok {
+		t.Errorf("%T does not implement backend.StreamWriter", b)
+	}
+	big := make([]byte, 20<<20+17)
+	for i := range big {
+		big[i] = byte(i*7 + i>>13)
+	}
+	small := []byte("streamed small file")
+	for _, c := range []struct {
+		name string
+		data []byte
+	}{{"w/small", small}, {"w/empty", nil}, {"w/big", big}} {
+		if err := backend.WriteFrom(ctx, b, c.name, &pieceReader{data: c.data, n: 65521, err: io.EOF}); err != nil {
+			t.Fatalf("WriteFrom(%s): %v", c.name, err)
+		}
+		got, err := b.ReadFile(ctx, c.name)
+		if err != nil || !bytes.Equal(got, c.data) {
+			t.Fatalf("WriteFrom(%s) then ReadFile: %d bytes (%x), want %d (%x); %v",
+				c.name, len(got), sha256.Sum256(got), len(c.data), sha256.Sum256(c.data), err)
+		}
+	}
+	// Failing readers: before and after a backend's first buffer fills.
+	for _, cut := range []int{5, 9 << 20, 20 << 20} {
+		for _, name := range []string{"w/small", "w/new"} {
+			err := backend.WriteFrom(ctx, b, name, &pieceReader{data: big[:cut], n: 1 << 20, err: errSourceFailed})
+			if !errors.Is(err, errSourceFailed) {
+				t.Fatalf("WriteFrom(%s) from a reader failing after %d bytes = %v, want its error", name, cut, err)
+			}
+		}
+		wantContent(t, b, "w/small", string(small))
+		wantMissing(t, b, "w/new")
+	}
+	// Overwriting streams replace the whole file.
+	if err := backend.WriteFrom(ctx, b, "w/big", bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+	wantContent(t, b, "w/big", string(small))
+	wantList(t, b, "w", "big", "empty", "small")
 }

@@ -10,6 +10,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -243,10 +244,11 @@ func tempName(base string) string {
 	return "." + base + ".tmp-" + hex.EncodeToString(r[:])
 }
 
-// writeTemp writes data to a fresh temp file in dfd (created exclusively,
-// never through a link, given to the store's owner), fsyncing it when sync
-// is set, and returns its name.
-func (f *FS) writeTemp(dfd int, dir, base string, data []byte, sync bool) (string, error) {
+// writeTemp writes what src holds to a fresh temp file in dfd (created
+// exclusively, never through a link, given to the store's owner), fsyncing
+// it when sync is set, and returns its name. An error (src's too) removes
+// the temp file.
+func (f *FS) writeTemp(dfd int, dir, base string, src io.Reader, sync bool) (string, error) {
 	tmp := tempName(base)
 	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
 	if err != nil {
@@ -255,7 +257,7 @@ func (f *FS) writeTemp(dfd int, dir, base string, data []byte, sync bool) (strin
 	fh := os.NewFile(uintptr(fd), f.root.Join(backend.Join(dir, tmp)))
 	err = f.owner.Apply(fd)
 	if err == nil {
-		_, err = fh.Write(data)
+		_, err = io.Copy(fh, src)
 	}
 	if err == nil && sync {
 		err = fh.Sync()
@@ -273,6 +275,13 @@ func (f *FS) writeTemp(dfd int, dir, base string, data []byte, sync bool) (strin
 // WriteFile is temp file + fsync + rename: never a partial file under name.
 // A link at name is replaced, never written through.
 func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
+	return f.WriteFrom(ctx, name, bytes.NewReader(data))
+}
+
+// WriteFrom implements backend.StreamWriter as WriteFile does: src is
+// copied into the temp file, which is renamed over name only once src
+// has ended without error.
+func (f *FS) WriteFrom(ctx context.Context, name string, src io.Reader) error {
 	if err := checkFile(name); err != nil {
 		return err
 	}
@@ -282,7 +291,7 @@ func (f *FS) WriteFile(ctx context.Context, name string, data []byte) error {
 	}
 	defer unix.Close(dfd)
 	dir, _ := split(name)
-	tmp, err := f.writeTemp(dfd, dir, base, data, true)
+	tmp, err := f.writeTemp(dfd, dir, base, src, true)
 	if err != nil {
 		return err
 	}
@@ -311,7 +320,7 @@ func (f *FS) CreateFile(ctx context.Context, name string, data []byte) (bool, er
 		return false, nil
 	}
 	dir, _ := split(name)
-	tmp, err := f.writeTemp(dfd, dir, base, data, false)
+	tmp, err := f.writeTemp(dfd, dir, base, bytes.NewReader(data), false)
 	if err != nil {
 		return false, err
 	}

@@ -547,6 +547,89 @@ func (s *S3) WriteFile(ctx context.Context, name string, data []byte) error {
 	return nil
 }
 
+// partSize is the piece WriteFrom holds at once: one PutObject below it,
+// a multipart upload of parts this size above (S3's minimum is 5 MiB).
+const partSize = 8 << 20
+
+// WriteFrom implements backend.StreamWriter. Content that fits one part is
+// a PutObject as WriteFile; larger content is a multipart upload, which S3
+// makes visible only once completed. An error, src's included, aborts it.
+func (s *S3) WriteFrom(ctx context.Context, name string, src io.Reader) error {
+	key, err := s.key(name)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, partSize)
+	n, err := io.ReadFull(src, buf)
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return s.WriteFile(ctx, name, buf[:n])
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.multipart(ctx, key, buf, src); err != nil {
+		return s.wrap("write", name, err)
+	}
+	return nil
+}
+
+// multipart uploads buf (a full first part) and the rest of src in parts
+// of len(buf) bytes.
+func (s *S3) multipart(ctx context.Context, key string, buf []byte, src io.Reader) (err error) {
+	var id *string
+	err = s.do(ctx, func(ctx context.Context) error {
+		out, err := s.client.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &s.bucket, Key: &key})
+		if err == nil {
+			id = out.UploadId
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			// Not cancelled with the write: an abandoned upload costs storage.
+			_ = s.do(context.WithoutCancel(ctx), func(ctx context.Context) error {
+				_, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.bucket, Key: &key, UploadId: id})
+				return err
+			})
+		}
+	}()
+	var parts []types.CompletedPart
+	n := len(buf)
+	for num := int32(1); n > 0; num++ {
+		part := buf[:n]
+		var etag *string
+		err := s.do(ctx, func(ctx context.Context) error {
+			out, err := s.client.UploadPart(ctx, &s3.UploadPartInput{
+				Bucket: &s.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(num),
+				Body: bytes.NewReader(part), ContentLength: aws.Int64(int64(len(part))),
+			})
+			if err == nil {
+				etag = out.ETag
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		parts = append(parts, types.CompletedPart{ETag: etag, PartNumber: aws.Int32(num)})
+		var rerr error
+		n, rerr = io.ReadFull(src, buf)
+		if rerr != nil && !errors.Is(rerr, io.EOF) && !errors.Is(rerr, io.ErrUnexpectedEOF) {
+			return rerr
+		}
+	}
+	return s.do(ctx, func(ctx context.Context) error {
+		_, err := s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+			Bucket: &s.bucket, Key: &key, UploadId: id,
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+		})
+		return err
+	})
+}
+
 // CreateFile is a conditional PutObject (If-None-Match: *): 412 means
 // someone else's object is already there — unless the SDK retried: an
 // earlier attempt may have created the object and lost its response (a

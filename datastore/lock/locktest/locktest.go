@@ -636,6 +636,26 @@ func testLockerKinds(t *testing.T, open func(*testing.T) lock.Backend) {
 	}
 	mustFree(t, b, nsReq("a", X)) // AcquireAll released what it had taken
 	assertNoHoldersExcept(t, b, nsReq("b/c", S), nsReq("b", S))
+
+	// HoldAll: root and nil lockers take nothing, release frees all and
+	// ends the watched context; a refusal leaves nothing held.
+	hctx, release, err := lock.HoldAll(ctx, lock.On{Locker: lk, Request: nsReq("", S)},
+		lock.On{Locker: lk, Request: nsReq("a", X)}, lock.On{Request: nsReq("d", X)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustBusy(t, b, nsReq("a", S))
+	mustFree(t, b, nsReq("d", X))
+	release()
+	if hctx.Err() == nil {
+		t.Error("HoldAll's context lives on after release")
+	}
+	mustFree(t, b, nsReq("a", X))
+	if _, _, err := lk.Hold(ctx, nsReq("a", X), nsReq("b/c", X)); !errors.Is(err, lock.ErrBusy) {
+		t.Fatalf("Hold against a holder: %v, want ErrBusy", err)
+	}
+	mustFree(t, b, nsReq("a", X))
+	assertNoHoldersExcept(t, b, nsReq("b/c", S), nsReq("b", S))
 }
 
 func assertNoHoldersExcept(t *testing.T, b lock.Backend, reqs ...lock.Request) {
