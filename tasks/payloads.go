@@ -167,6 +167,10 @@ type Verify struct {
 	LockWait       *Duration `json:"lock-wait,omitempty"`
 	// ReadOnly records no verify state and renames no corrupt chunk.
 	ReadOnly bool `json:"read-only,omitempty"`
+	// Shards splits the job into at most this many shard tasks.
+	Shards *int `json:"shards,omitempty"`
+	// Shard marks one shard of a sharded job.
+	Shard *ShardOf `json:"shard,omitempty"`
 }
 
 func (*Verify) TaskType() string   { return TypeVerify }
@@ -198,6 +202,9 @@ func (p *Verify) Validate() error {
 	if p.OutdatedAfter != nil && (*p.OutdatedAfter < 0 || *p.OutdatedAfter > 100000) {
 		return fmt.Errorf("%w outdated-after %d: must be 0..100000 days", name.ErrInvalid, *p.OutdatedAfter)
 	}
+	if err := p.validateShards(); err != nil {
+		return err
+	}
 	return validateWait(p.LockWait)
 }
 
@@ -215,6 +222,10 @@ type Sync struct {
 	Owner          string    `json:"owner,omitempty"`
 	Rate           int64     `json:"rate,omitempty"` // bytes/s, 0 = unlimited
 	LockWait       *Duration `json:"lock-wait,omitempty"`
+	// Shards splits the job into at most this many shard tasks.
+	Shards *int `json:"shards,omitempty"`
+	// Shard marks one shard of a sharded job (its groups are source groups).
+	Shard *ShardOf `json:"shard,omitempty"`
 }
 
 func (*Sync) TaskType() string   { return TypeSync }
@@ -259,6 +270,14 @@ func (p *Sync) Validate() error {
 	}
 	if p.Owner != "" && (len(p.Owner) > 64 || !strings.Contains(p.Owner, "@") || strings.ContainsAny(p.Owner, "\n\r\x00/ ")) {
 		return fmt.Errorf("%w owner %q: must be an auth id like root@pam", name.ErrInvalid, p.Owner)
+	}
+	if err := validateShards(p.Shards, p.Shard, src, p.MaxDepth); err != nil {
+		return err
+	}
+	if p.RemoveVanished && (p.Sharded() || p.Shard != nil) {
+		// Each shard sees only its groups: it would take the others for
+		// vanished.
+		return fmt.Errorf("%w sync: remove-vanished cannot be sharded (run it unsharded)", name.ErrInvalid)
 	}
 	return validateWait(p.LockWait)
 }
