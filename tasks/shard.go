@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
+
+	"github.com/hibiken/asynq"
 
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -115,4 +118,20 @@ func ShardInfo(p Payload) (shards int, shard *ShardOf) {
 		return shards, p.Shard
 	}
 	return 0, nil
+}
+
+// NewShardTask builds a shard's task under its fixed id (ShardID), signed
+// with k when k is set, so that a job planned again after its worker died
+// finds the shards it queued before.
+func NewShardTask(p Payload, k *Keys, id string, now time.Time, opts ...asynq.Option) (*asynq.Task, error) {
+	t, err := NewTask(p, opts...)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(taskOptions(p), append(opts, asynq.TaskID(id))...)
+	if k == nil {
+		return asynq.NewTask(t.Type(), t.Payload(), opts...), nil
+	}
+	h := k.Sign(t.Type(), id, t.Payload(), now.Add(SignatureTTL))
+	return asynq.NewTaskWithHeaders(t.Type(), t.Payload(), h, opts...), nil
 }
