@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -138,6 +140,10 @@ func (l *ledger) Claim(ctx context.Context, ds []datastore.Digest) ([]datastore.
 }
 
 func (l *ledger) Publish(ctx context.Context, vs []datastore.SharedVerdict) error {
+	if crashAt == "shard-stall" {
+		<-ctx.Done() // test hook: a shard that runs until cancelled
+		return ctx.Err()
+	}
 	for len(vs) > 0 {
 		batch := vs[:min(len(vs), claimBatch)]
 		vs = vs[len(batch):]
@@ -148,6 +154,11 @@ func (l *ledger) Publish(ctx context.Context, vs []datastore.SharedVerdict) erro
 		if err := ledgerPublish.Run(ctx, l.rdb, []string{ledgerKey(l.job), jobKey(l.job)}, args...).Err(); err != nil {
 			return err
 		}
+	}
+	if crashAt == "shard-publish" {
+		// Test hook: die with verdicts published, verify_state unrecorded.
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
 	}
 	return nil
 }
