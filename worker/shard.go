@@ -380,34 +380,45 @@ func (w *Worker) shardEnded(ctx context.Context, sh *tasks.ShardOf) {
 	if !done {
 		return
 	}
+	// Most often the job's task is held: release it now, before this
+	// worker looks for its next task, which is then likely the job's.
+	if w.releaseJob(ctx, sh.Job, false) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), jobRelease)
 	w.running.Go(func() {
 		defer cancel()
-		w.releaseJob(ctx, sh.Job)
+		w.releaseJob(ctx, sh.Job, true)
 	})
 }
 
-func (w *Worker) releaseJob(ctx context.Context, job string) {
+// releaseJob runs the job's held task; it reports whether nothing is
+// left to do. With wait it waits while the task is still running
+// (planning), until ctx ends.
+func (w *Worker) releaseJob(ctx context.Context, job string, wait bool) bool {
 	for {
 		if w.cancelRequested(ctx, job) {
-			return
+			return true
 		}
 		info, err := FindTask(w.ins, job)
 		if err != nil {
-			return
+			return true
 		}
 		switch info.State {
 		case asynq.TaskStateRetry, asynq.TaskStateScheduled:
 			if err := w.ins.RunTask(info.Queue, job); err == nil {
-				return
+				return true
 			}
 		case asynq.TaskStateActive:
 		default:
-			return // pending already, or ended
+			return true // pending already, or ended
+		}
+		if !wait {
+			return false
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return true
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
