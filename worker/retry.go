@@ -73,7 +73,9 @@ func (e *busyError) Unwrap() error { return e.err }
 // isFailure is asynq's Config.IsFailure: busy re-queues spend no retries.
 // A cancellation does count (Cancel archives the task right after), which
 // marks a re-run, should there be one, as one to check for the mark.
-func isFailure(err error) bool { return !errors.Is(err, lock.ErrBusy) && !errors.Is(err, errJobWaiting) }
+func isFailure(err error) bool {
+	return !errors.Is(err, lock.ErrBusy) && !errors.Is(err, errJobWaiting)
+}
 
 // retryDelay is asynq's Config.RetryDelayFunc.
 func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
