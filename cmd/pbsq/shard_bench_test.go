@@ -13,13 +13,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/lock/redistest"
 )
 
 // BenchmarkShardedVerify: a verify of one store (PBSQ_BENCH_SHARD_MB,
 // default 1024 MiB on a filesystem, PBSQ_BENCH_SHARD_S3_MB, default 256
-// MiB on versitygw) run as a 2-shard job by two workers each pinned to
+// MiB on versitygw behind a proxy adding PBSQ_BENCH_S3_LATENCY_MS, default
+// 20 ms, to every request) run as a 2-shard job by two workers each pinned to
 // one core (taskset -c 0 / -c 1), against the same verify as one task on
 // one worker pinned to one core, in the same run. Times are end to end
 // (`enqueue --wait`: queue pick-up, planning and the job's final record
@@ -128,10 +130,16 @@ func benchShardedVerify(b *testing.B, backend string) {
 		b.Fatal(err)
 	}
 	mb := envMB("PBSQ_BENCH_SHARD_MB", 1024)
+	var proxy *faultproxy.Proxy
 	if backend == "s3" {
 		mb = envMB("PBSQ_BENCH_SHARD_S3_MB", 256)
 		srv := s3test.StartVersity(b)
-		e.run("datastore", "create", "demo", "--s3-endpoint", srv.Endpoint(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
+		var err error
+		if proxy, err = faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1); err != nil {
+			b.Fatal(err)
+		}
+		defer proxy.Close()
+		e.run("datastore", "create", "demo", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
 	} else {
 		store := filepath.Join(e.dir, "store")
 		if err := os.MkdirAll(filepath.Join(store, ".chunks"), 0o755); err != nil {
@@ -160,6 +168,11 @@ func benchShardedVerify(b *testing.B, backend string) {
 		e.run("backup", "--store", "demo", "--type", "vm", "--id", strconv.Itoa(100+g), img)
 	}
 	os.Remove(img)
+	if proxy != nil {
+		// Every request answered after a WAN-like round trip: each
+		// worker's throughput is bound by request latency.
+		proxy.SetRates(faultproxy.Rates{Slow: 1, SlowDelay: s3Latency})
+	}
 
 	stop := e.workers(1)
 	one, bytes1 := e.timedVerify("demo")
@@ -178,6 +191,10 @@ func benchShardedVerify(b *testing.B, backend string) {
 	b.Logf("%s: %d MiB verified: 1 worker on 1 core %.2fs, 2-shard job on 2 workers × 1 core %.2fs: speed-up %.2f (goal >= 1.8)",
 		backend, bytes1>>20, one.Seconds(), two.Seconds(), speedup)
 }
+
+// s3Latency is the request latency of the S3 case
+// (PBSQ_BENCH_S3_LATENCY_MS, default 20).
+var s3Latency = time.Duration(envMB("PBSQ_BENCH_S3_LATENCY_MS", 20)) * time.Millisecond
 
 func envMB(name string, def int) int {
 	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
