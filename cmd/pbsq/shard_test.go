@@ -186,10 +186,16 @@ func TestShardedVerifyAndSync(t *testing.T) {
 }
 
 // TestShardedJobOneSlot: one worker running one task at a time runs a
-// sharded job to the end (the job holds no slot while its shards run).
+// sharded job to the end (the job holds no slot while its shards run);
+// the worker requires signed tasks, so the shards it queued are signed.
 func TestShardedJobOneSlot(t *testing.T) {
 	e := newEnv(t, true)
 	e.shardedStore()
+	writeKeyFile(t, e.dir, "k1.key", fleetKey1)
+	cfg, _ := os.ReadFile(e.config)
+	if err := os.WriteFile(e.config, append(cfg, []byte("security:\n  task-key-file: k1.key\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	e.start("worker", "--concurrency", "1")
 	out, _ := e.expect(0, "enqueue", "verify", "--store", "demo", "--shards", "4", "--wait", "--json")
 	j := parseJob(t, out)
