@@ -301,3 +301,20 @@ func TestShardsBadInput(t *testing.T) {
 	}
 	_ = fmt.Sprint
 }
+
+// TestScheduleShards: `shards:` in a schedule's payload makes a sharded
+// job; a bad value is refused naming it.
+func TestScheduleShards(t *testing.T) {
+	c := &Config{Datastores: map[string]DatastoreConfig{"main": {Path: "/x"}}}
+	s, err := c.schedule("nightly", ScheduleConfig{Cron: "0 3 * * *", Task: "verify", Payload: map[string]any{"store": "main", "shards": 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := s.Payload.(*tasks.Verify); !ok || v.Shards == nil || *v.Shards != 4 {
+		t.Errorf("schedule payload %+v", s.Payload)
+	}
+	_, err = c.schedule("nightly", ScheduleConfig{Cron: "0 3 * * *", Task: "verify", Payload: map[string]any{"store": "main", "shards": 300}})
+	if err == nil || !strings.Contains(err.Error(), "shards 300") {
+		t.Errorf("shards 300: %v", err)
+	}
+}
