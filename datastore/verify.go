@@ -362,8 +362,6 @@ func isBlobFile(name string) bool {
 
 // chunks checks the chunks not yet checked by this task on all cores and
 // returns a reason for every bad chunk among refs (checked now or before).
-// With a Share, it checks only the chunks no other shard of the job has
-// checked or is checking, and waits for the verdicts of the others.
 func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error) {
 	var todo []chunkRef
 	v.mu.Lock()
@@ -376,96 +374,11 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	// Chunk files sit in digest order in their prefix directories; reading
 	// in that order keeps a filesystem's directory and inode access local.
 	sort.Slice(todo, func(i, j int) bool { return bytes.Compare(todo[i].digest[:], todo[j].digest[:]) < 0 })
-	for len(todo) > 0 {
-		mine, later, err := v.claimShared(ctx, todo)
-		if err != nil {
-			return nil, err
-		}
-		if err := v.checkAll(ctx, mine); err != nil {
-			return nil, err
-		}
-		if err := v.publishShared(ctx, mine); err != nil {
-			return nil, err
-		}
-		if todo = later; len(todo) > 0 {
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(sharePoll):
-			}
-		}
-	}
-	var reasons []string
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, r := range refs {
-		switch c := v.checked[r.digest]; c.st {
-		case chunkOK:
-			if uint64(c.size) != r.size {
-				reasons = append(reasons, sizeMismatch(r, int64(c.size)))
-			}
-		case chunkEncrypted:
-		default:
-			reasons = append(reasons, fmt.Sprintf("chunk %s %s: %s", r.digest, c.st, v.reasons[r.digest]))
-		}
-	}
-	return reasons, nil
-}
-
-// claimShared splits todo into the chunks to check here and those another
-// shard is checking; verdicts already known are taken as they are.
-func (v *verifier) claimShared(ctx context.Context, todo []chunkRef) (mine, later []chunkRef, err error) {
-	if v.req.Share == nil {
-		return todo, nil, nil
-	}
-	ds := make([]Digest, len(todo))
-	for i, r := range todo {
-		ds[i] = r.digest
-	}
-	cl, err := v.req.Share.Claim(ctx, ds)
+	todo, later, err := v.claimShared(ctx, todo)
 	if err != nil {
-		return nil, nil, fmt.Errorf("verify: shared chunk ledger: %w", err)
+		return nil, err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for i, c := range cl {
-		switch {
-		case c.Mine:
-			mine = append(mine, todo[i])
-		case c.Done:
-			v.checked[todo[i].digest] = chunkVerdict{st: chunkState(c.Verdict.Code), size: c.Verdict.Size}
-			if c.Verdict.Reason != "" {
-				v.reasons[todo[i].digest] = c.Verdict.Reason
-			}
-		default:
-			later = append(later, todo[i])
-		}
-	}
-	return mine, later, nil
-}
 
-// publishShared gives the job's other shards the verdicts of the chunks
-// checked here.
-func (v *verifier) publishShared(ctx context.Context, done []chunkRef) error {
-	if v.req.Share == nil || len(done) == 0 {
-		return nil
-	}
-	vs := make([]SharedVerdict, 0, len(done))
-	v.mu.Lock()
-	for _, r := range done {
-		if c, ok := v.checked[r.digest]; ok {
-			vs = append(vs, SharedVerdict{Digest: r.digest, Code: uint8(c.st), Size: c.size, Reason: v.reasons[r.digest]})
-		}
-	}
-	v.mu.Unlock()
-	if err := v.req.Share.Publish(ctx, vs); err != nil {
-		return fmt.Errorf("verify: shared chunk ledger: %w", err)
-	}
-	return nil
-}
-
-// checkAll checks chunks on all cores, recording each verdict.
-func (v *verifier) checkAll(ctx context.Context, todo []chunkRef) error {
 	jobs := make(chan chunkRef)
 	var wg sync.WaitGroup
 	var firstErr error
@@ -508,9 +421,29 @@ func (v *verifier) checkAll(ctx context.Context, todo []chunkRef) error {
 	close(jobs)
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
-	return firstErr
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := v.shareVerdicts(ctx, todo, later); err != nil {
+		return nil, err
+	}
+	var reasons []string
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, r := range refs {
+		switch c := v.checked[r.digest]; c.st {
+		case chunkOK:
+			if uint64(c.size) != r.size {
+				reasons = append(reasons, sizeMismatch(r, int64(c.size)))
+			}
+		case chunkEncrypted:
+		default:
+			reasons = append(reasons, fmt.Sprintf("chunk %s %s: %s", r.digest, c.st, v.reasons[r.digest]))
+		}
+	}
+	return reasons, nil
 }
 
 func (v *verifier) record(r chunkRef, st chunkState, why string, size int64) {
@@ -593,4 +526,79 @@ func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) 
 			return st, n, nil
 		}
 	}
+}
+
+// claimShared splits todo into the chunks to check here and those another
+// shard of the job is checking (later); verdicts other shards published
+// are taken as they are. Without a Share, all are to check here.
+func (v *verifier) claimShared(ctx context.Context, todo []chunkRef) (mine, later []chunkRef, err error) {
+	if v.req.Share == nil || len(todo) == 0 {
+		return todo, nil, nil
+	}
+	ds := make([]Digest, len(todo))
+	for i, r := range todo {
+		ds[i] = r.digest
+	}
+	cl, err := v.req.Share.Claim(ctx, ds)
+	if err != nil {
+		return nil, nil, fmt.Errorf("verify: shared chunk ledger: %w", err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i, c := range cl {
+		switch {
+		case c.Mine:
+			mine = append(mine, todo[i])
+		case c.Done:
+			v.checked[todo[i].digest] = chunkVerdict{st: chunkState(c.Verdict.Code), size: c.Verdict.Size}
+			if c.Verdict.Reason != "" {
+				v.reasons[todo[i].digest] = c.Verdict.Reason
+			}
+		default:
+			later = append(later, todo[i])
+		}
+	}
+	return mine, later, nil
+}
+
+// shareVerdicts gives the job's other shards the verdicts of the chunks
+// checked here, then waits for those of the chunks they are checking
+// (checking here any whose shard died), so that every verdict a snapshot
+// needs is known before its verify_state is recorded.
+func (v *verifier) shareVerdicts(ctx context.Context, done, later []chunkRef) error {
+	if v.req.Share == nil {
+		return nil
+	}
+	if len(done) > 0 {
+		vs := make([]SharedVerdict, 0, len(done))
+		v.mu.Lock()
+		for _, r := range done {
+			if c, ok := v.checked[r.digest]; ok {
+				vs = append(vs, SharedVerdict{Digest: r.digest, Code: uint8(c.st), Size: c.size, Reason: v.reasons[r.digest]})
+			}
+		}
+		v.mu.Unlock()
+		if err := v.req.Share.Publish(ctx, vs); err != nil {
+			return fmt.Errorf("verify: shared chunk ledger: %w", err)
+		}
+	}
+	for len(later) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sharePoll):
+		}
+		mine, rest, err := v.claimShared(ctx, later)
+		if err != nil {
+			return err
+		}
+		if len(mine) > 0 {
+			// Claims of a shard that died, now this one's: check them
+			// (and wait for the rest) as any.
+			_, err := v.chunks(ctx, later)
+			return err
+		}
+		later = rest
+	}
+	return nil
 }
