@@ -255,6 +255,18 @@ func TestShardedJobCancel(t *testing.T) {
 		}
 		return active == 2
 	})
+	// The job's own record carries its shards' summed progress.
+	waitFor(t, 60*time.Second, func() bool {
+		info, err := worker.FindTask(ins, id)
+		if err != nil {
+			return false
+		}
+		rec, _ := tasks.ParseRecord(info.Result)
+		return rec.State == "running" && rec.Total > 0 && strings.Contains(rec.Message, "of 3 shard(s) done")
+	})
+	if out := e.mustRun("tasks", "ls"); !strings.Contains(out, id) {
+		t.Errorf("tasks ls does not list the job:\n%s", out)
+	}
 	e.mustRun("tasks", "cancel", id)
 	// Running shards are stopped and archived, queued ones deleted.
 	for i := range 3 {
