@@ -360,7 +360,14 @@ func (w *Worker) settleJob(ctx context.Context, job string) (bool, error) {
 			}
 		}
 		b, _ := json.Marshal(end)
-		if err := w.rdb.HSet(ctx, jobKey(job), "r:"+strconv.Itoa(i), b).Err(); err != nil {
+		// With its TTL: should the job have ended meanwhile, this field
+		// does not outlive it for long.
+		_, err = w.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			p.HSet(ctx, jobKey(job), "r:"+strconv.Itoa(i), b)
+			p.Expire(ctx, jobKey(job), jobTTL)
+			return nil
+		})
+		if err != nil {
 			return false, err
 		}
 		_ = AppendLog(ctx, w.rdb, job, m["type"], false, fmt.Sprintf("shard %d (%s) ended %s %s", i, id, end.Outcome, end.Error))
@@ -463,6 +470,10 @@ func (w *Worker) shardProgress(ctx context.Context, sh *tasks.ShardOf, typ strin
 	}
 	bctx, cancel := bookkeeping(ctx)
 	defer cancel()
+	// Only into a job that exists (it may have been cancelled).
+	if n, err := w.rdb.Exists(bctx, jobKey(sh.Job)).Result(); err != nil || n == 0 {
+		return
+	}
 	if err := w.rdb.HSet(bctx, jobKey(sh.Job), "p:"+strconv.Itoa(sh.Index), fmt.Sprintf("%d %d", p.Done, p.Total)).Err(); err != nil {
 		return
 	}

@@ -1,10 +1,12 @@
 package worker
 
 import (
+	"context"
 	"slices"
 	"testing"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/datastore/lock/redistest"
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -81,4 +83,53 @@ func FuzzDecodeVerdict(f *testing.F) {
 			t.Fatalf("%q → %+v → %q", s, v, enc)
 		}
 	})
+}
+
+// TestLedger: claims, verdicts, a dead shard's claims taken over, its own
+// re-run taking them back, and the cap beyond which shards work alone.
+func TestLedger(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := rs.Client()
+	ctx := context.Background()
+	a := &ledger{rdb: rdb, job: "j1", owner: "j1-s0", cap: 3}
+	b := &ledger{rdb: rdb, job: "j1", owner: "j1-s1", cap: 3}
+	d := func(i byte) datastore.Digest { return datastore.Digest{i} }
+	stopA := heartbeat(ctx, rdb, "j1", "j1-s0")
+	got, err := a.Claim(ctx, []datastore.Digest{d(1), d(2)})
+	if err != nil || !got[0].Mine || !got[1].Mine {
+		t.Fatalf("first claim: %+v %v", got, err)
+	}
+	if got, _ := b.Claim(ctx, []datastore.Digest{d(1), d(3)}); got[0].Mine || got[0].Done || !got[1].Mine {
+		t.Fatalf("claim of a live shard's chunk: %+v", got)
+	}
+	if err := a.Publish(ctx, []datastore.SharedVerdict{{Digest: d(1), Code: 2, Reason: "corrupt"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.Claim(ctx, []datastore.Digest{d(1)}); !got[0].Done || got[0].Verdict.Code != 2 || got[0].Verdict.Reason != "corrupt" {
+		t.Fatalf("verdict: %+v", got)
+	}
+	// The cap (3 entries) is reached: a new chunk is the caller's alone,
+	// and its verdict is not recorded.
+	if got, _ := b.Claim(ctx, []datastore.Digest{d(4)}); !got[0].Mine {
+		t.Fatalf("beyond the cap: %+v", got)
+	}
+	_ = b.Publish(ctx, []datastore.SharedVerdict{{Digest: d(4), Code: 1}})
+	if n := rdb.HLen(ctx, ledgerKey("j1")).Val(); n != 3 {
+		t.Errorf("ledger holds %d entries, cap 3", n)
+	}
+	// Shard 0 dies: once its heartbeat is gone its claim is anybody's,
+	// and its own re-run would take it back at once.
+	stopA()
+	if got, _ := a.Claim(ctx, []datastore.Digest{d(2)}); !got[0].Mine {
+		t.Fatalf("own re-run: %+v", got)
+	}
+	if got, _ := b.Claim(ctx, []datastore.Digest{d(2)}); !got[0].Mine {
+		t.Fatalf("dead shard's claim: %+v", got)
+	}
+	if r := rdb.HGet(ctx, jobKey("j1"), "reads").Val(); r != "2" {
+		t.Errorf("reads %q, want 2 (the corrupt verdict and the one beyond the cap)", r)
+	}
+	if ttl := rdb.PTTL(ctx, ledgerKey("j1")).Val(); ttl <= 0 || ttl > ledgerTTL {
+		t.Errorf("ledger TTL %s", ttl)
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -176,6 +177,10 @@ func TestShardedVerifyAndSync(t *testing.T) {
 	}
 	if fs, fu := failedSet(sharded), failedSet(plain); !slices.Equal(fs, fu) || len(fs) != 4 {
 		t.Errorf("failed snapshots: sharded %v, unsharded %v; want the 4 with block 2", fs, fu)
+	}
+	// Job records and ledgers are gone with their jobs.
+	if keys := e.redis.Client().Keys(context.Background(), "pbsq:job:*").Val(); len(keys) > 0 {
+		t.Errorf("left in Redis after the jobs: %v", keys)
 	}
 	if rec := e.mustRun("tasks", "show", sharded.ID); !strings.Contains(rec, `"shards": 2`) {
 		t.Errorf("tasks show of the job:\n%s", rec)
