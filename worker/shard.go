@@ -474,7 +474,12 @@ func (w *Worker) shardProgress(ctx context.Context, sh *tasks.ShardOf, typ strin
 	if n, err := w.rdb.Exists(bctx, jobKey(sh.Job)).Result(); err != nil || n == 0 {
 		return
 	}
-	if err := w.rdb.HSet(bctx, jobKey(sh.Job), "p:"+strconv.Itoa(sh.Index), fmt.Sprintf("%d %d", p.Done, p.Total)).Err(); err != nil {
+	_, err := w.rdb.TxPipelined(bctx, func(pp redis.Pipeliner) error {
+		pp.HSet(bctx, jobKey(sh.Job), "p:"+strconv.Itoa(sh.Index), fmt.Sprintf("%d %d", p.Done, p.Total))
+		pp.Expire(bctx, jobKey(sh.Job), jobTTL)
+		return nil
+	})
+	if err != nil {
 		return
 	}
 	w.writeJobProgress(bctx, sh.Job, typ)
