@@ -76,11 +76,10 @@ func (s *Store) GroupSizes(ctx context.Context, groups []name.Group) ([]GroupSiz
 	return out, err
 }
 
-// EstimateGroup is a cheap estimate of a group's data: the sizes of the
-// index files of its newest finished snapshot (they grow with the data
-// they list), plus a tenth of that per older snapshot (incremental
-// backups share most chunks), and at least 1 per snapshot. One manifest
-// read per group.
+// EstimateGroup is a cheap estimate of a group's data: the data size the
+// manifest of its newest finished snapshot gives for its indexes, plus a
+// tenth of that per older snapshot (incremental backups share most
+// chunks), and at least 1 per snapshot. One manifest read per group.
 func (s *Store) EstimateGroup(ctx context.Context, g name.Group) (int64, error) {
 	snaps, err := s.ListSnapshots(ctx, g)
 	if err != nil {

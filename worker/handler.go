@@ -65,7 +65,10 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
-	tl := w.startLog(ctx, rec.id, typ, t.Payload())
+	tl := w.jobLog(ctx, p, rec.id)
+	if tl == nil {
+		tl = w.startLog(ctx, rec.id, typ, t.Payload())
+	}
 	ctx = withTaskLog(ctx, tl)
 	// Only a re-run can carry a cancel mark (Cancel stops a running task,
 	// which asynq re-queues as a failed attempt, and archives it; if that

@@ -114,8 +114,10 @@ func (w *Worker) runJob(ctx context.Context, typ string, p tasks.Payload, rec *r
 		return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 	}
 	m, err := w.rdb.HGetAll(ctx, jobKey(job)).Result()
+	planned := false
 	if err == nil && m["plan"] == "" {
 		m, err = w.planJob(ctx, p, rec, tl)
+		planned = true
 	}
 	if err == nil && m["enqueued"] == "" {
 		err = w.enqueueShards(ctx, p, job, m, tl)
@@ -131,8 +133,10 @@ func (w *Worker) runJob(ctx context.Context, typ string, p tasks.Payload, rec *r
 		return ret
 	}
 	if !done {
-		prog, _ := w.jobProgress(ctx, job)
-		tl.Close(false, fmt.Sprintf("waiting for its shards: %s", prog.Message))
+		if planned {
+			tl.Printf("waiting for its shards (it holds no worker slot meanwhile)")
+		}
+		tl.Close(false)
 		return errJobWaiting
 	}
 	res, err := w.aggregate(ctx, job, typ)
@@ -232,7 +236,7 @@ func (w *Worker) planJob(ctx context.Context, p tasks.Payload, rec *recorder, tl
 	for _, s := range sizes {
 		total += s.Size
 	}
-	tl.Printf("planned %d shard(s) over %d group(s) (estimate %d bytes of indexes)", len(plan), len(sizes), total)
+	tl.Printf("planned %d shard(s) over %d group(s) (estimated %.1f MiB)", len(plan), len(sizes), float64(total)/(1<<20))
 	return w.rdb.HGetAll(bctx, jobKey(rec.id)).Result()
 }
 
@@ -652,4 +656,19 @@ func isSharded(p tasks.Payload) bool {
 		return p.Sharded()
 	}
 	return false
+}
+
+// jobLog is the log of a run of a planned job's task: its polls while
+// the shards run add no lines (the shards' ends are logged as they are
+// settled). Nil for any other run.
+func (w *Worker) jobLog(ctx context.Context, p tasks.Payload, id string) *runLog {
+	if !isSharded(p) {
+		return nil
+	}
+	bctx, cancel := bookkeeping(ctx)
+	defer cancel()
+	if n, err := w.rdb.Exists(bctx, jobKey(id)).Result(); err != nil || n == 0 {
+		return nil
+	}
+	return newRunLog(w.rdb, id, p.TaskType(), w.log)
 }
