@@ -23,7 +23,7 @@ func FuzzDecode(f *testing.F) {
 			`{"store":"main","ns":"a","shard":{"job":"j1","index":1,"groups":["a:vm/100","a/b:ct/2"]}}`},
 		TypeSync: {`{"source-store":"main","source-ns":"a","store":"off","ns":"b","group-filter":["type:vm","exclude:regex:^ct/","group:host/h1"],"transfer-last":3,"remove-vanished":true,"resync-corrupt":true,"owner":"sync@pbs","rate":1000}`,
 			`{"source-store":"main","source-ns":"a","store":"off","ns":"","shards":2,"shard":{"job":"j","index":0,"groups":[":vm/1"]}}`},
-		TypeGC:   {`{"store":"main","dry-run":true}`, `{"store":"main","lock-wait":"1h"}`},
+		TypeGC: {`{"store":"main","dry-run":true}`, `{"store":"main","lock-wait":"1h"}`},
 	}
 	for i, typ := range Types {
 		for _, s := range seeds[typ] {
