@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -240,8 +242,8 @@ func TestShardedJobCancel(t *testing.T) {
 	e := newEnv(t, true)
 	e.shardedStore()
 	stall := []string{"PBSQ_TEST_CRASH_AT=shard-stall"}
-	startWithEnv(t, e, stall, "worker", "--concurrency", "1")
-	startWithEnv(t, e, stall, "worker", "--concurrency", "1")
+	w1 := startWithEnv(t, e, stall, "worker", "--concurrency", "1")
+	w2 := startWithEnv(t, e, stall, "worker", "--concurrency", "1")
 	id := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "demo", "--shards", "3"))
 	ins := e.inspector()
 	shard := func(i int) *asynq.TaskInfo {
@@ -268,6 +270,28 @@ func TestShardedJobCancel(t *testing.T) {
 		}
 		rec, _ := tasks.ParseRecord(info.Result)
 		return rec.State == "running" && rec.Total > 0 && strings.Contains(rec.Message, "of 3 shard(s) done")
+	})
+	// ... and so does pbsq_task_progress_ratio of the job's id, on the
+	// workers running its shards.
+	metricsURL := regexp.MustCompile(`url=(http://\S+/metrics)`)
+	series := `pbsq_task_progress_ratio{task_id="` + id + `"`
+	waitFor(t, 60*time.Second, func() bool {
+		for _, w := range []*proc{w1, w2} {
+			m := metricsURL.FindStringSubmatch(w.out.String())
+			if m == nil {
+				continue
+			}
+			resp, err := http.Get(m[1])
+			if err != nil {
+				continue
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(body), series) {
+				return true
+			}
+		}
+		return false
 	})
 	if out := e.mustRun("tasks", "ls"); !strings.Contains(out, id) {
 		t.Errorf("tasks ls does not list the job:\n%s", out)
@@ -316,7 +340,6 @@ func TestShardsBadInput(t *testing.T) {
 	if n := e.queued(); n != 0 {
 		t.Errorf("%d task(s) queued by bad input", n)
 	}
-	_ = fmt.Sprint
 }
 
 // TestScheduleShards: `shards:` in a schedule's payload makes a sharded
