@@ -16,6 +16,9 @@ type Scope struct {
 	Group *name.Group
 	// Snapshot, when set, limits the scope to that snapshot (Group too).
 	Snapshot *name.Snapshot
+	// Groups, when set, limits the scope to these groups below NS (one
+	// shard of a sharded job); missing ones are left out.
+	Groups []name.Group
 }
 
 // String describes the scope for messages.
@@ -57,6 +60,9 @@ func (s *Store) scopeGroups(ctx context.Context, sc Scope) ([]name.Group, error)
 	}
 	if sc.Snapshot != nil {
 		return []name.Group{sc.Snapshot.Group}, nil
+	}
+	if len(sc.Groups) > 0 {
+		return sc.Groups, nil
 	}
 	if sc.Group != nil {
 		ok, err := s.GroupExists(ctx, *sc.Group)

@@ -58,6 +58,12 @@ type SyncRequest struct {
 	// Rate limits the chunk bytes read from the source, in bytes per
 	// second; 0 means unlimited.
 	Rate int64
+	// Groups, when set, limits the sync to these source groups (one
+	// shard of a sharded job).
+	Groups []name.Group
+	// Share, when set, shares the chunks the target has with the other
+	// shards of a sharded job (nil: this task's own set).
+	Share ChunkShare
 }
 
 // SyncResult is the outcome of Sync.
@@ -257,7 +263,7 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 			return nil, err
 		}
 		for _, g := range gs {
-			if name.ApplyFilters(g, req.Filters) {
+			if name.ApplyFilters(g, req.Filters) && (req.Groups == nil || slices.Contains(req.Groups, g)) {
 				groups = append(groups, groupPair{src: g, dst: g.InNS(p.dst)})
 			}
 		}
@@ -965,6 +971,8 @@ type chunkBuffers struct {
 // source cannot provide it, an error when the task cannot go on, and
 // whether it inserted the chunk.
 func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *chunkBuffers) (string, bool, error) {
+	// sharedAt: when the target was known to have the chunk (0: not).
+	var sharedAt int64
 	release, why, err := y.claim(ctx, r.digest, verifyTarget)
 	if release == nil {
 		return why, false, err
@@ -1013,6 +1021,15 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *ch
 			return "", false, fmt.Errorf("read chunk %s on store %q: %w", r.digest, y.dst.name, err)
 		}
 	} else {
+		known, publish, err := y.sharedPresent(ctx, r.digest)
+		if err != nil {
+			return "", false, err
+		}
+		if known {
+			y.markPresent(r.digest, int64(r.size), false)
+			return "", false, nil
+		}
+		defer func() { publish(sharedAt) }()
 		fi, err := y.dst.b.Stat(ctx, p)
 		if err == nil {
 			// A chunk accessed before this sync registered as a writer
@@ -1026,6 +1043,10 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *ch
 				}
 			}
 			if err == nil {
+				sharedAt = fi.AccessTime.UnixMilli()
+				if touched {
+					sharedAt = time.Now().UnixMilli()
+				}
 				y.markPresent(r.digest, fi.Size, touched)
 				return "", false, nil
 			}
@@ -1064,6 +1085,7 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *ch
 	if err != nil {
 		return "", false, err
 	}
+	sharedAt = time.Now().UnixMilli()
 	if !inserted {
 		// Another writer stored it meanwhile; InsertChunk touched it.
 		y.markPresent(r.digest, int64(len(raw)), true)
@@ -1077,6 +1099,43 @@ func (y *syncer) chunk(ctx context.Context, r chunkRef, verifyTarget bool, b *ch
 	y.dst.obs.syncChunk("copied", int64(len(raw)))
 	y.progressMessage()
 	return "", true, nil
+}
+
+// sharedPresent asks the job's other shards about chunk d: known means a
+// shard of this job found it in the target, or put it there, since this
+// sync registered as a writer (so no touch is due). Otherwise d is claimed
+// for this shard until publish, which tells the others whether it is in
+// the target now; a claim another shard holds is waited for.
+func (y *syncer) sharedPresent(ctx context.Context, d Digest) (known bool, publish func(at int64), err error) {
+	if y.req.Share == nil {
+		return false, func(int64) {}, nil
+	}
+	for {
+		cl, err := y.req.Share.Claim(ctx, []Digest{d})
+		if err != nil {
+			return false, nil, fmt.Errorf("sync: shared chunk set: %w", err)
+		}
+		switch c := cl[0]; {
+		case c.Done:
+			// Known before this sync registered: touch it as usual.
+			return c.Verdict.At >= y.writerStart.UnixMilli(), func(int64) {}, nil
+		case c.Mine:
+			return false, func(at int64) {
+				// Code 0 hands the claim back: the chunk is not there.
+				v := SharedVerdict{Digest: d, At: at}
+				if at > 0 {
+					v.Code = 1
+				}
+				// A failed publish only costs another shard a Stat.
+				_ = y.req.Share.Publish(context.WithoutCancel(ctx), []SharedVerdict{v})
+			}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, nil, ctx.Err()
+		case <-time.After(sharePoll):
+		}
+	}
 }
 
 // claim makes the caller the one worker providing chunk d. It returns a

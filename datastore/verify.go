@@ -44,6 +44,9 @@ type VerifyRequest struct {
 	MaxDuration time.Duration
 	// Clock replaces time.Now for MaxDuration (tests stop runs with it).
 	Clock func() time.Time
+	// Share, when set, shares chunk verdicts with the other shards of a
+	// sharded job (nil: this task's own set).
+	Share ChunkShare
 }
 
 func (r VerifyRequest) validate() error {
@@ -54,6 +57,8 @@ func (r VerifyRequest) validate() error {
 		return invalidf("max-duration %s: must be positive", r.MaxDuration)
 	case r.Sample > 0 && r.Sample < 100 && r.ReadOnly:
 		return invalidf("sample %d with read-only: a sampled verify records its rotation in the store", r.Sample)
+	case r.Share != nil && ((r.Sample > 0 && r.Sample < 100) || r.MaxDuration > 0):
+		return invalidf("sample or max-duration in a shard: each shard would advance the scope's rotation and resume records alone")
 	}
 	return nil
 }
@@ -432,6 +437,10 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	// Chunk files sit in digest order in their prefix directories; reading
 	// in that order keeps a filesystem's directory and inode access local.
 	sort.Slice(todo, func(i, j int) bool { return bytes.Compare(todo[i].digest[:], todo[j].digest[:]) < 0 })
+	todo, later, err := v.claimShared(ctx, todo)
+	if err != nil {
+		return nil, err
+	}
 
 	jobs := make(chan chunkRef)
 	var wg sync.WaitGroup
@@ -486,6 +495,9 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 	}
 	if stopped {
 		return nil, errTimeBox
+	}
+	if err := v.shareVerdicts(ctx, todo, later); err != nil {
+		return nil, err
 	}
 	var reasons []string
 	v.mu.Lock()
@@ -585,4 +597,79 @@ func (v *verifier) checkChunk(ctx context.Context, r chunkRef, c *chunkChecker) 
 			return st, n, nil
 		}
 	}
+}
+
+// claimShared splits todo into the chunks to check here and those another
+// shard of the job is checking (later); verdicts other shards published
+// are taken as they are. Without a Share, all are to check here.
+func (v *verifier) claimShared(ctx context.Context, todo []chunkRef) (mine, later []chunkRef, err error) {
+	if v.req.Share == nil || len(todo) == 0 {
+		return todo, nil, nil
+	}
+	ds := make([]Digest, len(todo))
+	for i, r := range todo {
+		ds[i] = r.digest
+	}
+	cl, err := v.req.Share.Claim(ctx, ds)
+	if err != nil {
+		return nil, nil, fmt.Errorf("verify: shared chunk ledger: %w", err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i, c := range cl {
+		switch {
+		case c.Mine:
+			mine = append(mine, todo[i])
+		case c.Done:
+			v.checked[todo[i].digest] = chunkVerdict{st: chunkState(c.Verdict.Code), size: c.Verdict.Size}
+			if c.Verdict.Reason != "" {
+				v.reasons[todo[i].digest] = c.Verdict.Reason
+			}
+		default:
+			later = append(later, todo[i])
+		}
+	}
+	return mine, later, nil
+}
+
+// shareVerdicts gives the job's other shards the verdicts of the chunks
+// checked here, then waits for those of the chunks they are checking
+// (checking here any whose shard died), so that every verdict a snapshot
+// needs is known before its verify_state is recorded.
+func (v *verifier) shareVerdicts(ctx context.Context, done, later []chunkRef) error {
+	if v.req.Share == nil {
+		return nil
+	}
+	if len(done) > 0 {
+		vs := make([]SharedVerdict, 0, len(done))
+		v.mu.Lock()
+		for _, r := range done {
+			if c, ok := v.checked[r.digest]; ok {
+				vs = append(vs, SharedVerdict{Digest: r.digest, Code: uint8(c.st), Size: c.size, Reason: v.reasons[r.digest]})
+			}
+		}
+		v.mu.Unlock()
+		if err := v.req.Share.Publish(ctx, vs); err != nil {
+			return fmt.Errorf("verify: shared chunk ledger: %w", err)
+		}
+	}
+	for len(later) > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(sharePoll):
+		}
+		mine, rest, err := v.claimShared(ctx, later)
+		if err != nil {
+			return err
+		}
+		if len(mine) > 0 {
+			// Claims of a shard that died, now this one's: check them
+			// (and wait for the rest) as any.
+			_, err := v.chunks(ctx, later)
+			return err
+		}
+		later = rest
+	}
+	return nil
 }

@@ -20,9 +20,11 @@ func FuzzDecode(f *testing.F) {
 		TypePrune: {`{"store":"main","ns":"a","backup-type":"vm","backup-id":"1","max-depth":1,"keep-last":1,"keep-hourly":2,"keep-daily":3,"keep-weekly":4,"keep-monthly":5,"keep-yearly":6,"dry-run":true,"lock-wait":0.5}`},
 		TypeVerify: {`{"store":"main","ns":"","backup-type":"ct","backup-id":"x.y","snapshot":"2024-03-01T10:00:00Z","ignore-verified":false,"outdated-after":7}`,
 			`{"store":"main","sample":25,"max-duration":"2h"}`,
-			`{"STORE":"main","Ns":"a"}`, `null`},
-		TypeSync: {`{"source-store":"main","source-ns":"a","store":"off","ns":"b","group-filter":["type:vm","exclude:regex:^ct/","group:host/h1"],"transfer-last":3,"remove-vanished":true,"resync-corrupt":true,"owner":"sync@pbs","rate":1000}`},
-		TypeGC:   {`{"store":"main","dry-run":true}`, `{"store":"main","lock-wait":"1h"}`},
+			`{"STORE":"main","Ns":"a"}`, `null`, `{"store":"main","ns":"a","shards":4}`,
+			`{"store":"main","ns":"a","shard":{"job":"j1","index":1,"groups":["a:vm/100","a/b:ct/2"]}}`},
+		TypeSync: {`{"source-store":"main","source-ns":"a","store":"off","ns":"b","group-filter":["type:vm","exclude:regex:^ct/","group:host/h1"],"transfer-last":3,"remove-vanished":true,"resync-corrupt":true,"owner":"sync@pbs","rate":1000}`,
+			`{"source-store":"main","source-ns":"a","store":"off","ns":"","shards":2,"shard":{"job":"j","index":0,"groups":[":vm/1"]}}`},
+		TypeGC: {`{"store":"main","dry-run":true}`, `{"store":"main","lock-wait":"1h"}`},
 	}
 	for i, typ := range Types {
 		for _, s := range seeds[typ] {

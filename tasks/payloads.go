@@ -174,6 +174,10 @@ type Verify struct {
 	Sample *int `json:"sample,omitempty"`
 	// MaxDuration stops the verify after it; the next one resumes.
 	MaxDuration *MaxDuration `json:"max-duration,omitempty"`
+	// Shards splits the job into at most this many shard tasks.
+	Shards *int `json:"shards,omitempty"`
+	// Shard marks one shard of a sharded job.
+	Shard *ShardOf `json:"shard,omitempty"`
 }
 
 // MaxDuration is a time box: "1h30m" or a number of seconds.
@@ -231,6 +235,14 @@ func (p *Verify) Validate() error {
 	if d := p.MaxDuration; d != nil && (d.Duration <= 0 || d.Duration > Timeout(TypeVerify)) {
 		return fmt.Errorf("%w max-duration %s: must be more than 0 and at most %s", name.ErrInvalid, d.Duration, Timeout(TypeVerify))
 	}
+	if err := p.validateShards(); err != nil {
+		return err
+	}
+	if (p.Sharded() || p.Shard != nil) && (p.Sample != nil || p.MaxDuration != nil) {
+		// Each shard would advance the scope's one rotation or resume
+		// record on its own.
+		return fmt.Errorf("%w verify: sample and max-duration cannot be sharded (run them unsharded)", name.ErrInvalid)
+	}
 	return validateWait(p.LockWait)
 }
 
@@ -248,6 +260,10 @@ type Sync struct {
 	Owner          string    `json:"owner,omitempty"`
 	Rate           int64     `json:"rate,omitempty"` // bytes/s, 0 = unlimited
 	LockWait       *Duration `json:"lock-wait,omitempty"`
+	// Shards splits the job into at most this many shard tasks.
+	Shards *int `json:"shards,omitempty"`
+	// Shard marks one shard of a sharded job (its groups are source groups).
+	Shard *ShardOf `json:"shard,omitempty"`
 }
 
 func (*Sync) TaskType() string   { return TypeSync }
@@ -292,6 +308,14 @@ func (p *Sync) Validate() error {
 	}
 	if p.Owner != "" && (len(p.Owner) > 64 || !strings.Contains(p.Owner, "@") || strings.ContainsAny(p.Owner, "\n\r\x00/ ")) {
 		return fmt.Errorf("%w owner %q: must be an auth id like root@pam", name.ErrInvalid, p.Owner)
+	}
+	if err := validateShards(p.Shards, p.Shard, src, p.MaxDepth); err != nil {
+		return err
+	}
+	if p.RemoveVanished && (p.Sharded() || p.Shard != nil) {
+		// Each shard sees only its groups: it would take the others for
+		// vanished.
+		return fmt.Errorf("%w sync: remove-vanished cannot be sharded (run it unsharded)", name.ErrInvalid)
 	}
 	return validateWait(p.LockWait)
 }

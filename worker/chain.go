@@ -58,7 +58,9 @@ func chainWaitersKey(id string) string { return "pbsq:chain:waiters:" + id }
 func chainSettleKey(id string) string  { return "pbsq:chain:settle:" + id }
 
 // crashAt is a test hook: "chain-handover" kills the worker (SIGKILL) when
-// a task that others wait for has ended and before they are settled.
+// a task that others wait for has ended and before they are settled;
+// "shard-publish" when a shard published its first chunk verdicts;
+// "shard-stall" makes shards wait for cancellation instead.
 var crashAt = os.Getenv("PBSQ_TEST_CRASH_AT")
 
 // IsChainHold reports whether a scheduled task's next run is a chain's

@@ -65,7 +65,10 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
-	tl := w.startLog(ctx, rec.id, typ, t.Payload())
+	tl := w.jobLog(ctx, p, rec.id)
+	if tl == nil {
+		tl = w.startLog(ctx, rec.id, typ, t.Payload())
+	}
 	ctx = withTaskLog(ctx, tl)
 	// Only a re-run can carry a cancel mark (Cancel stops a running task,
 	// which asynq re-queues as a failed attempt, and archives it; if that
@@ -73,6 +76,9 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	// the round trip.
 	if retried, _ := asynq.GetRetryCount(ctx); retried > 0 {
 		if done, ret := w.endedBefore(ctx, rec, tl); done {
+			if _, sh := tasks.ShardInfo(p); sh != nil {
+				w.shardEnded(ctx, sh)
+			}
 			return ret
 		}
 		cancelled, err := rec.start()
@@ -86,6 +92,28 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
 	}
+	shards, sh := tasks.ShardInfo(p)
+	if sh == nil && shards > 1 && isSharded(p) {
+		return w.runJob(ctx, typ, p, rec, tl, log, start)
+	}
+	if sh != nil {
+		if w.cancelRequested(ctx, sh.Job) {
+			// The job was cancelled before this shard started.
+			rec.final(tasks.Result{Outcome: OutcomeCancelled, Error: ErrCancelled.Error()}, nil, start)
+			w.endLog(ctx, tl, rec.id, OutcomeCancelled, ErrCancelled)
+			w.metrics.finished(typ, OutcomeCancelled, 0)
+			w.shardEnded(ctx, sh)
+			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
+		}
+		stop := heartbeat(ctx, w.rdb, sh.Job, rec.id)
+		defer stop()
+		ctx = context.WithValue(ctx, shareKey{}, datastore.ChunkShare(&ledger{rdb: w.rdb, job: sh.Job, owner: rec.id, cap: w.ledgerCap}))
+		defer func() {
+			if w.metrics != nil {
+				w.metrics.progress.DeleteLabelValues(typ, sh.Job)
+			}
+		}()
+	}
 	ectx, lose := context.WithCancelCause(ctx)
 	defer lose(nil)
 	release, err := w.takeSlots(ctx, p.Stores(), rec.id, log, lose)
@@ -96,7 +124,15 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	}
 	defer release()
 	gauge, end := w.metrics.started(typ, rec.id)
-	rep := newReporter(rec.write, gauge, w.every, log)
+	write := rec.write
+	if sh != nil {
+		write = func(b []byte) error {
+			err := rec.write(b)
+			w.shardProgress(ctx, sh, typ, b)
+			return err
+		}
+	}
+	rep := newReporter(write, gauge, w.every, log)
 	res, err := Execute(ectx, w.stores, p, rec.id, rep.update)
 	if cause := context.Cause(ectx); ctx.Err() == nil && cause != nil {
 		err = cause
@@ -106,6 +142,9 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	w.recordOutcome(ctx, p, outcome, res)
 	w.endLog(ctx, tl, rec.id, outcome, logReason(ret, res))
 	end(outcome, time.Since(start))
+	if sh != nil && outcome != OutcomeRetry && outcome != OutcomeInterrupted && !errors.Is(ret, lock.ErrBusy) {
+		w.shardEnded(ctx, sh)
+	}
 	return ret
 }
 

@@ -43,6 +43,7 @@ func Execute(ctx context.Context, stores Stores, p tasks.Payload, taskID string,
 		if err != nil {
 			return nil, err
 		}
+		req.Share = shareFrom(ctx)
 		return outcome(s.Verify(ctx, req, progress))
 	case *tasks.Prune:
 		s, err := open(p.Store)
@@ -123,6 +124,11 @@ func verifyRequest(p *tasks.Verify, taskID string) (datastore.VerifyRequest, err
 	if p.IgnoreVerified != nil {
 		ignore = *p.IgnoreVerified
 	}
+	if p.Shard != nil {
+		if sc.Groups, err = shardGroups(p.Shard); err != nil {
+			return datastore.VerifyRequest{}, err
+		}
+	}
 	req := datastore.VerifyRequest{Scope: sc, IgnoreVerified: ignore, OutdatedAfter: p.OutdatedAfter, TaskID: taskID, ReadOnly: p.ReadOnly}
 	if p.Sample != nil {
 		req.Sample = *p.Sample
@@ -131,6 +137,19 @@ func verifyRequest(p *tasks.Verify, taskID string) (datastore.VerifyRequest, err
 		req.MaxDuration = p.MaxDuration.Duration
 	}
 	return req, nil
+}
+
+// shardGroups are the groups a shard covers.
+func shardGroups(sh *tasks.ShardOf) ([]name.Group, error) {
+	out := make([]name.Group, 0, len(sh.Groups))
+	for _, s := range sh.Groups {
+		g, err := tasks.ParseShardGroup(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 func pruneRequest(p *tasks.Prune) (datastore.PruneRequest, error) {

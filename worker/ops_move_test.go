@@ -70,6 +70,7 @@ func TestMoveOpsExecute(t *testing.T) {
 		t.Errorf("moved group: %v %v", snaps, err)
 	}
 }
+
 // TestMoveRerunAfterDeath: a worker that dies after a move finished but
 // before asynq recorded it leaves a re-run that finds the source gone. The
 // re-run counts as done when the target is there; a first run, or a

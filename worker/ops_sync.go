@@ -22,6 +22,7 @@ func runSync(ctx context.Context, open opener, p *tasks.Sync, progress datastore
 	if err != nil {
 		return nil, err
 	}
+	req.Share = shareFrom(ctx)
 	return outcome(datastore.Sync(ctx, src, dst, req, progress))
 }
 
@@ -50,6 +51,11 @@ func syncRequest(p *tasks.Sync) (datastore.SyncRequest, error) {
 	}
 	if req.Owner == "" {
 		req.Owner = datastore.DefaultSyncOwner
+	}
+	if p.Shard != nil {
+		if req.Groups, err = shardGroups(p.Shard); err != nil {
+			return datastore.SyncRequest{}, err
+		}
 	}
 	for _, f := range p.GroupFilter {
 		gf, err := name.ParseGroupFilter(f)

@@ -73,12 +73,17 @@ func (e *busyError) Unwrap() error { return e.err }
 // isFailure is asynq's Config.IsFailure: busy re-queues spend no retries.
 // A cancellation does count (Cancel archives the task right after), which
 // marks a re-run, should there be one, as one to check for the mark.
-func isFailure(err error) bool { return !errors.Is(err, lock.ErrBusy) }
+func isFailure(err error) bool {
+	return !errors.Is(err, lock.ErrBusy) && !errors.Is(err, errJobWaiting)
+}
 
 // retryDelay is asynq's Config.RetryDelayFunc.
 func (w *Worker) retryDelay(n int, err error, t *asynq.Task) time.Duration {
 	if errors.Is(err, lock.ErrBusy) || errors.Is(err, asynq.ErrLeaseExpired) {
 		return w.busyDelay()
+	}
+	if errors.Is(err, errJobWaiting) {
+		return jobPoll
 	}
 	return asynq.DefaultRetryDelayFunc(n, err, t)
 }
@@ -137,6 +142,9 @@ func (w *Worker) cancelRequested(ctx context.Context, id string) bool {
 // put it back in the queue it is archived, keeping its record. It returns
 // the state the task was in.
 func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector, id string) (asynq.TaskState, error) {
+	if n, err := rdb.Exists(ctx, jobKey(id)).Result(); err == nil && n > 0 {
+		return cancelJob(ctx, rdb, ins, id)
+	}
 	mark := func() error {
 		if err := rdb.Set(ctx, cancelKey(id), time.Now().Unix(), cancelTTL).Err(); err != nil {
 			return fmt.Errorf("cancel task %s: %w", id, err)

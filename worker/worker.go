@@ -66,8 +66,12 @@ type Options struct {
 	// store run at once on all workers sharing the Redis (0: no cap).
 	StoreCaps map[string]int
 	// TaskKeys, when set, makes the worker run only tasks signed with one
-	// of them (tasks.NewSignedTask); others are archived as invalid.
+	// of them (tasks.NewSignedTask); others are archived as invalid. The
+	// shards of sharded jobs are signed with the first.
 	TaskKeys *tasks.Keys
+	// LedgerCap bounds the chunk ledger of one sharded job, in entries
+	// (default DefaultLedgerCap); beyond it shards check chunks alone.
+	LedgerCap int
 }
 
 // Worker consumes pbsq's tasks from Redis: an asynq server with one
@@ -77,6 +81,7 @@ type Worker struct {
 	mux        *asynq.ServeMux
 	rdb        redis.UniversalClient
 	ins        *asynq.Inspector
+	client     *asynq.Client // queues the shards of sharded jobs
 	stores     Stores
 	log        *slog.Logger
 	metrics    *Metrics
@@ -90,6 +95,7 @@ type Worker struct {
 	scan       *ScanOptions
 	keys       *tasks.Keys
 	caps       map[string]int
+	ledgerCap  int
 	// storeNames are Options.StoreNames, for messages.
 	storeNames []string
 
@@ -125,6 +131,7 @@ func New(opts Options) *Worker {
 		busyDelay: opts.BusyDelay,
 		busyLimit: cmpOr(opts.BusyLimit, DefaultBusyLimit),
 		ins:       asynq.NewInspectorFromRedisClient(rdb),
+		client:    asynq.NewClientFromRedisClient(rdb),
 
 		chainEvery: cmpOr(opts.ChainInterval, DefaultChainInterval),
 		stopChains: func() {},
@@ -132,6 +139,7 @@ func New(opts Options) *Worker {
 		scan:       opts.Scan,
 		keys:       opts.TaskKeys,
 		caps:       opts.StoreCaps,
+		ledgerCap:  cmpOr(opts.LedgerCap, DefaultLedgerCap),
 		storeNames: opts.StoreNames,
 	}
 	if w.busyDelay == nil {

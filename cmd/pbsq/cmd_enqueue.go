@@ -44,10 +44,19 @@ ends failed with an error naming that task.`,
 		sub.Flags().BoolVar(&wait, "wait", false, "follow the task and exit with its outcome")
 		sub.Flags().BoolVar(&asJSON, "json", false, "print JSON: the task id, or with --wait the final record")
 		sub.Flags().StringArrayVar(&after, "after", nil, "run only after task `ID` completed ok (repeatable); if it fails, this task never runs and ends failed, naming it")
+		var shards int
+		if t == tasks.TypeVerify || t == tasks.TypeSync {
+			sub.Flags().IntVar(&shards, "shards", 1, fmt.Sprintf("split the job into at most `N` shard tasks (1..%d) that any workers run, balanced by group size", tasks.MaxShards))
+		}
 		sub.RunE = func(cmd *cobra.Command, args []string) error {
 			p, err := build()
 			if err != nil {
 				return err
+			}
+			if cmd.Flags().Changed("shards") {
+				if p, err = withShards(p, shards); err != nil {
+					return err
+				}
 			}
 			if err := a.checkStores(p); err != nil {
 				return err
@@ -80,4 +89,16 @@ ends failed with an error naming that task.`,
 		cmd.AddCommand(sub)
 	}
 	return cmd
+}
+
+// withShards sets a verify or sync payload's shards (1: one task).
+func withShards(p tasks.Payload, n int) (tasks.Payload, error) {
+	v := &n
+	switch p := p.(type) {
+	case *tasks.Verify:
+		p.Shards = v
+	case *tasks.Sync:
+		p.Shards = v
+	}
+	return p, p.Validate()
 }

@@ -90,18 +90,25 @@ func (a *app) waitTask(ctx context.Context, e *worker.Enqueuer, id string, asJSO
 				}
 			case asynq.TaskStatePending:
 				note("pending: waiting for a free worker")
-			case asynq.TaskStateScheduled:
+			case asynq.TaskStateScheduled, asynq.TaskStateRetry:
+				if rec.State == "running" && rec.Total > 0 {
+					// A sharded job between polls: its shards' progress.
+					bar.show(safeLine(rec.Phase), rec.Done, rec.Total, safeLine(rec.Message))
+					break
+				}
+				if info.State == asynq.TaskStateRetry {
+					why := info.LastErr
+					if rec.Message != "" && (rec.State == "waiting" || rec.State == "retrying") {
+						why = rec.Message
+					}
+					note(fmt.Sprintf("%s; next try at %s (retries spent %d/%d)", why, info.NextProcessAt.Local().Format(time.TimeOnly), info.Retried, info.MaxRetry))
+					break
+				}
 				if worker.IsChainHold(info.NextProcessAt) {
 					note("waiting for the tasks it runs after (--after)")
 				} else {
 					note("scheduled for " + info.NextProcessAt.Local().Format(time.TimeOnly))
 				}
-			case asynq.TaskStateRetry:
-				why := info.LastErr
-				if rec.Message != "" && (rec.State == "waiting" || rec.State == "retrying") {
-					why = rec.Message
-				}
-				note(fmt.Sprintf("%s; next try at %s (retries spent %d/%d)", why, info.NextProcessAt.Local().Format(time.TimeOnly), info.Retried, info.MaxRetry))
 			}
 		}
 		select {
@@ -404,7 +411,7 @@ func (a *app) tasksCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if was == asynq.TaskStateActive {
+			if _, ferr := worker.FindTask(e.Inspector(), args[0]); was == asynq.TaskStateActive || ferr == nil {
 				fmt.Printf("cancelled task %s: stopped and archived (`pbsq tasks show %s`)\n", args[0], args[0])
 			} else {
 				fmt.Printf("cancelled task %s: it was %s and is deleted\n", args[0], was)

@@ -151,12 +151,14 @@ type workerFlags struct {
 	listen          string
 	shutdownTimeout time.Duration
 	schedules       bool
+	pollInterval    time.Duration
 }
 
 func (f *workerFlags) register(cmd *cobra.Command, listenHelp string) {
 	cmd.Flags().IntVar(&f.concurrency, "concurrency", 0, "tasks run at once (default: number of CPUs)")
 	cmd.Flags().StringVar(&f.listen, "listen", "", listenHelp+" (default metrics.listen from the config, 127.0.0.1:9464; \"off\": none)")
 	cmd.Flags().DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long running tasks may finish before they are re-queued")
+	cmd.Flags().DurationVar(&f.pollInterval, "poll-interval", time.Second, "how often an idle worker looks for new tasks (shorter: quicker pick-up of shards, more Redis calls)")
 	cmd.Flags().BoolVar(&f.schedules, "schedules", true, "queue the config's schedules (each fire is claimed in Redis: any number of hosts may run them)")
 }
 
@@ -182,6 +184,7 @@ func (a *app) startWorker(ctx context.Context, conn asynq.RedisConnOpt, f worker
 		Registerer:      reg,
 		Concurrency:     f.concurrency,
 		ShutdownTimeout: f.shutdownTimeout,
+		PollInterval:    f.pollInterval,
 		Scan:            a.scanOptions(),
 		TaskKeys:        keys,
 		StoreNames:      slices.Sorted(maps.Keys(a.cfg.Datastores)),
