@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -27,6 +28,10 @@ func TestShardValidation(t *testing.T) {
 		{&Verify{Store: "main", Shard: &ShardOf{Job: "bad id", Groups: []string{":vm/1"}}}, `"bad id"`},
 		{&Verify{Store: "main", Shards: n(2), Shard: sh(":vm/1")}, "cannot itself"},
 		{&Verify{Store: "main", BackupType: "vm", BackupID: "1", Shard: sh(":vm/1")}, "not backup-type"},
+		{&Verify{Store: "main", Shards: n(1), Sample: n(25)}, ""},
+		{&Verify{Store: "main", Shards: n(2), Sample: n(25)}, "cannot be sharded"},
+		{&Verify{Store: "main", Shards: n(2), MaxDuration: &MaxDuration{time.Hour}}, "cannot be sharded"},
+		{&Verify{Store: "main", Shard: sh(":vm/1"), Sample: n(50)}, "cannot be sharded"},
 		{&Sync{SourceStore: "src", Store: "dst", Shards: n(3)}, ""},
 		{&Sync{SourceStore: "src", Store: "dst", Shards: n(3), RemoveVanished: true}, "remove-vanished"},
 		{&Sync{SourceStore: "src", SourceNS: "x", Store: "dst", Shard: sh("y:vm/1")}, "outside"},
