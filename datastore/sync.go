@@ -637,6 +637,9 @@ type syncFile struct {
 }
 
 // snapshot syncs one snapshot under its locks; busy when one was refused.
+// Its phases: read the source manifest, look at what the target has, stop
+// if that is the same, check the source files and copy the chunks they
+// need, then write the files and the manifest last.
 func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy, err error) {
 	ssn := it.src.Snapshot
 	tsn := ssn.InNS(gp.dst.NS)
@@ -658,46 +661,11 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	defer release()
 
-	srcRaw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(ManifestName), maxManifestFile)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil // pruned or moved since it was listed
+	srcRaw, m, err := y.sourceManifest(ctx, ssn)
+	if err != nil || m == nil {
+		return nil, err
 	}
-	if errors.Is(err, backend.ErrTooLarge) {
-		y.fail(ssn, []string{"source manifest: " + err.Error()})
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
-	}
-	m, err := format.ParseManifest(srcRaw)
-	if err != nil {
-		y.fail(ssn, []string{"source manifest: " + err.Error()})
-		return nil, nil
-	}
-	if reasons := manifestProblems(m, ssn); len(reasons) > 0 {
-		y.fail(ssn, reasons)
-		return nil, nil
-	}
-	// The target's manifest and the files it may share with the source,
-	// fetched at once (one round trip on object storage); both the
-	// re-check and the comparison before writing use them.
-	// The listing was taken under the group lock, which every writer of
-	// the snapshot directory holds too: it is current.
-	// Without a listing of the target snapshot's files (object storage),
-	// every file it may have is asked for; missing ones cost a 404.
-	var wantManifest, wantLog bool
-	var names []format.FileInfo
-	if it.dst != nil {
-		known := it.dst.Files != nil
-		wantManifest = it.dst.Finished || !known
-		for _, f := range m.Files {
-			if !known || slices.Contains(it.dst.Files, f.Filename) {
-				names = append(names, f)
-			}
-		}
-		wantLog = !known
-	}
-	old, err := y.dst.readSnapFiles(ctx, tsn, wantManifest, wantLog, names, false, y.workers)
+	old, err := y.targetFiles(ctx, tsn, it, m)
 	if err != nil {
 		return nil, err
 	}
@@ -713,10 +681,90 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 		return nil, nil
 	}
 
-	// Read and check every source file.
-	srcs, err := y.src.readSnapFiles(ctx, ssn, false, false, m.Files, true, y.workers)
+	files, refs, err := y.checkSourceFiles(ctx, ssn, m, old, dstFinished, it.corrupt)
+	if err != nil || files == nil {
+		return nil, err
+	}
+	bad, inserted, err := y.copyChunks(ctx, refs, it.corrupt)
 	if err != nil {
 		return nil, err
+	}
+	if len(bad) > 0 {
+		y.fail(ssn, bad)
+		return nil, nil
+	}
+
+	unlock, busy, err := y.writeSnapshot(ctx, ssn, tsn, files, srcRaw, dstFinished, sameManifest, inserted > 0)
+	if busy != nil || err != nil {
+		return busy, err
+	}
+	defer unlock()
+	if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
+		return nil, err
+	}
+	y.count(func(r *SyncResult) { r.Snapshots++; y.done[tsn.Path()] = true })
+	y.dst.obs.logf("synced %s from %s %s", snapRef(tsn), y.src.name, nsRef(ssn.NS))
+	y.progressMessage()
+	return nil, nil
+}
+
+// sourceManifest reads and checks the source snapshot's manifest. A nil
+// manifest without an error: the snapshot is gone (pruned or moved since
+// it was listed) or failed (recorded).
+func (y *syncer) sourceManifest(ctx context.Context, ssn name.Snapshot) ([]byte, *format.Manifest, error) {
+	srcRaw, err := backend.ReadFileMax(ctx, y.src.b, ssn.File(ManifestName), maxManifestFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if errors.Is(err, backend.ErrTooLarge) {
+		y.fail(ssn, []string{"source manifest: " + err.Error()})
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("manifest of snapshot %s on store %q: %w", snapshotLabel(ssn), y.src.name, err)
+	}
+	m, err := format.ParseManifest(srcRaw)
+	if err != nil {
+		y.fail(ssn, []string{"source manifest: " + err.Error()})
+		return nil, nil, nil
+	}
+	if reasons := manifestProblems(m, ssn); len(reasons) > 0 {
+		y.fail(ssn, reasons)
+		return nil, nil, nil
+	}
+	return srcRaw, m, nil
+}
+
+// targetFiles fetches the target's manifest and the files it may share
+// with the source at once (one round trip on object storage); both the
+// re-check and the comparison before writing use them. The listing was
+// taken under the group lock, which every writer of the snapshot
+// directory holds too: it is current. Without a listing of the target
+// snapshot's files (object storage), every file it may have is asked for;
+// missing ones cost a 404.
+func (y *syncer) targetFiles(ctx context.Context, tsn name.Snapshot, it syncItem, m *format.Manifest) (*snapFiles, error) {
+	var wantManifest, wantLog bool
+	var names []format.FileInfo
+	if it.dst != nil {
+		known := it.dst.Files != nil
+		wantManifest = it.dst.Finished || !known
+		for _, f := range m.Files {
+			if !known || slices.Contains(it.dst.Files, f.Filename) {
+				names = append(names, f)
+			}
+		}
+		wantLog = !known
+	}
+	return y.dst.readSnapFiles(ctx, tsn, wantManifest, wantLog, names, false, y.workers)
+}
+
+// checkSourceFiles reads and checks every source file and collects the
+// chunks to copy. Nil files without an error: the snapshot failed
+// (recorded).
+func (y *syncer) checkSourceFiles(ctx context.Context, ssn name.Snapshot, m *format.Manifest, old *snapFiles, dstFinished, corrupt bool) ([]syncFile, []chunkRef, error) {
+	srcs, err := y.src.readSnapFiles(ctx, ssn, false, false, m.Files, true, y.workers)
+	if err != nil {
+		return nil, nil, err
 	}
 	var files []syncFile
 	var refs []chunkRef
@@ -737,7 +785,7 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 			same: had && prev.why == "" && prev.sum == c.sum}
 		// An identical index in a finished target snapshot had its chunks
 		// when it was written; anything else gets its chunks checked.
-		if !sf.same || !dstFinished || it.corrupt {
+		if !sf.same || !dstFinished || corrupt {
 			for _, r := range c.refs {
 				if !seen[r.digest] {
 					seen[r.digest] = true
@@ -749,36 +797,41 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 	}
 	if len(reasons) > 0 {
 		y.fail(ssn, reasons)
-		return nil, nil
+		return nil, nil, nil
 	}
-	bad, inserted, err := y.copyChunks(ctx, refs, it.corrupt)
-	if err != nil {
-		return nil, err
+	if files == nil {
+		files = []syncFile{} // a manifest listing no files: nothing to check
 	}
-	if len(bad) > 0 {
-		y.fail(ssn, bad)
-		return nil, nil
-	}
+	return files, refs, nil
+}
 
+// writeSnapshot writes the files that differ and the manifest last. A
+// finished target snapshot that changes is rewritten under PBS's manifest
+// lock, which unlock releases; busy when that lock is held elsewhere.
+func (y *syncer) writeSnapshot(ctx context.Context, ssn, tsn name.Snapshot, files []syncFile, srcRaw []byte, dstFinished, sameManifest, inserted bool) (unlock func(), busy, err error) {
+	unlock = func() {}
 	changed := slices.IndexFunc(files, func(f syncFile) bool { return !f.same }) >= 0
 	if dstFinished && (changed || !sameManifest) {
-		// Replacing a finished target snapshot rewrites its manifest: under
-		// PBS's manifest lock, taken before anything of it changes. Busy: the
+		// Taken before anything of the snapshot changes. Busy: the
 		// snapshot is retried, then skipped, unchanged.
-		unlock, err := y.dst.lockManifest(ctx, tsn)
+		u, err := y.dst.lockManifest(ctx, tsn)
 		if errors.Is(err, lock.ErrBusy) {
-			return err, nil
+			return nil, err, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		defer unlock()
+		unlock = u
+	}
+	fail := func(err error) (func(), error, error) {
+		unlock()
+		return nil, nil, err
 	}
 	if dstFinished && changed && !sameManifest {
 		// Unfinish the target snapshot first: its old manifest must never
 		// vouch for the new files, not even after a crash halfway.
 		if err := y.dst.b.Remove(ctx, tsn.File(ManifestName)); err != nil {
-			return nil, fmt.Errorf("replace snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err)
+			return fail(fmt.Errorf("replace snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err))
 		}
 		dstFinished = false
 	}
@@ -796,30 +849,24 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy,
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	y.count(func(r *SyncResult) { r.FilesWritten += len(toWrite) })
 	// The manifest goes last: only now does the snapshot look finished.
 	if !dstFinished || !sameManifest {
-		if inserted > 0 {
+		if inserted {
 			// New chunks are not flushed one by one (see backend.Syncer);
 			// they must be durable before the manifest vouches for them.
 			if err := backend.Sync(ctx, y.dst.b); err != nil {
-				return nil, fmt.Errorf("flush store %q: %w", y.dst.name, err)
+				return fail(fmt.Errorf("flush store %q: %w", y.dst.name, err))
 			}
 		}
 		if err := y.dst.b.WriteFile(ctx, tsn.File(ManifestName), srcRaw); err != nil {
-			return nil, fmt.Errorf("write manifest of snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err)
+			return fail(fmt.Errorf("write manifest of snapshot %s on store %q: %w", snapshotLabel(tsn), y.dst.name, err))
 		}
 		y.count(func(r *SyncResult) { r.FilesWritten++ })
 	}
-	if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
-		return nil, err
-	}
-	y.count(func(r *SyncResult) { r.Snapshots++; y.done[tsn.Path()] = true })
-	y.dst.obs.logf("synced %s from %s %s", snapRef(tsn), y.src.name, nsRef(ssn.NS))
-	y.progressMessage()
-	return nil, nil
+	return unlock, nil, nil
 }
 
 // manifestProblems checks that a manifest belongs to snap and names only
