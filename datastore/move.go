@@ -305,9 +305,12 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 
 	m.rep.phase("move", int64(len(jobs)))
 	var aside []busyJob
-	if m.canWave() {
+	switch {
+	case m.canWave():
 		aside, err = m.runWaves(ctx, jobs, req.MergeGroups)
-	} else {
+	case m.atomic:
+		aside, err = m.runFSBatches(ctx, jobs, req.MergeGroups)
+	default:
 		aside, err = m.runGroups(ctx, jobs, req.MergeGroups, m.groupParallel)
 	}
 	if err != nil {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
+	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
@@ -70,5 +72,60 @@ func TestMoveResumeDeletesOutOfOrder(t *testing.T) {
 				mtVerifyAll(t, s)
 			})
 		}
+	})
+}
+
+// TestMoveNamespaceBusySnapshot holds a snapshot in the middle of a small
+// group while a move-namespace moves it with other small groups (waves on
+// object storage, batches on a filesystem): the older snapshot moves, the
+// held one and the newer stay, the group is reported busy, the other
+// groups move completely, and a rerun finishes.
+func TestMoveNamespaceBusySnapshot(t *testing.T) {
+	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
+		env := newEnv(t)
+		s, ctx := env.s, context.Background()
+		ns := name.MustNamespace
+		mtNS(t, s, "a")
+		for g := 1; g <= 5; g++ {
+			for h := 0; h < 3; h++ {
+				mtBackup(t, s, "a", fmt.Sprintf("vm/%d", g), h, "alice@pbs")
+			}
+		}
+		src := mtGroup(t, "a", "vm/3")
+		held, err := mtOther(t, env).Snapshot(ctx, "test", name.NewSnapshot(src, mtAt(1)), lock.Shared)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("b"), MaxDepth: -1, DeleteSource: true, MergeGroups: false}
+		res, err := s.WithLocker(s.Locker().WithWait(20*time.Millisecond)).MoveNamespace(ctx, req, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Complete || len(res.Skipped) != 1 || res.Skipped[0].Item != "a:vm/3" || res.Groups != 4 || res.Snapshots != 13 {
+			t.Fatalf("result %+v", res)
+		}
+		// Oldest first: the target holds the older part only.
+		if snaps, _ := s.ListSnapshots(ctx, src.InNS(ns("b"))); len(snaps) != 1 || !snaps[0].Time.Equal(mtAt(0)) {
+			t.Errorf("target %+v", snaps)
+		}
+		if snaps, _ := s.ListSnapshots(ctx, src); len(snaps) != 2 {
+			t.Errorf("source %+v", snaps)
+		}
+		_ = held.Release()
+		// merge-groups=false still finishes its own interrupted move.
+		res, err = s.MoveNamespace(ctx, req, nil)
+		mtMustComplete(t, res, err)
+		if res.Groups != 1 || res.Snapshots != 2 || mtExists(t, s, "a") {
+			t.Errorf("rerun result %+v", res)
+		}
+		for sn, nss := range mtWhere(t, s) {
+			if len(nss) != 1 || nss[0] != "b" {
+				t.Errorf("%s in %v", sn, nss)
+			}
+		}
+		if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
+			t.Errorf("move records left: %v", recs)
+		}
+		mtVerifyAll(t, s)
 	})
 }
