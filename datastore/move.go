@@ -135,6 +135,14 @@ type mover struct {
 	rep     *reporter
 	// groupParallel is how many groups move (or are checked) at once.
 	groupParallel int
+	// listed and targetGroups are what a move-namespace's check phase
+	// listed (moves in waves): the source groups with their objects and
+	// the groups that existed at the targets. With both namespaces locked
+	// exclusively (lockedBothSides) nothing else changes them, so the
+	// waves plan from these instead of listing every group again.
+	listed          map[name.Group]*groupListing
+	targetGroups    map[name.Group]bool
+	lockedBothSides bool
 
 	mu      sync.Mutex // guards res
 	res     *MoveResult
@@ -289,6 +297,9 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	ctx, cancel := lock.Watch(ctx, guards...)
 	defer cancel()
 
+	// A root target cannot be locked (moveNamespaceLocks): then only
+	// the group locks protect the target side.
+	m.lockedBothSides = s.locks != nil && !dst.IsRoot()
 	nss, targets, jobs, err := m.checkNamespaceMove(ctx, req)
 	if err != nil {
 		return nil, err
@@ -466,6 +477,8 @@ func (m *mover) listMoveJobs(ctx context.Context, nss, targets []name.Namespace)
 	var mu sync.Mutex
 	if wave {
 		targetGroups = map[name.Group]bool{}
+		m.listed = map[name.Group]*groupListing{}
+		m.targetGroups = targetGroups
 	}
 	err := m.forEach(ctx, len(nss), moveCopyParallel, func(ctx context.Context, i int) error {
 		if !wave {
@@ -494,6 +507,9 @@ func (m *mover) listMoveJobs(ctx context.Context, nss, targets []name.Namespace)
 		mu.Lock()
 		for _, g := range there {
 			targetGroups[g] = true
+		}
+		for g, l := range ls {
+			m.listed[g] = l
 		}
 		mu.Unlock()
 		return nil

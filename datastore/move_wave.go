@@ -362,10 +362,23 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 		}
 	}
 	var srcL, dstL map[name.Group]*groupListing
-	err = moveConcurrently(ctx,
-		func(ctx context.Context) (err error) { srcL, err = m.listWaveSide(ctx, srcs); return err },
-		func(ctx context.Context) (err error) { dstL, err = m.listWaveSide(ctx, dsts); return err },
-	)
+	if m.lockedBothSides && m.listed != nil {
+		// The namespace locks kept both sides as the check phase listed
+		// them: only targets that existed then need their contents.
+		srcL = m.listed
+		var merging []name.Group
+		for _, g := range dsts {
+			if m.targetGroups[g] {
+				merging = append(merging, g)
+			}
+		}
+		dstL, err = m.listWaveSide(ctx, merging)
+	} else {
+		err = moveConcurrently(ctx,
+			func(ctx context.Context) (err error) { srcL, err = m.listWaveSide(ctx, srcs); return err },
+			func(ctx context.Context) (err error) { dstL, err = m.listWaveSide(ctx, dsts); return err },
+		)
+	}
 	if err != nil {
 		return nil, err
 	}
