@@ -509,7 +509,9 @@ func (m *mover) listMoveJobs(ctx context.Context, nss, targets []name.Namespace)
 			targetGroups[g] = true
 		}
 		for g, l := range ls {
-			m.listed[g] = l
+			if len(l.byTime) <= waveGroupSnaps { // the groups waves move
+				m.listed[g] = l
+			}
 		}
 		mu.Unlock()
 		return nil
