@@ -25,3 +25,13 @@ func (s *Store) snapshotRequest(snap name.Snapshot, mode lock.Mode) lock.Request
 func (s *Store) lockChain(ctx context.Context, reqs []lock.Request) (context.Context, func(), error) {
 	return s.locks.Hold(ctx, reqs...)
 }
+
+// lockGuards takes group locks and returns their guards, for work that
+// watches the locks of many groups at once (move waves and batches); with
+// locking off it takes nothing.
+func (s *Store) lockGuards(ctx context.Context, reqs []lock.Request) ([]*lock.Guard, error) {
+	if s.locks == nil {
+		return nil, nil
+	}
+	return s.locks.AcquireAll(ctx, reqs...)
+}

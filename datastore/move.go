@@ -135,6 +135,14 @@ type mover struct {
 	rep     *reporter
 	// groupParallel is how many groups move (or are checked) at once.
 	groupParallel int
+	// listed and targetGroups are what a move-namespace's check phase
+	// listed (moves in waves): the source groups with their objects and
+	// the groups that existed at the targets. With both namespaces locked
+	// exclusively (lockedBothSides) nothing else changes them, so the
+	// waves plan from these instead of listing every group again.
+	listed          map[name.Group]*groupListing
+	targetGroups    map[name.Group]bool
+	lockedBothSides bool
 
 	mu      sync.Mutex // guards res
 	res     *MoveResult
@@ -243,6 +251,9 @@ type moveJob struct {
 	seq   int
 	src   name.Group
 	dstNS name.Namespace
+	// snaps and objects are what the check phase listed (object storage
+	// only), to size the waves.
+	snaps, objects int
 }
 
 // MoveNamespace moves the namespace NS with its groups and child
@@ -279,6 +290,9 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 	defer release()
 
+	// A root target cannot be locked (moveNamespaceLocks): then only
+	// the group locks protect the target side.
+	m.lockedBothSides = s.locks != nil && !dst.IsRoot()
 	nss, targets, jobs, err := m.checkNamespaceMove(ctx, req)
 	if err != nil {
 		return nil, err
@@ -289,30 +303,36 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	defer func() { m.finish(start, err) }()
 
 	m.rep.phase("create namespaces", int64(len(targets)))
-	for _, t := range targets { // parents first
-		if err := m.createNamespace(ctx, t); err != nil {
-			return m.res, err
-		}
-		m.rep.add(1)
+	if err := m.createNamespaces(ctx, targets); err != nil {
+		return m.res, err
 	}
 
 	m.rep.phase("move", int64(len(jobs)))
-	err = busyRetry[moveJob]{
-		workers: m.groupParallel,
-		run: func(ctx context.Context, j moveJob) error {
-			err := m.moveOneGroup(ctx, j, req.MergeGroups)
-			if errors.Is(err, name.ErrInvalid) {
-				m.skip(groupLabel(j.src), err, "refused")
-				return nil
-			}
-			return err
-		},
-		retrying: func(n int) { m.rep.message(fmt.Sprintf("retrying %d busy group(s)", n)) },
-		skip:     func(j moveJob, busy error) { m.skip(groupLabel(j.src), busy, "busy") },
-		done:     func(moveJob) { m.rep.add(1) },
-	}.do(ctx, jobs)
+	var aside []busyJob
+	switch {
+	case m.canWave():
+		aside, err = m.runWaves(ctx, jobs, req.MergeGroups)
+	case m.atomic:
+		aside, err = m.runFSBatches(ctx, jobs, req.MergeGroups)
+	default:
+		aside, err = m.runGroups(ctx, jobs, req.MergeGroups, m.groupParallel)
+	}
 	if err != nil {
 		return m.res, err
+	}
+	if len(aside) > 0 {
+		m.rep.message(fmt.Sprintf("retrying %d busy group(s)", len(aside)))
+		retry := make([]moveJob, len(aside))
+		for i, j := range aside {
+			retry[i] = j.moveJob
+		}
+		again, err := m.runGroups(ctx, retry, req.MergeGroups, 1)
+		if err != nil {
+			return m.res, err
+		}
+		for _, j := range again {
+			m.skip(groupLabel(j.src), j.busy, "busy")
+		}
 	}
 	// Source namespaces holding skipped groups stay, with their ancestors.
 	keep := map[name.Namespace]int{}
@@ -396,19 +416,17 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 		targets[i] = t
 	}
 
-	var jobs []moveJob
-	for i, ns := range nss {
-		groups, err := s.ListGroups(ctx, ns)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		for _, g := range groups {
-			jobs = append(jobs, moveJob{seq: len(jobs), src: g, dstNS: targets[i]})
-		}
+	jobs, targetGroups, err := m.listMoveJobs(ctx, nss, targets)
+	if err != nil {
+		return nil, nil, nil, err
 	}
 	m.rep.phase("check", int64(len(jobs)))
 	checks := make([]error, len(jobs))
 	err = m.forEach(ctx, len(jobs), m.groupParallel, func(ctx context.Context, i int) error {
+		if targetGroups != nil && !targetGroups[jobs[i].src.InNS(jobs[i].dstNS)] {
+			m.rep.add(1) // a new target group needs no checks
+			return nil
+		}
 		checks[i] = m.checkGroup(ctx, jobs[i].src, jobs[i].dstNS, req.MergeGroups)
 		m.rep.add(1)
 		if checks[i] != nil && !errors.Is(checks[i], name.ErrInvalid) {
@@ -441,6 +459,69 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 	return nss, targets, jobs, nil
 }
 
+// listMoveJobs lists the groups of the source namespaces nss, moving to
+// targets. For moves in waves it also sizes them (one flat listing per
+// namespace and type) and returns the groups existing at the targets.
+func (m *mover) listMoveJobs(ctx context.Context, nss, targets []name.Namespace) ([]moveJob, map[name.Group]bool, error) {
+	s := m.s
+	wave := m.canWave()
+	perNS := make([][]moveJob, len(nss))
+	var targetGroups map[name.Group]bool
+	var mu sync.Mutex
+	if wave {
+		targetGroups = map[name.Group]bool{}
+		m.listed = map[name.Group]*groupListing{}
+		m.targetGroups = targetGroups
+	}
+	err := m.forEach(ctx, len(nss), moveCopyParallel, func(ctx context.Context, i int) error {
+		if !wave {
+			groups, err := s.ListGroups(ctx, nss[i])
+			if err != nil {
+				return err
+			}
+			for _, g := range groups {
+				perNS[i] = append(perNS[i], moveJob{src: g, dstNS: targets[i]})
+			}
+			return nil
+		}
+		var ls map[name.Group]*groupListing
+		var there []name.Group
+		err := moveConcurrently(ctx,
+			func(ctx context.Context) (err error) { ls, err = m.listNamespaceGroups(ctx, nss[i]); return err },
+			func(ctx context.Context) (err error) { there, err = s.ListGroups(ctx, targets[i]); return err },
+		)
+		if err != nil {
+			return err
+		}
+		for g, l := range ls {
+			perNS[i] = append(perNS[i], moveJob{src: g, dstNS: targets[i], snaps: len(l.byTime), objects: len(l.files)})
+		}
+		sort.Slice(perNS[i], func(a, b int) bool { return perNS[i][a].src.String() < perNS[i][b].src.String() })
+		mu.Lock()
+		for _, g := range there {
+			targetGroups[g] = true
+		}
+		for g, l := range ls {
+			if len(l.byTime) <= waveGroupSnaps { // the groups waves move
+				m.listed[g] = l
+			}
+		}
+		mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var jobs []moveJob
+	for _, js := range perNS {
+		for _, j := range js {
+			j.seq = len(jobs)
+			jobs = append(jobs, j)
+		}
+	}
+	return jobs, targetGroups, nil
+}
+
 // checkGroup runs the merge checks of one group without its locks; they
 // are repeated under the locks when the group moves.
 func (m *mover) checkGroup(ctx context.Context, src name.Group, dstNS name.Namespace, allowMerge bool) error {
@@ -455,21 +536,115 @@ func (m *mover) checkGroup(ctx context.Context, src name.Group, dstNS name.Names
 	return err
 }
 
-func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) error {
+// createNamespaces creates the missing targets (given parents first),
+// those of one depth at once, and reports them in the given order.
+func (m *mover) createNamespaces(ctx context.Context, targets []name.Namespace) error {
+	created := make([]bool, len(targets))
+	defer func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for i, ns := range targets {
+			if created[i] {
+				m.res.NamespacesCreated = append(m.res.NamespacesCreated, ns.String())
+			}
+		}
+	}()
+	for start := 0; start < len(targets); {
+		end := start + 1
+		for end < len(targets) && targets[end].Depth() == targets[start].Depth() {
+			end++
+		}
+		err := m.forEach(ctx, end-start, m.groupParallel, func(ctx context.Context, i int) (err error) {
+			created[start+i], err = m.createNamespace(ctx, targets[start+i])
+			m.rep.add(1)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		start = end
+	}
+	return nil
+}
+
+func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) (bool, error) {
 	if ns.IsRoot() {
-		return nil
+		return false, nil
 	}
 	ok, err := m.s.NamespaceExists(ctx, ns)
 	if err != nil || ok {
-		return err
+		return false, err
 	}
 	if err := m.s.CreateNamespace(ctx, ns); err != nil {
-		return err
+		return false, err
 	}
-	m.mu.Lock()
-	m.res.NamespacesCreated = append(m.res.NamespacesCreated, ns.String())
-	m.mu.Unlock()
-	return nil
+	return true, nil
+}
+
+// busyJob is a group set aside because a lock stayed busy.
+type busyJob struct {
+	moveJob
+	busy error
+}
+
+// runGroups moves jobs, parallel groups at a time, in order. Groups whose
+// locks stay busy are returned; a group whose checks fail now (changed
+// since the check phase) is skipped; any other error stops the move.
+func (m *mover) runGroups(ctx context.Context, jobs []moveJob, merge bool, parallel int) ([]busyJob, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu       sync.Mutex
+		aside    []busyJob
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	work := make(chan moveJob)
+	for w := 0; w < min(parallel, len(jobs)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				err := m.moveOneGroup(ctx, j, merge)
+				switch {
+				case err == nil:
+				case errors.Is(err, lock.ErrBusy):
+					mu.Lock()
+					aside = append(aside, busyJob{moveJob: j, busy: err})
+					mu.Unlock()
+					continue // counted when retried
+				case errors.Is(err, name.ErrInvalid):
+					m.skip(groupLabel(j.src), err, "refused")
+				default:
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					cancel(err)
+				}
+				m.rep.add(1)
+			}
+		}()
+	}
+feed:
+	for _, j := range jobs {
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	sort.Slice(aside, func(i, k int) bool { return aside[i].seq < aside[k].seq })
+	return aside, nil
 }
 
 // moveOneGroup moves one group of a move-namespace under its group locks.
@@ -504,38 +679,125 @@ func (m *mover) removeSourceNamespaces(ctx context.Context, nss []name.Namespace
 		}
 		return order[i].String() > order[j].String()
 	})
+	// On object storage one listing of the whole source tree tells which
+	// namespaces hold anything but their markers.
+	var holds map[name.Namespace]string
+	if m.s.b.Features().ImplicitDirs && deleteSource && len(nss) > 0 {
+		var err error
+		if holds, err = m.namespaceContents(ctx, nss); err != nil {
+			return err
+		}
+	}
 	kept := map[name.Namespace]bool{}
-	for _, ns := range order {
-		var reason string
-		switch {
-		case !deleteSource:
-			reason = "delete-source is off"
-		case keep[ns] > 0:
-			reason = fmt.Sprintf("holds %d skipped group(s)", keep[ns])
-		case kept[ns]:
-			reason = "a child namespace was kept"
-		default:
-			err := m.removeNamespace(ctx, ns)
+	// One depth at a time (deepest first), the namespaces of a depth at
+	// once: each only needs its children decided.
+	for start := 0; start < len(order); {
+		end := start + 1
+		for end < len(order) && order[end].Depth() == order[start].Depth() {
+			end++
+		}
+		level := order[start:end]
+		errs := make([]error, len(level))
+		err := m.forEach(ctx, len(level), m.groupParallel, func(ctx context.Context, i int) error {
+			ns := level[i]
 			switch {
-			case err == nil:
-				m.res.NamespacesRemoved = append(m.res.NamespacesRemoved, ns.String())
-			case errors.Is(err, backend.ErrNotEmpty):
-				reason = "not empty: " + err.Error()
-			case errors.Is(err, ErrNotFound):
-				// Removed by an interrupted earlier run.
+			case !deleteSource || keep[ns] > 0 || kept[ns]:
+			case holds == nil:
+				errs[i] = m.removeNamespace(ctx, ns)
+			case holds[ns] != "":
+				errs[i] = fmt.Errorf("namespace %q still holds %s: %w", ns, holds[ns], backend.ErrNotEmpty)
 			default:
-				return err
+				if err := m.s.b.Remove(ctx, backend.Join(ns.Path(), namespaceMarker)); err != nil {
+					errs[i] = fmt.Errorf("remove namespace %q: %w", ns, err)
+				}
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		if reason != "" {
-			m.res.NamespacesKept = append(m.res.NamespacesKept, KeptNamespace{NS: ns.String(), Reason: reason})
-			for _, a := range ns.Ancestors() {
-				kept[a] = true
+		for i, ns := range level {
+			var reason string
+			switch {
+			case !deleteSource:
+				reason = "delete-source is off"
+			case keep[ns] > 0:
+				reason = fmt.Sprintf("holds %d skipped group(s)", keep[ns])
+			case kept[ns]:
+				reason = "a child namespace was kept"
+			default:
+				switch err := errs[i]; {
+				case err == nil:
+					m.res.NamespacesRemoved = append(m.res.NamespacesRemoved, ns.String())
+				case errors.Is(err, backend.ErrNotEmpty):
+					reason = "not empty: " + err.Error()
+				case errors.Is(err, ErrNotFound):
+					// Removed by an interrupted earlier run.
+				default:
+					return err
+				}
 			}
+			if reason != "" {
+				m.res.NamespacesKept = append(m.res.NamespacesKept, KeptNamespace{NS: ns.String(), Reason: reason})
+				for _, a := range ns.Ancestors() {
+					kept[a] = true
+				}
+			}
+			m.rep.add(1)
 		}
-		m.rep.add(1)
+		start = end
 	}
 	return nil
+}
+
+// namespaceContents lists the subtree of nss[0] (nss: it and namespaces
+// below it) once and returns, for each namespace of nss holding anything
+// but the markers of namespaces in nss, one object it holds.
+func (m *mover) namespaceContents(ctx context.Context, nss []name.Namespace) (map[name.Namespace]string, error) {
+	top := nss[0]
+	in := make(map[name.Namespace]bool, len(nss))
+	for _, ns := range nss {
+		in[ns] = true
+	}
+	holds := map[name.Namespace]string{}
+	err := m.s.b.Walk(ctx, top.Path(), func(fi backend.FileInfo) error {
+		rel, ok := strings.CutPrefix(fi.Name, top.Path()+"/")
+		if !ok {
+			return nil
+		}
+		ns := top
+		for {
+			below, ok := strings.CutPrefix(rel, "ns/")
+			if !ok {
+				break
+			}
+			child, rest, ok := strings.Cut(below, "/")
+			if !ok {
+				break
+			}
+			c, err := ns.Child(child)
+			if err != nil {
+				break
+			}
+			ns, rel = c, rest
+		}
+		if rel == namespaceMarker && in[ns] {
+			return nil
+		}
+		for a := ns; ; a = a.Parent() {
+			if in[a] && holds[a] == "" {
+				holds[a] = fi.Name
+			}
+			if a == top || a.IsRoot() {
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list namespace %q: %w", top, err)
+	}
+	return holds, nil
 }
 
 // removeNamespace removes an emptied source namespace. On object storage
@@ -600,41 +862,65 @@ func (s *Store) groupContents(ctx context.Context, g name.Group) (snaps []moveSn
 	}
 	// Object storage: one flat listing instead of one per snapshot.
 	prefix := g.Path() + "/"
-	byTime := map[int64]*moveSnap{}
+	l := newGroupListing(g)
 	err = s.b.Walk(ctx, g.Path(), func(fi backend.FileInfo) error {
-		rel, ok := strings.CutPrefix(fi.Name, prefix)
-		if !ok {
-			return nil
-		}
-		exists = true
-		dir, file, ok := strings.Cut(rel, "/")
-		if !ok {
-			return nil // owner, notes
-		}
-		t, err := name.ParseTime(dir)
-		if err != nil {
-			return nil
-		}
-		sn := byTime[t.Unix()]
-		if sn == nil {
-			sn = &moveSnap{Snapshot: name.Snapshot{Group: g, Time: t}}
-			byTime[t.Unix()] = sn
-		}
-		sn.files = append(sn.files, file)
-		if file == ManifestName {
-			sn.finished = true
+		if rel, ok := strings.CutPrefix(fi.Name, prefix); ok {
+			l.add(fi.Name, rel)
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("list group %s in namespace %q: %w", g, g.NS, err)
 	}
-	for _, sn := range byTime {
+	return l.sorted(), len(l.files) > 0, nil
+}
+
+// groupListing is a group's objects as a flat listing shows them.
+type groupListing struct {
+	g      name.Group
+	byTime map[int64]*moveSnap
+	// files are the paths of every object below the group.
+	files        []string
+	owner, notes bool
+}
+
+func newGroupListing(g name.Group) *groupListing {
+	return &groupListing{g: g, byTime: map[int64]*moveSnap{}}
+}
+
+// add records the object at path, rel being its path below the group.
+func (l *groupListing) add(path, rel string) {
+	l.files = append(l.files, path)
+	dir, file, ok := strings.Cut(rel, "/")
+	if !ok {
+		l.owner = l.owner || rel == "owner"
+		l.notes = l.notes || rel == "notes"
+		return
+	}
+	t, err := name.ParseTime(dir)
+	if err != nil {
+		return
+	}
+	sn := l.byTime[t.Unix()]
+	if sn == nil {
+		sn = &moveSnap{Snapshot: name.Snapshot{Group: l.g, Time: t}}
+		l.byTime[t.Unix()] = sn
+	}
+	sn.files = append(sn.files, file)
+	if file == ManifestName {
+		sn.finished = true
+	}
+}
+
+// sorted returns the snapshots oldest first.
+func (l *groupListing) sorted() []moveSnap {
+	snaps := make([]moveSnap, 0, len(l.byTime))
+	for _, sn := range l.byTime {
 		sort.Strings(sn.files)
 		snaps = append(snaps, *sn)
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Time.Before(snaps[j].Time) })
-	return snaps, exists, nil
+	return snaps
 }
 
 // groupPlan is one group's move, checked before anything changes.
@@ -652,6 +938,9 @@ type groupPlan struct {
 	// record: the target group is new and merging is off, so a rerun
 	// must be able to tell that this move created it.
 	record bool
+	// copyOwner/copyNotes: the target group is new; its owner and notes
+	// are copied from the source (moves in waves, which do not read them).
+	copyOwner, copyNotes bool
 }
 
 // planGroup reads both sides of a group move and checks DESIGN §4's
@@ -683,12 +972,22 @@ func (m *mover) planGroup(ctx context.Context, src name.Group, dstNS name.Namesp
 		p.record = !allowMerge
 		return p, nil
 	}
+	if err := m.planMerge(ctx, p, dsnaps, allowMerge); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
 
+// planMerge checks a move into the existing target group p.dst, whose
+// snapshots are dsnaps; p holds the source side, its owner and notes read.
+func (m *mover) planMerge(ctx context.Context, p *groupPlan, dsnaps []moveSnap, allowMerge bool) error {
+	s := m.s
+	src, dst := p.src, p.dst
 	p.merge = true
 	if !allowMerge {
 		ok, err := s.hasMoveRecord(ctx, src, dst)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		switch {
 		case ok:
@@ -698,34 +997,31 @@ func (m *mover) planGroup(ctx context.Context, src name.Group, dstNS name.Namesp
 			// left is the cleanup of an interrupted move, and no
 			// snapshot joins the existing group.
 		default:
-			return nil, invalidf("group %s already exists in target namespace %q and merging is off (merge-group=false); allow merging or choose another target",
+			return invalidf("group %s already exists in target namespace %q and merging is off (merge-group=false); allow merging or choose another target",
 				src, dst.NS)
 		}
 	}
 	var downer, dnotes string
-	err = moveConcurrently(ctx,
+	err := moveConcurrently(ctx,
 		func(ctx context.Context) (err error) { downer, err = s.readGroupFile(ctx, dst, "owner"); return err },
 		func(ctx context.Context) (err error) { dnotes, err = s.readGroupFile(ctx, dst, "notes"); return err },
 	)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	downer = strings.TrimRight(downer, "\n")
 	switch {
 	case downer == "":
 		p.writeOwner = p.owner != ""
 	case p.owner != "" && p.owner != downer:
-		return nil, invalidf("cannot merge group %s of namespace %q (owner %q) into namespace %q: the target group is owned by %q",
+		return invalidf("cannot merge group %s of namespace %q (owner %q) into namespace %q: the target group is owned by %q",
 			src, src.NS, p.owner, dst.NS, downer)
 	}
 	p.writeNotes = p.notes != "" && dnotes == ""
 	for _, t := range dsnaps {
 		p.dstSnaps[t.Time.Unix()] = t
 	}
-	if err := m.checkOrder(ctx, p, dsnaps); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return m.checkOrder(ctx, p, dsnaps)
 }
 
 // addsNothing reports whether moving p would add no snapshot to the
@@ -756,10 +1052,30 @@ func (m *mover) checkOrder(ctx context.Context, p *groupPlan, dsnaps []moveSnap)
 	if len(p.snaps) == 0 {
 		return nil
 	}
-	oldest := p.snaps[0]
+	oldest, joining := p.snaps[0], true
 	bySrc := make(map[int64]moveSnap, len(p.snaps))
 	for _, sn := range p.snaps {
 		bySrc[sn.Time.Unix()] = sn
+	}
+	if !m.atomic {
+		// The rule applies to the snapshots that would join the target:
+		// an interrupted move deletes a snapshot's source only once every
+		// older one of its group has a copy at the target, but the
+		// deletes of several snapshots may land in any order, leaving a
+		// moved snapshot next to older ones on both sides.
+		atTarget := make(map[int64]bool, len(dsnaps))
+		for _, t := range dsnaps {
+			atTarget[t.Time.Unix()] = true
+		}
+		i := 0
+		for i < len(p.snaps) && atTarget[p.snaps[i].Time.Unix()] {
+			i++
+		}
+		if i == len(p.snaps) {
+			joining = false
+		} else {
+			oldest = p.snaps[i]
+		}
 	}
 	for _, t := range dsnaps {
 		if sn, ok := bySrc[t.Time.Unix()]; ok && !m.atomic {
@@ -775,7 +1091,7 @@ func (m *mover) checkOrder(ctx context.Context, p *groupPlan, dsnaps []moveSnap)
 			}
 			continue
 		}
-		if !t.Time.Before(oldest.Time) {
+		if joining && !t.Time.Before(oldest.Time) {
 			return invalidf("cannot merge group %s into namespace %q: its snapshot %s is not older than the oldest snapshot %s moving from namespace %q (the histories would interleave)",
 				p.src, p.dst.NS, t.TimeString(), oldest.TimeString(), p.src.NS)
 		}
@@ -787,10 +1103,19 @@ func (m *mover) checkOrder(ctx context.Context, p *groupPlan, dsnaps []moveSnap)
 // (a verify may have updated one copy since).
 func (m *mover) sameManifest(ctx context.Context, a, b name.Snapshot) (bool, error) {
 	ra, err := m.s.b.ReadFile(ctx, a.File(ManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		// Gone since the listing (a killed run's last delete landing
+		// late): no longer two finished copies, so no conflict; the
+		// group is planned again under its locks before it moves.
+		return true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("manifest of %s in %q: %w", a, a.NS, err)
 	}
 	rb, err := m.s.b.ReadFile(ctx, b.File(ManifestName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("manifest of %s in %q: %w", b, b.NS, err)
 	}
@@ -1010,32 +1335,68 @@ func (m *mover) renameBatch(ctx context.Context, p *groupPlan, batch []moveSnap)
 // leftover (only deleted). On the group's last batch without batch
 // deletes, the leftovers go with the group in one RemoveAll.
 func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap, lastOfGroup bool) error {
-	type xfer struct{ from, to string }
-	var data, manifests []xfer
-	var delManifests, delRest []string
-	copies := map[int64]int{} // objects copied per snapshot, for the metric
+	var c copyPlan
+	c.add(p, batch)
+	if err := m.copyAll(ctx, &c); err != nil {
+		return err
+	}
+	if err := m.removeFiles(ctx, c.delManifests); err != nil {
+		return err
+	}
+	if lastOfGroup && m.batchRm == nil {
+		m.deleted.Add(int64(len(c.delRest))) // removeSourceGroup takes them
+	} else if err := m.removeFiles(ctx, c.delRest); err != nil {
+		return err
+	}
+	for _, sn := range batch {
+		m.snapshotMoved(sn.Snapshot, p.dst.NS, c.copies[sn.Snapshot])
+	}
+	return nil
+}
+
+type xfer struct{ from, to string }
+
+// copyPlan is what copying snapshots to their target takes: the copies
+// (data files, then manifests) and the source deletes (manifests first).
+type copyPlan struct {
+	data, manifests       []xfer
+	delManifests, delRest []string
+	copies                map[name.Snapshot]int // objects copied per snapshot, for the metric
+}
+
+// add plans the copy of batch (snapshots of p). A snapshot finished at the
+// target and unfinished at the source is the leftover of an interrupted
+// move: it is only deleted.
+func (c *copyPlan) add(p *groupPlan, batch []moveSnap) {
+	if c.copies == nil {
+		c.copies = map[name.Snapshot]int{}
+	}
 	for _, sn := range batch {
 		to := sn.InNS(p.dst.NS)
 		t, had := p.dstSnaps[sn.Time.Unix()]
 		copyIt := !(had && t.finished && !sn.finished)
 		for _, f := range sn.files {
 			if f == ManifestName {
-				delManifests = append(delManifests, sn.File(f))
+				c.delManifests = append(c.delManifests, sn.File(f))
 			} else {
-				delRest = append(delRest, sn.File(f))
+				c.delRest = append(c.delRest, sn.File(f))
 			}
 			if !copyIt {
 				continue
 			}
-			copies[sn.Time.Unix()]++
+			c.copies[sn.Snapshot]++
 			if f == ManifestName {
-				manifests = append(manifests, xfer{sn.File(f), to.File(f)})
+				c.manifests = append(c.manifests, xfer{sn.File(f), to.File(f)})
 			} else {
-				data = append(data, xfer{sn.File(f), to.File(f)})
+				c.data = append(c.data, xfer{sn.File(f), to.File(f)})
 			}
 		}
 	}
-	for _, set := range [][]xfer{data, manifests} {
+}
+
+// copyAll copies the data files, then the manifests.
+func (m *mover) copyAll(ctx context.Context, c *copyPlan) error {
+	for _, set := range [][]xfer{c.data, c.manifests} {
 		err := m.each(ctx, len(set), func(ctx context.Context, i int) error {
 			if err := m.s.b.Copy(ctx, set[i].from, set[i].to); err != nil {
 				return fmt.Errorf("copy %s to %s: %w", set[i].from, set[i].to, err)
@@ -1046,17 +1407,6 @@ func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap, l
 		if err != nil {
 			return err
 		}
-	}
-	if err := m.removeFiles(ctx, delManifests); err != nil {
-		return err
-	}
-	if lastOfGroup && m.batchRm == nil {
-		m.deleted.Add(int64(len(delRest))) // removeSourceGroup takes them
-	} else if err := m.removeFiles(ctx, delRest); err != nil {
-		return err
-	}
-	for _, sn := range batch {
-		m.snapshotMoved(sn.Snapshot, p.dst.NS, copies[sn.Time.Unix()])
 	}
 	return nil
 }

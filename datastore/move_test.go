@@ -1040,11 +1040,19 @@ func mtBenchGroups(b testing.TB, ns string, snapshots, perGroup int) []name.Snap
 	return out
 }
 
-// BenchmarkMoveNamespaceFS moves a namespace of 10,000 snapshots in 200
-// groups on a filesystem store (flock locks, journal and all), back and
-// forth.
+// BenchmarkMoveNamespaceFS moves a namespace on a filesystem store (flock
+// locks, journal and all), back and forth: 10,000 snapshots in 200 groups,
+// and 1,000 groups of one snapshot.
 func BenchmarkMoveNamespaceFS(b *testing.B) {
-	const snapshots, perGroup = 10000, 50
+	for _, sh := range []struct{ groups, perGroup int }{{200, 50}, {1000, 1}} {
+		b.Run(fmt.Sprintf("%dx%d", sh.groups, sh.perGroup), func(b *testing.B) {
+			mtBenchMoveFS(b, sh.groups*sh.perGroup, sh.perGroup)
+		})
+	}
+}
+
+// mtBenchMoveFS is one shape of BenchmarkMoveNamespaceFS.
+func mtBenchMoveFS(b *testing.B, snapshots, perGroup int) {
 	ctx := context.Background()
 	dir := b.TempDir()
 	// Written directly (no fsync per file): the setup is not measured.
@@ -1092,9 +1100,13 @@ func BenchmarkMoveNamespaceFS(b *testing.B) {
 
 // BenchmarkMoveNamespaceS3 compares pbsq's move-namespace with `rclone move`
 // (server-side copies, 64 transfers) on versitygw, on the very same
-// objects: pbsq moves namespace src to dst, then rclone moves the prefix
-// of dst to another prefix. PBSQ_BENCH_OBJECTS sets the object count
-// (default 20000): snapshots of four objects in groups of 50.
+// objects: pbsq moves a namespace, then rclone moves its prefix on, and so
+// on in alternating rounds (three where a round takes seconds), which
+// evens out a machine whose load changes; *_s/op are per move. Three
+// shapes of snapshots of four objects (index, two blobs, manifest) plus an
+// owner per group: many groups of one snapshot, tens of groups of a few,
+// and few groups of many (PBSQ_BENCH_OBJECTS sets that one's object count,
+// default 20000).
 func BenchmarkMoveNamespaceS3(b *testing.B) {
 	objects := 20000
 	if v, err := strconv.Atoi(os.Getenv("PBSQ_BENCH_OBJECTS")); err == nil && v > 0 {
@@ -1104,9 +1116,27 @@ func BenchmarkMoveNamespaceS3(b *testing.B) {
 	if err != nil {
 		b.Skip("rclone not installed")
 	}
-	const perGroup, blobs = 50, 2
-	snapshots := objects / (blobs + 2)
+	const blobs = 2
 	srv := s3test.StartVersity(b)
+	shapes := []struct{ groups, perGroup int }{
+		{150, 1},
+		{40, 7},
+		{max(1, objects/(blobs+2)/50), 50},
+	}
+	for _, sh := range shapes {
+		b.Run(fmt.Sprintf("%dx%d", sh.groups, sh.perGroup), func(b *testing.B) {
+			// Three alternating rounds where a round takes seconds.
+			rounds := 1
+			if sh.groups*sh.perGroup*(blobs+2) < 5000 {
+				rounds = 3
+			}
+			mtBenchMoveS3(b, srv, rclone, sh.groups*sh.perGroup, sh.perGroup, blobs, rounds)
+		})
+	}
+}
+
+// mtBenchMoveS3 is one shape of BenchmarkMoveNamespaceS3.
+func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, perGroup, blobs, rounds int) {
 	ctx := context.Background()
 	var pbsqTime, rcloneTime time.Duration
 	moved := 0
@@ -1171,21 +1201,11 @@ func BenchmarkMoveNamespaceS3(b *testing.B) {
 		total := count("ns/src")
 		b.Logf("setup: %d objects in %v", total, time.Since(setup).Round(time.Millisecond))
 
-		b.StartTimer()
-		start := time.Now()
-		res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("src"), TargetNS: name.MustNamespace("dst"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
-		pbsqTime += time.Since(start)
-		b.StopTimer()
-		if err != nil || !res.Complete || res.Snapshots != len(snaps) {
-			b.Fatalf("move: %v %+v", err, res)
-		}
-		if n := count("ns/dst"); n != total || count("ns/src") != 0 {
-			b.Fatalf("pbsq moved %d of %d objects", n, total)
-		}
-
-		// rclone moves the same objects on, from dst to another prefix.
+		// The same objects move on and on: pbsq moves namespace src to
+		// p1, rclone moves the prefix of p1 to r1 (a namespace again,
+		// markers and all), pbsq moves r1 to p2, and so on. Alternating
+		// in rounds evens out a machine whose load changes.
 		root := srv.Bucket() + "/" + prefix + "/.cnt/ns/"
-		cmd := exec.Command(rclone, "move", "bench:"+root+"dst", "bench:"+root+"rclone", "--transfers", "64", "--s3-no-check-bucket", "-q")
 		var env []string
 		for _, kv := range os.Environ() {
 			// rclone's AWS SDK cannot combine a CA bundle with its own
@@ -1194,25 +1214,48 @@ func BenchmarkMoveNamespaceS3(b *testing.B) {
 				env = append(env, kv)
 			}
 		}
-		cmd.Env = append(env,
+		env = append(env,
 			"RCLONE_CONFIG_BENCH_TYPE=s3", "RCLONE_CONFIG_BENCH_PROVIDER=Other",
 			"RCLONE_CONFIG_BENCH_ENDPOINT="+srv.Endpoint(), "RCLONE_CONFIG_BENCH_REGION="+s3test.Region,
 			"RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="+s3test.AccessKey, "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="+s3test.SecretKey,
 			"RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true", "RCLONE_CONFIG_BENCH_ENV_AUTH=false")
-		start = time.Now()
-		out, err := cmd.CombinedOutput()
-		rcloneTime += time.Since(start)
-		if err != nil {
-			b.Fatalf("rclone: %v\n%s", err, out)
+		from := "src"
+		for r := 1; r <= rounds; r++ {
+			to := fmt.Sprint("p", r)
+			b.StartTimer()
+			start := time.Now()
+			rctx, reqs := backend.CountRequests(ctx)
+			res, err := s.MoveNamespace(rctx, MoveNamespaceRequest{NS: name.MustNamespace(from), TargetNS: name.MustNamespace(to), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
+			took := time.Since(start)
+			pbsqTime += took
+			b.StopTimer()
+			if err != nil || !res.Complete || res.Snapshots != len(snaps) {
+				b.Fatalf("move: %v %+v", err, res)
+			}
+			if n := count("ns/" + to); n != total || count("ns/"+from) != 0 {
+				b.Fatalf("pbsq moved %d of %d objects", n, total)
+			}
+
+			from, to = to, fmt.Sprint("r", r)
+			cmd := exec.Command(rclone, "move", "bench:"+root+from, "bench:"+root+to, "--transfers", "64", "--s3-no-check-bucket", "-q")
+			cmd.Env = env
+			start = time.Now()
+			out, err := cmd.CombinedOutput()
+			rtook := time.Since(start)
+			rcloneTime += rtook
+			if err != nil {
+				b.Fatalf("rclone: %v\n%s", err, out)
+			}
+			if n := count("ns/" + to); n != total || count("ns/"+from) != 0 {
+				b.Fatalf("rclone moved %d of %d objects", n, total)
+			}
+			from = to
+			moved += total
+			b.Logf("round %d, %d objects: pbsq %v (%d copied, %d deleted, %d requests), rclone %v", r, total, took.Round(time.Millisecond), res.ObjectsCopied, res.ObjectsDeleted, reqs.Load(), rtook.Round(time.Millisecond))
 		}
-		if n := count("ns/rclone"); n != total || count("ns/dst") != 0 {
-			b.Fatalf("rclone moved %d of %d objects", n, total)
-		}
-		moved += total
-		b.Logf("%d objects: pbsq %v (%d copied, %d deleted), rclone %v", total, res.Seconds, res.ObjectsCopied, res.ObjectsDeleted, time.Since(start).Round(time.Millisecond))
 	}
 	b.ReportMetric(float64(moved)/pbsqTime.Seconds(), "objects/s")
-	b.ReportMetric(pbsqTime.Seconds()/float64(b.N), "pbsq_s/op")
-	b.ReportMetric(rcloneTime.Seconds()/float64(b.N), "rclone_s/op")
+	b.ReportMetric(pbsqTime.Seconds()/float64(b.N*rounds), "pbsq_s/op")
+	b.ReportMetric(rcloneTime.Seconds()/float64(b.N*rounds), "rclone_s/op")
 	b.ReportMetric(rcloneTime.Seconds()/pbsqTime.Seconds(), "speedup_vs_rclone")
 }
