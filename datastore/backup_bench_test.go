@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -115,7 +115,7 @@ func benchStore(b *testing.B) *Store {
 	}
 	b.Cleanup(func() { _ = os.RemoveAll(dir) })
 	_ = os.Mkdir(filepath.Join(dir, ".chunks"), 0o755)
-	fb, err := fsbackend.New(dir)
+	fb, err := local.New(dir)
 	if err != nil {
 		b.Fatal(err)
 	}

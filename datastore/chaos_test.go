@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
@@ -248,7 +248,7 @@ func newFSStore(t testing.TB, storeName string) (*datastore.Store, string) {
 	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

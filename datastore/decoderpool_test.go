@@ -18,7 +18,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -164,7 +164,7 @@ func (e iotestErr) Read([]byte) (int, error) { return 0, e.err }
 // failing fails the task and never blames (renames) the chunk.
 func TestVerifyReadErrors(t *testing.T) {
 	_, dir := ftStore(t)
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

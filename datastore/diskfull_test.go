@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -98,7 +98,7 @@ func newSmallStore(t *testing.T, storeName, size string) *smallStore {
 	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

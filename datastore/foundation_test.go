@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -38,7 +38,7 @@ func ftStoreLocks(t testing.TB) (*Store, string, string) {
 	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,7 +151,7 @@ func pbsfmt(t testing.TB, args ...string) string {
 
 func TestCreateMakesChunkDirs(t *testing.T) {
 	dir := t.TempDir()
-	b, _ := fsbackend.New(dir)
+	b, _ := local.New(dir)
 	ctx := context.Background()
 	if _, err := Create(ctx, "main", b, Options{}); err != nil {
 		t.Fatal(err)
@@ -292,7 +292,7 @@ func TestBackupRefusals(t *testing.T) {
 func TestListsIndependentStore(t *testing.T) {
 	dir := t.TempDir()
 	want := pbsfmt(t, "write", dir)
-	b, _ := fsbackend.New(dir)
+	b, _ := local.New(dir)
 	s, _ := Open("indep", b, Options{})
 	ctx := context.Background()
 	type entry struct {

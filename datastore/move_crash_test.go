@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -60,7 +60,7 @@ func mcOpen(t testing.TB, kind, dir, endpoint, bucket, prefix, lockDir string) *
 	var b backend.Backend
 	var err error
 	if kind == "fs" {
-		b, err = fsbackend.New(dir)
+		b, err = local.New(dir)
 	} else {
 		cfg := s3.Config{Endpoint: endpoint, Region: s3test.Region, Bucket: bucket, Prefix: prefix, PathStyle: true, RequestTimeout: 30 * time.Second}
 		b, err = s3.New(context.Background(), cfg)

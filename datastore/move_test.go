@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
@@ -47,7 +47,7 @@ func mtLocker(t testing.TB, lockDir string, wait time.Duration) *lock.Locker {
 func mtFS(t testing.TB) *mtEnv {
 	t.Helper()
 	dir := t.TempDir()
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1076,7 +1076,7 @@ func mtBenchMoveFS(b *testing.B, snapshots, perGroup int) {
 			}
 		}
 	}
-	fsb, err := fsbackend.New(dir)
+	fsb, err := local.New(dir)
 	if err != nil {
 		b.Fatal(err)
 	}

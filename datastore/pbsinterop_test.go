@@ -19,7 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -110,7 +110,7 @@ func ptStore(t *testing.T, wait time.Duration) (*Store, string, string) {
 	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
@@ -47,7 +47,7 @@ func stFS(t testing.TB, storeName string, skeleton bool) (*Store, string) {
 
 func stFSAt(t testing.TB, storeName, dir string, skeleton bool) *Store {
 	t.Helper()
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

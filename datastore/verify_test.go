@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
@@ -258,7 +258,7 @@ func mustFlockBackend(t *testing.T, s *Store) lock.Backend {
 func TestVerifyIndependentStore(t *testing.T) {
 	dir := t.TempDir()
 	pbsfmt(t, "write", dir)
-	b, _ := fsbackend.New(dir)
+	b, _ := local.New(dir)
 	s, _ := Open("indep", b, Options{})
 	ctx := context.Background()
 	// Corrupt the first chunk of ct/200's disk image in the root namespace.

@@ -29,7 +29,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
@@ -192,8 +192,8 @@ func (s *chaosStores) Open(ctx context.Context, store, taskID string, wait *task
 		if spec.S3 != nil {
 			b, err = s3.New(context.WithoutCancel(ctx), *spec.S3)
 		} else {
-			var fb *fsbackend.FS
-			fb, err = fsbackend.New(spec.Dir)
+			var fb *local.FS
+			fb, err = local.New(spec.Dir)
 			b = fb
 			if err == nil && s.slow > 0 {
 				b = slowBackend{Backend: fb, d: s.slow}
@@ -1294,7 +1294,7 @@ func newFSStore(t testing.TB, store string) (*datastore.Store, string) {
 	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

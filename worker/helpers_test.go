@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pbsq/pbsq/datastore"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -58,7 +58,7 @@ func (s *testStores) Open(ctx context.Context, store, taskID string, wait *tasks
 	if !ok {
 		return nil, fmt.Errorf("unknown datastore %q", store)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		return nil, err
 	}

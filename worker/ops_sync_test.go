@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
@@ -22,7 +22,7 @@ func (s syncTestStores) Open(ctx context.Context, store, taskID string, wait *ta
 	if !ok {
 		return nil, errors.New("unknown datastore " + store)
 	}
-	b, err := fsbackend.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		return nil, err
 	}

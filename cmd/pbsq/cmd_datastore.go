@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbsq/pbsq/datastore"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	s3backend "github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -106,7 +106,7 @@ func (a *app) datastoreCmd() *cobra.Command {
 			if _, ok := a.cfg.Datastores[store]; ok {
 				return usagef("datastore %q is already registered in %s", store, a.configPath)
 			}
-			b, err := fsbackend.New(addPath)
+			b, err := local.New(addPath)
 			if err != nil {
 				return usageError{err}
 			}

@@ -7,7 +7,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	s3backend "github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -24,7 +24,7 @@ func (a *app) openBackend(ctx context.Context, store string, ds DatastoreConfig,
 		cfg.Budget = budget
 		return s3backend.New(ctx, cfg, opts...)
 	}
-	return fsbackend.New(ds.Path)
+	return local.New(ds.Path)
 }
 
 func s3Config(c *S3Config) s3backend.Config {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/datastore/backend"
-	fsbackend "github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 )
 
@@ -45,7 +45,7 @@ func CheckFiles(ctx context.Context, b backend.Backend) (*FilesReport, error) {
 	r := &FilesReport{}
 	err := walkAll(ctx, b, func(fi backend.FileInfo) error {
 		base := path.Base(fi.Name)
-		if fsbackend.IsTemp(base) {
+		if local.IsTemp(base) {
 			r.Temps = append(r.Temps, fi.Name)
 			return nil
 		}

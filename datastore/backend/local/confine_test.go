@@ -1,4 +1,4 @@
-package fs_test
+package local_test
 
 import (
 	"context"
@@ -13,14 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/backend/fs"
+	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/internal/treetest"
 )
 
 // plantedStore is a store whose "ns/x" is a link to a victim directory
 // outside, whose "ns/y/owner" is a link to a victim file, and whose
 // ".chunks/abcd" is a link to the victim's sub-directory.
-func plantedStore(t *testing.T) (b *fs.FS, victim string, before treetest.Tree) {
+func plantedStore(t *testing.T) (b *local.FS, victim string, before treetest.Tree) {
 	t.Helper()
 	victim = filepath.Join(t.TempDir(), "victim")
 	treetest.Victim(t, victim)
@@ -42,7 +42,7 @@ func plantedStore(t *testing.T) (b *fs.FS, victim string, before treetest.Tree) 
 		}
 	}
 	before = treetest.Snapshot(t, victim)
-	b, err := fs.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestConfinedSymlinks(t *testing.T) {
 	treetest.Unchanged(t, victim, before)
 }
 
-func read(t *testing.T, b *fs.FS, p string) string {
+func read(t *testing.T, b *local.FS, p string) string {
 	t.Helper()
 	data, err := b.ReadFile(context.Background(), p)
 	if err != nil {
@@ -180,7 +180,7 @@ func TestNonRegularNeverBlocks(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "adir"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fs.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestCreatedFilesBelongToStoreOwner(t *testing.T) {
 	if err := os.Chown(dir, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	b, err := fs.New(dir)
+	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestCreatedFilesBelongToStoreOwner(t *testing.T) {
 // enough (exactly the file's size included) and replaced otherwise.
 func TestReadFileIntoBuffers(t *testing.T) {
 	ctx := context.Background()
-	b, err := fs.New(t.TempDir())
+	b, err := local.New(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-// Package fs is the filesystem backend: a PBS datastore directory.
+// Package local is the filesystem backend: a PBS datastore directory.
 //
 // Every access is confined to the datastore (internal/confine): paths are
 // resolved beneath an open descriptor of the base directory and no
@@ -7,7 +7,7 @@
 // through or chowned through; a FIFO, socket or device where a file is
 // expected is refused (backend.ErrNotRegular) without blocking. Files and
 // directories created here belong to the owner of the base directory.
-package fs
+package local
 
 import (
 	"bytes"
