@@ -48,13 +48,77 @@ const (
 
 // fsBatchGroup is one group of a batch.
 type fsBatchGroup struct {
+	batchMember
+}
+
+// batchMember is what a group moved together with others (a filesystem
+// batch, an S3 wave) holds: its locks, its plan and how far it got.
+type batchMember struct {
 	job    moveJob
 	locks  []*lock.Guard // the two group locks
 	snapsL []*lock.Guard // snapshot locks, a prefix of p.snaps
 	p      *groupPlan
 	n      int   // snapshots moved: p.snaps[:n]
 	busy   error // a busy lock: set aside (after moving p.snaps[:n])
-	alone  bool  // too big for a batch: moves by itself
+	// alone: too big for its batch or wave; it moves by itself
+	// (execGroup) afterwards, under its group locks.
+	alone bool
+}
+
+func (b *batchMember) member() *batchMember { return b }
+
+// lockGroups takes the group's two locks; a busy one is recorded in busy.
+func (b *batchMember) lockGroups(ctx context.Context, s *Store) error {
+	reqs := []lock.Request{s.groupRequest(b.job.src), s.groupRequest(b.job.src.InNS(b.job.dstNS))}
+	lock.SortRequests(reqs)
+	guards, err := s.lockGuards(ctx, reqs)
+	switch {
+	case errors.Is(err, lock.ErrBusy):
+		b.busy = err
+		return nil
+	case err != nil:
+		return err
+	}
+	b.locks = guards
+	return nil
+}
+
+// lockSnaps takes the planned snapshots' locks oldest first; a busy one
+// stops there and is recorded in busy, with how many were taken in n.
+func (b *batchMember) lockSnaps(ctx context.Context, s *Store) error {
+	p := b.p
+	guards, err := s.lockSnapshots(ctx, p.snaps)
+	b.snapsL, b.n = guards, len(guards)
+	if s.locks == nil {
+		b.n = len(p.snaps)
+	}
+	switch {
+	case errors.Is(err, lock.ErrBusy):
+		b.busy = &groupBusyError{g: p.src, moved: b.n, left: len(p.snaps) - b.n, err: err}
+	case err != nil:
+		return err
+	}
+	return nil
+}
+
+// release lets go of every lock the group holds.
+func (b *batchMember) release() {
+	_ = lock.ReleaseAll(b.snapsL...)
+	_ = lock.ReleaseAll(b.locks...)
+}
+
+// lockedMembers returns every lock the members hold, to watch them at
+// once, and the members with something to move in the batch: a group
+// stopped at its oldest snapshot changes nothing, as in execGroup.
+func lockedMembers[M interface{ member() *batchMember }](ms []M) (all []*lock.Guard, moving []M) {
+	for _, m := range ms {
+		b := m.member()
+		all = append(append(all, b.locks...), b.snapsL...)
+		if b.p != nil && !b.alone && (b.n > 0 || b.busy == nil) {
+			moving = append(moving, m)
+		}
+	}
+	return all, moving
 }
 
 // runFSBatches moves jobs on a filesystem in batches; like runGroups it
@@ -93,30 +157,20 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 	s := m.s
 	bs := make([]*fsBatchGroup, len(jobs))
 	for i, j := range jobs {
-		bs[i] = &fsBatchGroup{job: j}
+		bs[i] = &fsBatchGroup{batchMember{job: j}}
 	}
 	defer func() {
 		for _, b := range bs {
-			_ = lock.ReleaseAll(b.snapsL...)
-			_ = lock.ReleaseAll(b.locks...)
+			b.release()
 		}
 	}()
 
 	// 1. Locks and plans.
 	err := m.forEach(ctx, len(bs), moveGroupParallelFS, func(ctx context.Context, i int) error {
 		b := bs[i]
-		dst := b.job.src.InNS(b.job.dstNS)
-		reqs := []lock.Request{s.groupRequest(b.job.src), s.groupRequest(dst)}
-		lock.SortRequests(reqs)
-		guards, err := s.lockGuards(ctx, reqs)
-		switch {
-		case errors.Is(err, lock.ErrBusy):
-			b.busy = err
-			return nil
-		case err != nil:
+		if err := b.lockGroups(ctx, s); err != nil || b.busy != nil {
 			return err
 		}
-		b.locks = guards
 		p, err := m.planGroup(ctx, b.job.src, b.job.dstNS, merge)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -132,32 +186,12 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 			b.alone = true
 			return nil
 		}
-		snapsL, lockErr := s.lockSnapshots(ctx, p.snaps)
-		b.snapsL, b.n = snapsL, len(snapsL)
-		if s.locks == nil {
-			b.n = len(p.snaps)
-		}
-		switch {
-		case errors.Is(lockErr, lock.ErrBusy):
-			b.busy = &groupBusyError{g: p.src, moved: b.n, left: len(p.snaps) - b.n, err: lockErr}
-		case lockErr != nil:
-			return lockErr
-		}
-		return nil
+		return b.lockSnaps(ctx, s)
 	})
 	if err != nil {
 		return nil, err
 	}
-	var all []*lock.Guard
-	var moving []*fsBatchGroup
-	for _, b := range bs {
-		all = append(append(all, b.locks...), b.snapsL...)
-		// A group stopped at its oldest snapshot changes nothing, as in
-		// execGroup.
-		if b.p != nil && !b.alone && (b.n > 0 || b.busy == nil) {
-			moving = append(moving, b)
-		}
-	}
+	all, moving := lockedMembers(bs)
 	wctx, cancel := lock.Watch(ctx, all...)
 	defer cancel()
 	if err := m.execFSBatch(wctx, moving); err != nil {

@@ -223,17 +223,11 @@ func (m *mover) planListed(ctx context.Context, src name.Group, dstNS name.Names
 
 // waveGroup is one group of a wave.
 type waveGroup struct {
-	job    moveJob
-	locks  []*lock.Guard // the two group locks
-	snapsL []*lock.Guard // snapshot locks, a prefix of p.snaps
+	// Its locks and plan; alone: the group turned out bigger than its
+	// wave's room.
+	batchMember
 	listed *groupListing // the source group
-	p      *groupPlan
-	n      int   // snapshots moved in this wave: p.snaps[:n]
-	busy   error // a busy group or snapshot lock: set aside after n
-	done   bool  // nothing (more) to do: refused, or gone since listed
-	// alone: the group turned out bigger than its wave's room; it moves
-	// by itself (execGroup) after the wave, under its group locks.
-	alone bool
+	done   bool          // nothing (more) to do: refused, or gone since listed
 
 	// Progress of the copies and source deletes (execWave).
 	mu     sync.Mutex
@@ -327,29 +321,17 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 	s := m.s
 	ws := make([]*waveGroup, len(jobs))
 	for i, j := range jobs {
-		ws[i] = &waveGroup{job: j}
+		ws[i] = &waveGroup{batchMember: batchMember{job: j}}
 	}
 	defer func() {
 		for _, w := range ws {
-			_ = lock.ReleaseAll(w.snapsL...)
-			_ = lock.ReleaseAll(w.locks...)
+			w.release()
 		}
 	}()
 
 	// 1. Group locks, then the listings under them.
 	err = m.forEach(ctx, len(ws), moveCopyParallel, func(ctx context.Context, i int) error {
-		w := ws[i]
-		reqs := []lock.Request{s.groupRequest(w.job.src), s.groupRequest(w.job.src.InNS(w.job.dstNS))}
-		lock.SortRequests(reqs)
-		guards, err := s.lockGuards(ctx, reqs)
-		switch {
-		case errors.Is(err, lock.ErrBusy):
-			w.busy = err
-		case err != nil:
-			return err
-		}
-		w.locks = guards
-		return nil
+		return ws[i].lockGroups(ctx, s)
 	})
 	if err != nil {
 		return nil, err
@@ -427,31 +409,12 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 		if w.p == nil || w.busy != nil || w.alone {
 			return nil
 		}
-		p := w.p
-		guards, lockErr := s.lockSnapshots(ctx, p.snaps)
-		w.snapsL, w.n = guards, len(guards)
-		if s.locks == nil {
-			w.n = len(p.snaps)
-		}
-		switch {
-		case errors.Is(lockErr, lock.ErrBusy):
-			w.busy = &groupBusyError{g: p.src, moved: w.n, left: len(p.snaps) - w.n, err: lockErr}
-		case lockErr != nil:
-			return lockErr
-		}
-		return nil
+		return w.lockSnaps(ctx, s)
 	})
 	if err != nil {
 		return nil, err
 	}
-	var all []*lock.Guard
-	var moving []*waveGroup // groups with something to do
-	for _, w := range ws {
-		all = append(append(all, w.locks...), w.snapsL...)
-		if w.p != nil && !w.alone && (w.n > 0 || w.busy == nil) {
-			moving = append(moving, w)
-		}
-	}
+	all, moving := lockedMembers(ws)
 	wctx, cancel := lock.Watch(ctx, all...)
 	defer cancel()
 	if err := m.execWave(wctx, moving); err != nil {
