@@ -139,7 +139,10 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	}
 	rep.stop()
 	outcome, ret := w.conclude(ctx, log, rec, res, err, start)
-	w.recordOutcome(ctx, p, outcome, res)
+	if sh == nil {
+		// A shard's success is not its job's: the job records its own.
+		w.recordOutcome(ctx, p, outcome, res)
+	}
 	w.endLog(ctx, tl, rec.id, outcome, logReason(ret, res))
 	end(outcome, time.Since(start))
 	if sh != nil && outcome != OutcomeRetry && outcome != OutcomeInterrupted && !errors.Is(ret, lock.ErrBusy) {

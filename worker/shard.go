@@ -149,10 +149,30 @@ func (w *Worker) runJob(ctx context.Context, typ string, p tasks.Payload, rec *r
 		return ret
 	}
 	w.recordOutcome(ctx, p, outcome, res)
+	jobSummary(tl, res)
 	w.endLog(ctx, tl, job, outcome, logReason(ret, res))
+	if n, _ := strconv.Atoi(m["n"]); n > 0 {
+		ttl := logTTL(typ)
+		if outcome != tasks.OutcomeOK && outcome != tasks.OutcomeSkipped {
+			ttl = max(ttl, archiveRetention)
+		}
+		keepShardLogs(ctx, w.rdb, job, n, ttl)
+	}
 	w.metrics.finished(typ, outcome, time.Since(start))
 	dropJob(ctx, w.rdb, job)
 	return ret
+}
+
+// jobSummary ends a job's own log lines with the sum of its shards'.
+func jobSummary(tl *runLog, res Outcome) {
+	switch r := res.(type) {
+	case *JobVerifyResult:
+		tl.Printf("job summary: %d shard(s); %d snapshot(s) checked, %d ok, %d failed, %d already verified, %d skipped; %d chunk(s), %d bytes",
+			r.Job.Shards, r.Snapshots, r.OK, len(r.Failed), r.AlreadyVerified, len(r.Skipped), r.Chunks, r.Bytes)
+	case *JobSyncResult:
+		tl.Printf("job summary: %d shard(s); %d snapshot(s) synced, %d already present, %d failed, %d skipped, %d chunk(s) copied (%d bytes)",
+			r.Job.Shards, r.Snapshots, r.SnapshotsPresent, len(r.Failed), len(r.Skipped), r.Chunks, r.Bytes)
+	}
 }
 
 func dropJob(ctx context.Context, rdb redis.UniversalClient, job string) {
@@ -292,6 +312,10 @@ func (w *Worker) enqueueShards(ctx context.Context, p tasks.Payload, job string,
 	var plan [][]string
 	if err := json.Unmarshal([]byte(m["plan"]), &plan); err != nil {
 		return fmt.Errorf("job %s: plan: %w", job, err)
+	}
+	// Before any shard: the job's log view reads their logs too.
+	if err := noteShards(ctx, w.rdb, job, p.TaskType(), len(plan)); err != nil {
+		return fmt.Errorf("job %s: log: %w", job, err)
 	}
 	for i, groups := range plan {
 		sp, err := shardPayload(p, job, i, groups)

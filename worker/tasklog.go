@@ -51,6 +51,11 @@ func logMetaKey(id string) string { return "pbsq:tasklog-meta:" + id }
 // logTTL is the lifetime of a task's log from its last line on.
 func logTTL(typ string) time.Duration { return tasks.Retention + tasks.Timeout(typ) }
 
+// archiveRetention is how long asynq keeps an archived task (a failed,
+// cancelled or invalid one): 90 days, not configurable. Its log is kept
+// as long, from its last line on.
+const archiveRetention = 90 * 24 * time.Hour
+
 // logAppend appends lines to a log. KEYS: log, meta. ARGV: cap (regular
 // lines), ttl ms, final (0/1), started (unix ms; 0: not a run), locally
 // dropped, now (unix ms), lines... Regular lines beyond cap are dropped and counted in meta; the
@@ -216,12 +221,19 @@ func (l *runLog) send(ctx context.Context, final bool, lines []string, dropped i
 
 // Close writes what is pending, then, if final, the closing lines and
 // the task's end. After Close, Line does nothing.
-func (l *runLog) Close(final bool, closing ...string) {
+func (l *runLog) Close(final bool, closing ...string) { l.close(final, false, closing...) }
+
+// close is Close; archived keeps the log as long as asynq keeps the
+// archived task.
+func (l *runLog) close(final, archived bool, closing ...string) {
 	if l == nil {
 		return
 	}
 	close(l.done)
 	l.wg.Wait()
+	if archived {
+		l.ttl = max(l.ttl, archiveRetention)
+	}
 	now := time.Now()
 	stamped := make([]string, len(closing))
 	for i, c := range closing {
@@ -246,10 +258,15 @@ func taskLogFrom(ctx context.Context) *runLog {
 }
 
 // AppendLog adds lines to a task's log from outside its run (the chain
-// bookkeeping of a dependent task); final also marks the task's end.
+// bookkeeping of a dependent task); final also marks the task's end, as
+// archived (not run, or cancelled): its log is kept as long as the task.
 func AppendLog(ctx context.Context, rdb redis.UniversalClient, id, typ string, final bool, lines ...string) error {
 	now := time.Now()
-	args := []any{LogMaxLines - logReserve, logTTL(typ).Milliseconds(), map[bool]string{true: "1", false: "0"}[final], 0, 0, now.UnixMilli()}
+	ttl := logTTL(typ)
+	if final {
+		ttl = max(ttl, archiveRetention)
+	}
+	args := []any{LogMaxLines - logReserve, ttl.Milliseconds(), map[bool]string{true: "1", false: "0"}[final], 0, 0, now.UnixMilli()}
 	for _, s := range lines {
 		args = append(args, stamp(now, s))
 	}
@@ -319,8 +336,9 @@ var taskIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$`)
 // ValidTaskID reports whether id can name a task.
 func ValidTaskID(id string) bool { return taskIDPattern.MatchString(id) }
 
-// LogHandler serves GET /tasks/{id}/log: the task's log as plain text,
-// read-only; ?from=N skips the first N lines.
+// LogHandler serves GET /tasks/{id}/log: the task's log as plain text
+// (a sharded job's merged with its shards'), read-only; ?from=N skips the
+// first N lines.
 func LogHandler(rdb redis.UniversalClient) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -342,7 +360,7 @@ func LogHandler(rdb redis.UniversalClient) http.Handler {
 			}
 			from = n
 		}
-		lines, ok, err := ReadLog(r.Context(), rdb, id, from)
+		lines, ok, err := ReadLogView(r.Context(), rdb, id, from)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
@@ -399,7 +417,9 @@ func (w *Worker) endLog(ctx context.Context, l *runLog, id, outcome string, why 
 			l.Close(false, "waiting: "+msg)
 			return
 		}
-		l.Close(true, "TASK ERROR: "+outcome+": "+msg)
+		// Failed, cancelled, invalid or busy past the limit: asynq
+		// archives the task.
+		l.close(true, true, "TASK ERROR: "+outcome+": "+msg)
 	}
 	w.handOver(ctx, id)
 }

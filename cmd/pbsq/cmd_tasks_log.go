@@ -27,6 +27,8 @@ func (a *app) tasksLogCmd() *cobra.Command {
 		Short: "Print a task's log; --follow streams it until the task ends and exits with its outcome",
 		Long: `log prints a task's log: one line per snapshot checked, removed, moved or
 synced, every skip with its reason, errors, lock waits, and the summary.
+A sharded job's log has its shards' lines too, in time order, each
+tagged "shard N:".
 
 With --follow it keeps printing new lines while the task is queued, waits
 for a lock or runs, and exits when the task ends with the task's outcome:
@@ -49,22 +51,21 @@ for a lock or runs, and exits when the task ends with the task's outcome:
 	return cmd
 }
 
-// followLog prints the log of task id, and with follow the lines to come
-// until the task ends.
+// followLog prints the log of task id (a sharded job's merged with its
+// shards'), and with follow the lines to come until the task ends.
 func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) error {
-	var next int64
-	print := func() (bool, error) {
-		lines, ok, err := worker.ReadLog(ctx, e.Redis(), id, next)
+	v := worker.NewLogView(e.Redis(), id)
+	print := func(all bool) (bool, error) {
+		lines, ok, err := v.Next(ctx, all)
 		if err != nil {
 			return false, err
 		}
 		for _, l := range lines {
 			fmt.Println(l)
 		}
-		next += int64(len(lines))
 		return ok, nil
 	}
-	hasLog, err := print()
+	hasLog, err := print(!follow)
 	if err != nil {
 		return err
 	}
@@ -72,9 +73,12 @@ func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) 
 	gone := errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound)
 	switch {
 	case gone && !hasLog:
-		return usagef("task %q not found (finished tasks and their logs are kept 7 days)", id)
+		return usagef("task %q not found (finished tasks and their logs are kept 7 days, failed ones 90)", id)
 	case gone:
 		if follow {
+			if _, err := print(true); err != nil {
+				return err
+			}
 			return &exitError{code: exitFailed, err: fmt.Errorf("task %s is gone (deleted, or cancelled while queued)", id)}
 		}
 		return nil
@@ -86,7 +90,7 @@ func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) 
 	for {
 		if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
 			// The run's last lines are written before asynq marks it.
-			if _, err := print(); err != nil {
+			if _, err := print(true); err != nil {
 				return err
 			}
 			return logOutcome(info)
@@ -96,11 +100,12 @@ func followLog(ctx context.Context, e *worker.Enqueuer, id string, follow bool) 
 			return &exitError{code: exitFailed, err: fmt.Errorf("stopped following; task %s goes on", id)}
 		case <-time.After(waitPoll):
 		}
-		if _, err := print(); err != nil {
+		if _, err := print(false); err != nil {
 			return err
 		}
 		info, err = worker.FindTask(e.Inspector(), id)
 		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+			_, _ = print(true)
 			return &exitError{code: exitFailed, err: fmt.Errorf("task %s is gone (deleted, or cancelled while queued)", id)}
 		}
 		if err != nil {

@@ -153,16 +153,43 @@ func TestShardedVerifyAndSync(t *testing.T) {
 	}
 	e.expect(0, "run", "verify", "--store", "other", "--read-only")
 
+	corrupt := func(block int) (undo func()) {
+		t.Helper()
+		p := filepath.Join(store, ".chunks", digests[block][:4], digests[block])
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := slices.Clone(raw)
+		bad[len(bad)/2] ^= 0xff
+		if err := os.WriteFile(p, bad, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := os.WriteFile(p, raw, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Block 0 is in vm/100 only: one shard fails, the other succeeds, and
+	// the job's failure is what counts for the verify's last success.
+	undo := corrupt(0)
+	out, _ = e.expect(1, "enqueue", "verify", "--store", "demo", "--read-only", "--shards", "2", "--wait", "--json")
+	half := parseJob(t, out)
+	if v, err := e.redis.Client().HGet(context.Background(), "pbsq:job-last-success", "demo "+tasks.TypeVerify).Result(); err == nil {
+		t.Errorf("a failed sharded verify recorded a success (%s): a shard's success counted as the job's", v)
+	}
+	// The shards' logs, the one that succeeded too, are kept as long as
+	// the job's (archived: failed).
+	for _, id := range []string{half.ID, tasks.ShardID(half.ID, 0), tasks.ShardID(half.ID, 1)} {
+		if ttl := e.redis.Client().PTTL(context.Background(), "pbsq:tasklog:"+id).Val(); ttl < 30*24*time.Hour {
+			t.Errorf("log of %s expires in %s, before its archived job", id, ttl)
+		}
+	}
+	undo()
+
 	// Block 2 is in vm/100 (twice), vm/101 and vm/200: in both shards.
-	p := filepath.Join(store, ".chunks", digests[2][:4], digests[2])
-	raw, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw[len(raw)/2] ^= 0xff
-	if err := os.WriteFile(p, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	corrupt(2)
 	out, _ = e.expect(1, "enqueue", "verify", "--store", "demo", "--read-only", "--shards", "2", "--wait", "--json")
 	sharded := parseJob(t, out)
 	uout, _ := e.expect(1, "run", "verify", "--store", "demo", "--read-only", "--json")
@@ -192,6 +219,37 @@ func TestShardedVerifyAndSync(t *testing.T) {
 	}
 }
 
+// shardedLog checks a sharded job's log: every snapshot's line from its
+// shard, in time order with the job's own lines, then the job's summary
+// and end.
+func shardedLog(t *testing.T, lg string, snaps []string, end string) {
+	t.Helper()
+	lines := strings.Split(strings.TrimSpace(lg), "\n")
+	for i := 1; i < len(lines); i++ {
+		if lines[i][:24] < lines[i-1][:24] {
+			t.Errorf("line %d out of time order:\n%s\n%s", i, lines[i-1], lines[i])
+		}
+	}
+	shard := regexp.MustCompile(`^\S+ shard \d+: `)
+	for _, sn := range snaps {
+		found := false
+		for _, l := range lines {
+			found = found || (shard.MatchString(l) && strings.HasSuffix(l, "verify "+sn+": ok"))
+		}
+		if !found {
+			t.Errorf("job log has no shard's line for %s:\n%s", sn, lg)
+		}
+	}
+	for _, want := range []string{"planned ", "job summary: ", end} {
+		if !strings.Contains(lg, want) {
+			t.Errorf("job log lacks %q:\n%s", want, lg)
+		}
+	}
+	if !strings.HasSuffix(lines[len(lines)-1], end) {
+		t.Errorf("job log ends %q, want %q", lines[len(lines)-1], end)
+	}
+}
+
 // TestShardedJobOneSlot: one worker running one task at a time runs a
 // sharded job to the end (the job holds no slot while its shards run);
 // the worker requires signed tasks, so the shards it queued are signed.
@@ -209,6 +267,12 @@ func TestShardedJobOneSlot(t *testing.T) {
 	if j.Result.Job.Shards != 4 || j.Result.Snapshots != 5 || j.Result.OK != 5 {
 		t.Errorf("sharded verify on one slot: %s", out)
 	}
+	snaps := []string{"vm/100/2024-03-01T10:00:00Z (ns a)", "vm/100/2024-03-02T10:00:00Z (ns a)", "vm/101/2024-03-01T10:00:00Z (ns a)",
+		"vm/200/2024-03-01T10:00:00Z (ns a/b)", "vm/201/2024-03-01T10:00:00Z (ns a/b)"}
+	shardedLog(t, e.mustRun("tasks", "log", j.ID), snaps, "TASK OK")
+	// Followed from the start while the job runs: the same lines.
+	id := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "demo", "--ignore-verified=false", "--shards", "4"))
+	shardedLog(t, e.mustRun("tasks", "log", "--follow", id), snaps, "TASK OK")
 }
 
 // TestShardedJobWorkerKilled: the worker running a shard dies (SIGKILL,
