@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -269,6 +270,12 @@ func (o observedStores) Open(ctx context.Context, store, taskID string, wait *ta
 		obs.Log = tl.Line
 		if l := s.Locker(); l != nil {
 			s = s.WithLocker(l.WithWaitNotice(func(req lock.Request, busy error, window time.Duration) {
+				var be *lock.BusyError
+				if errors.As(busy, &be) {
+					// It names the lock, what is busy and its holder.
+					tl.Printf("waiting up to %s for lock %v", window, busy)
+					return
+				}
 				tl.Printf("waiting up to %s for lock %s: %v", window, req, busy)
 			}))
 		}

@@ -3,8 +3,10 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -17,7 +19,7 @@ func metricsURL(t *testing.T, p *proc) string {
 	t.Helper()
 	re := regexp.MustCompile(`url=(http://[^ ]+)/metrics`)
 	var base string
-	waitFor(t, 10*time.Second, func() bool {
+	waitFor(t, 30*time.Second, func() bool {
 		m := re.FindStringSubmatch(p.out.String())
 		if m != nil {
 			base = m[1]
@@ -133,13 +135,18 @@ func TestTaskLogFollowWhileWaitingForLock(t *testing.T) {
 	e.backups()
 	e.start("worker", "--concurrency", "1")
 	holder := e.start("lock", "--store", "demo", "--ns", "a", "--exclusive", "--", "sleep", "60")
-	waitFor(t, 5*time.Second, func() bool {
+	waitFor(t, 30*time.Second, func() bool {
 		out, _, _ := e.run("locks", "ls")
 		return strings.Contains(out, "exclusive")
 	})
 	id := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "demo", "--ns", "a", "--lock-wait", "50s"))
 	follow := e.start("tasks", "log", "--follow", id)
-	waitFor(t, 20*time.Second, func() bool { return strings.Contains(follow.out.String(), "waiting up to 50s for lock") })
+	waitFor(t, 30*time.Second, func() bool { return strings.Contains(follow.out.String(), "waiting up to 50s for lock") })
+	// The wait names who holds the lock.
+	heldBy := fmt.Sprintf("held by %s pid %d", hostname(t), holder.cmd.Process.Pid)
+	if !strings.Contains(follow.out.String(), heldBy) {
+		t.Errorf("lock wait line does not say %q:\n%s", heldBy, follow.out.String())
+	}
 	// The line came while the task still waits: it is active, follow runs.
 	if out := e.mustRun("tasks", "show", id); !strings.Contains(out, "state:    active") {
 		t.Fatalf("task no longer waiting:\n%s", out)
@@ -149,10 +156,10 @@ func TestTaskLogFollowWhileWaitingForLock(t *testing.T) {
 		t.Fatalf("follow ended while the task waits:\n%s", follow.out.String())
 	default:
 	}
-	_ = holder.stop(t, 5*time.Second)
+	_ = holder.stop(t, 30*time.Second)
 	select {
 	case <-follow.done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("follow did not end with the task")
 	}
 	if follow.err != nil {
@@ -167,7 +174,7 @@ func TestTaskLogFollowWhileWaitingForLock(t *testing.T) {
 
 	// The exit code is the outcome: a verify that stays busy ends 4.
 	holder = e.start("lock", "--store", "demo", "--ns", "a", "--exclusive", "--", "sleep", "60")
-	waitFor(t, 5*time.Second, func() bool {
+	waitFor(t, 30*time.Second, func() bool {
 		out, _, _ := e.run("locks", "ls")
 		return strings.Contains(out, "exclusive")
 	})
@@ -178,8 +185,24 @@ func TestTaskLogFollowWhileWaitingForLock(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
 		t.Fatalf("follow of a skipped task: %v\n%s", err, outb)
 	}
-	if !strings.Contains(string(outb), "skipped vm/100/2024-03-01T10:00:00Z (ns a): busy") || !strings.Contains(string(outb), "TASK WARNINGS") {
+	if !strings.Contains(string(outb), "Z skipped vm/100/2024-03-01T10:00:00Z (ns a): busy") || !strings.Contains(string(outb), "TASK WARNINGS") {
 		t.Errorf("skipped log:\n%s", outb)
 	}
-	_ = holder.stop(t, 5*time.Second)
+	// Each skip names the lock's holder.
+	heldBy = fmt.Sprintf("held by %s pid %d", hostname(t), holder.cmd.Process.Pid)
+	for _, l := range strings.Split(string(outb), "\n") {
+		if strings.Contains(l, "Z skipped ") && !strings.Contains(l, heldBy) {
+			t.Errorf("skip line does not say %q: %s", heldBy, l)
+		}
+	}
+	_ = holder.stop(t, 30*time.Second)
+}
+
+func hostname(t *testing.T) string {
+	t.Helper()
+	h, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
