@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -32,6 +33,11 @@ func metricsURL(t *testing.T, p *proc) string {
 func TestTaskLogVerifyNamesEverySnapshot(t *testing.T) {
 	e := newEnv(t, true)
 	e.backups()
+	other := filepath.Join(e.dir, "other")
+	if err := os.MkdirAll(filepath.Join(other, ".chunks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRun("datastore", "add", "other", "--path", other)
 	w := e.start("worker", "--concurrency", "1")
 	base := metricsURL(t, w)
 
@@ -122,6 +128,33 @@ func TestTaskLogVerifyNamesEverySnapshot(t *testing.T) {
 		}
 		if _, err := time.Parse(time.RFC3339, l.Ended); err != nil {
 			t.Errorf("ls: task %s ended %q", l.ID, l.Ended)
+		}
+	}
+
+	// The other operations name each snapshot too, and end with a summary.
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"sync", "--source-store", "demo", "--store", "other"}, []string{
+			"synced vm/100/2024-03-01T10:00:00Z (ns a) from demo (ns a)", "synced vm/100/2024-03-02T10:00:00Z (ns a) from demo (ns a)",
+			"synced ct/200/2024-03-01T11:00:00Z (ns a/b) from demo (ns a/b)", "sync summary: 3 snapshot(s) synced"}},
+		{[]string{"move-group", "--store", "demo", "--ns", "a/b", "--backup-type", "ct", "--backup-id", "200", "--target-ns", "a"}, []string{
+			"moved ct/200/2024-03-01T11:00:00Z (ns a/b) to (ns a)", "move-group summary: 1 of 1 group(s) moved, 1 snapshot(s)"}},
+		{[]string{"prune", "--store", "demo", "--ns", "a", "--keep-last", "1"}, []string{
+			"removed vm/100/2024-03-01T10:00:00Z (ns a)", "prune summary: "}},
+		{[]string{"gc", "--store", "demo"}, []string{"phase 1 (mark)", "phase 2 (sweep)", "gc summary: "}},
+	} {
+		out, _ := e.expect(0, append(append([]string{"enqueue"}, c.args...), "--wait", "--json")...)
+		var r struct{ ID string }
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatal(err)
+		}
+		lg := e.mustRun("tasks", "log", r.ID)
+		for _, want := range append(c.want, "TASK OK") {
+			if !strings.Contains(lg, want) {
+				t.Errorf("%s log lacks %q:\n%s", c.args[0], want, lg)
+			}
 		}
 	}
 
