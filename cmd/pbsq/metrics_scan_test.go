@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -170,6 +171,38 @@ func TestStoreScanMetrics(t *testing.T) {
 	}
 	if v := must("pbsq_snapshots", map[string]string{"store": "offsite", "ns": "a"}); v != 2 {
 		t.Errorf("offsite snapshots in a: %v", v)
+	}
+
+	// A verify that fails ct/200 (its one chunk corrupted): the group
+	// counts a failed snapshot and has no passed verify any more; vm/100
+	// keeps its state.
+	var chunk string
+	_ = filepath.WalkDir(filepath.Join(e.dir, "store", ".chunks"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.Contains(d.Name(), ".") {
+			chunk = p
+		}
+		return err
+	})
+	raw, err := os.ReadFile(chunk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[len(raw)/2] ^= 0xff
+	if err := os.WriteFile(chunk, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.expect(1, "enqueue", "verify", "--store", "demo", "--ns", "a/b", "--ignore-verified=false", "--wait")
+	waitFor(t, 30*time.Second, func() bool {
+		body = scrape(t, base)
+		v, _ := metricValue(body, "pbsq_group_verify_failed_snapshots", group("a/b", "ct", "200"))
+		return v == 1
+	})
+	if v := must("pbsq_group_last_verify_timestamp_seconds", group("a/b", "ct", "200")); v != 0 {
+		t.Errorf("last verify ok of a group whose only snapshot failed: %v, want 0", v)
+	}
+	in("last verify of 100 after ct/200 failed", must("pbsq_group_last_verify_timestamp_seconds", group("a", "vm", "100")), before, after)
+	if v := must("pbsq_group_verify_failed_snapshots", group("a", "vm", "100")); v != 0 {
+		t.Errorf("verify failed of vm/100: %v", v)
 	}
 }
 
