@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 )
 
 // liveEnv runs the pbsq binary against a temp config.
@@ -125,7 +127,6 @@ func tryQuery(base, expr string) (promResult, error) {
 var mayBeEmpty = map[string]string{
 	"pbsq_task_progress_ratio": "only while a task runs",
 	"pbsq_skipped_items_total": "only after a busy skip",
-	"pbsq_s3_requests_total":   "only with S3 stores",
 }
 
 // TestLiveDashboardQueries starts `pbsq serve` running real tasks and a real
@@ -145,6 +146,9 @@ func TestLiveDashboardQueries(t *testing.T) {
 	// Two datastores with real backups.
 	e.pbsq("datastore", "create", "main", "--path", filepath.Join(e.dir, "main"))
 	e.pbsq("datastore", "create", "mirror", "--path", filepath.Join(e.dir, "mirror"))
+	// An S3 store (real versitygw), so the S3 panels have data.
+	s3 := s3test.StartVersity(t)
+	e.pbsq("datastore", "create", "offsite", "--s3-endpoint", s3.Endpoint(), "--s3-bucket", s3.Bucket(), "--s3-path-style")
 	e.pbsq("ns", "create", "--store", "main", "--ns", "a")
 	e.pbsq("ns", "create", "--store", "main", "--ns", "b")
 	data := filepath.Join(e.dir, "disk.img")
@@ -201,6 +205,7 @@ scrape_configs:
 	})
 
 	// Real tasks through the queue.
+	e.pbsq("enqueue", "sync", "--source-store", "main", "--store", "offsite", "--wait")
 	e.pbsq("enqueue", "verify", "--store", "main", "--wait")
 	e.pbsq("enqueue", "prune", "--store", "main", "--ns", "a", "--keep-last", "1", "--dry-run", "--wait")
 	e.pbsq("enqueue", "move-group", "--store", "main", "--ns", "a", "--backup-type", "vm", "--backup-id", "101", "--target-ns", "b", "--wait")
@@ -290,6 +295,7 @@ scrape_configs:
 	for _, expr := range []string{
 		"pbsq_datastore_available_bytes", "pbsq_group_last_backup_timestamp_seconds",
 		"pbsq_group_last_verify_timestamp_seconds", "pbsq_job_last_success_timestamp_seconds", "pbsq_job_scheduled",
+		`pbsq_s3_requests_total{store="offsite"}`,
 	} {
 		if r := promQuery(t, promBase, expr); len(r.Data.Result) == 0 {
 			t.Errorf("no %s in Prometheus for the alert rules", expr)
