@@ -47,6 +47,10 @@ func TestChainAfter(t *testing.T) {
 	if !strings.Contains(errs, `"nope"`) {
 		t.Errorf("unknown --after among known ones: %q", errs)
 	}
+	// A task cancelled while queued (deleted): its dependent never runs.
+	gone := e.enqueueID("verify", "--store", "demo", "--ns", "a", "--ignore-verified=false")
+	d3 := e.enqueueID("gc", "--store", "demo", "--dry-run", "--after", gone)
+	e.mustRun("tasks", "cancel", gone)
 	if st, _, _ := e.taskTimes(d); st != "scheduled" {
 		t.Fatalf("dependent is %s before its tasks ran", st)
 	}
@@ -75,6 +79,14 @@ func TestChainAfter(t *testing.T) {
 	}
 	if st, _, _ := e.taskTimes(d2); st != "archived" {
 		t.Errorf("failed dependent is %s", st)
+	}
+
+	_, errs = e.expect(1, "tasks", "wait", d3)
+	if !strings.Contains(errs, "not run: task "+gone+" is gone") {
+		t.Errorf("wait on a chain after a cancelled task: %q", errs)
+	}
+	if lg := e.mustRun("tasks", "log", d3); strings.Contains(lg, "started on") {
+		t.Errorf("dependent of a cancelled task ran:\n%s", lg)
 	}
 
 	// After a task that already ended ok: runs at once.
