@@ -479,12 +479,26 @@ func TestManifestLockSkips(t *testing.T) {
 		stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", sn.Snapshot))))
 	}
 
-	vres, err := s.Verify(ctx, VerifyRequest{Scope: Scope{MaxDepth: -1}}, nil)
+	var logMu sync.Mutex
+	var logged []string
+	obs := &Observer{Log: func(l string) { logMu.Lock(); logged = append(logged, l); logMu.Unlock() }}
+	vres, err := s.WithObserver(obs).Verify(ctx, VerifyRequest{Scope: Scope{MaxDepth: -1}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !errors.Is(vres.Outcome(), ErrSkipped) || len(vres.Skipped) != 2 || !strings.Contains(vres.Skipped[0].Reason, "manifest lock") {
 		t.Errorf("verify: outcome %v, skipped %+v; want both snapshots skipped", vres.Outcome(), vres.Skipped)
+	}
+	// The task log says so for each, naming the lock.
+	for _, sn := range snaps {
+		want := "skipped recording the verify state of " + sn.Snapshot.String() + " (ns root): busy: manifest lock"
+		found := false
+		for _, l := range logged {
+			found = found || strings.HasPrefix(l, want)
+		}
+		if !found {
+			t.Errorf("no log line %q in:\n%s", want, strings.Join(logged, "\n"))
+		}
 	}
 	// Sync re-syncs the newest snapshot, whose source manifest changed.
 	yres, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)

@@ -371,6 +371,7 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		// which would check it all again.
 		v.res.Skipped = append(v.res.Skipped, Skipped{Item: label, Reason: "verify state not recorded: " + err.Error()})
 		v.s.obs.skipped("verify", "busy")
+		v.s.obs.logf("skipped recording the verify state of %s: busy: %v", snapRef(sn.Snapshot), err)
 		return nil, nil
 	}
 	if err != nil {
