@@ -666,6 +666,7 @@ func cancelJob(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspec
 		_ = AppendLog(ctx, rdb, id, info.Type, true, "TASK ERROR: "+OutcomeCancelled+": "+ErrCancelled.Error())
 		err = archiveWhenStopped(ctx, ins, info.Queue, id)
 	}
+	keepShardLogs(ctx, rdb, id, n, max(logTTL(info.Type), archiveRetention))
 	rdb.Del(ctx, ledgerKey(id), jobKey(id))
 	return info.State, err
 }

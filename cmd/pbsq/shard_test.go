@@ -380,6 +380,17 @@ func TestShardedJobCancel(t *testing.T) {
 		t.Errorf("job after cancel: %s, record %+v", info.State, rec)
 	}
 	e.expect(1, "tasks", "wait", id)
+	// The job's log, its shards' included (the deleted one's too), is
+	// kept as long as the archived job.
+	for i := range 3 {
+		key := "pbsq:tasklog:" + tasks.ShardID(id, i)
+		waitFor(t, 30*time.Second, func() bool {
+			return e.redis.Client().PTTL(context.Background(), key).Val() > 30*24*time.Hour
+		})
+	}
+	if lg := e.mustRun("tasks", "log", id); !strings.Contains(lg, "shard 2: queued as shard 2 of job "+id) || !strings.Contains(lg, "TASK ERROR: cancelled") {
+		t.Errorf("cancelled job's log:\n%s", lg)
+	}
 }
 
 // TestShardsBadInput: --shards outside 1..256, or with remove-vanished,
