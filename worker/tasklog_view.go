@@ -63,8 +63,14 @@ func (v *LogView) Next(ctx context.Context, all bool) ([]string, bool, error) {
 		}
 		return nil
 	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, false, fmt.Errorf("task %s log: %w", id, err)
+	// A missing `shards` is redis.Nil: only the other commands' errors count.
+	if err != nil && !errors.Is(err, redis.Nil) || exists.Err() != nil {
+		return nil, false, fmt.Errorf("task %s log: %w", id, cmp.Or(exists.Err(), err))
+	}
+	for _, r := range ranges {
+		if r.Err() != nil {
+			return nil, false, fmt.Errorf("task %s log: %w", id, r.Err())
+		}
 	}
 	if n, _ := strconv.Atoi(shards.Val()); n > v.shards && n <= tasks.MaxShards {
 		// Shards first seen: read them in a second round trip.
