@@ -226,26 +226,38 @@ scrape_configs:
 		r := promQuery(t, promBase, `pbsq_tasks_total{type="datastore:gc",outcome="ok"} > 0`)
 		return len(r.Data.Result) == 1
 	})
-	time.Sleep(3 * time.Second)
-
+	// Every query has data once Prometheus has scraped the counters a few
+	// times (rates need two samples): poll, then report what has none.
 	exprs := dashboardExprs(t)
-	for _, expr := range exprs {
-		q := strings.NewReplacer(`"$instance"`, `".*"`, `"$store"`, `".*"`, `=~"$instance"`, `=~".*"`, `=~"$store"`, `=~".*"`).Replace(expr)
-		r := promQuery(t, promBase, q)
-		if r.Status != "success" {
-			t.Errorf("dashboard query does not evaluate: %s: %s %s", expr, r.ErrorType, r.Error)
-			continue
-		}
-		empty := len(r.Data.Result) == 0
-		why := ""
-		for metric, reason := range mayBeEmpty {
-			if strings.Contains(expr, metric) {
-				why = reason
+	var failures []string
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		failures = failures[:0]
+		for _, expr := range exprs {
+			q := strings.NewReplacer(`"$instance"`, `".*"`, `"$store"`, `".*"`, `=~"$instance"`, `=~".*"`, `=~"$store"`, `=~".*"`).Replace(expr)
+			r := promQuery(t, promBase, q)
+			if r.Status != "success" {
+				failures = append(failures, fmt.Sprintf("dashboard query does not evaluate: %s: %s %s", expr, r.ErrorType, r.Error))
+				continue
+			}
+			empty := len(r.Data.Result) == 0
+			why := ""
+			for metric, reason := range mayBeEmpty {
+				if strings.Contains(expr, metric) {
+					why = reason
+				}
+			}
+			if empty && why == "" {
+				failures = append(failures, "dashboard query has no data against a live worker: "+expr)
 			}
 		}
-		if empty && why == "" {
-			t.Errorf("dashboard query has no data against a live worker: %s", expr)
+		if len(failures) == 0 || time.Now().After(deadline) {
+			break
 		}
+		time.Sleep(time.Second)
+	}
+	for _, f := range failures {
+		t.Error(f)
 	}
 	// The rules load and evaluate healthily; no alert is firing on a
 	// healthy run except none.
