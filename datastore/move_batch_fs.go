@@ -121,9 +121,9 @@ func lockedMembers[M interface{ member() *batchMember }](ms []M) (all []*lock.Gu
 	return all, moving
 }
 
-// runFSBatches moves jobs on a filesystem in batches; like runGroups it
-// returns the groups whose locks stayed busy.
-func (m *mover) runFSBatches(ctx context.Context, jobs []moveJob, merge bool) ([]busyJob, error) {
+// runFSBatches is move-namespace's first pass on a filesystem: it moves
+// jobs in batches and returns the groups whose locks stayed busy, in order.
+func (m *mover) runFSBatches(ctx context.Context, jobs []moveJob, merge bool) ([]moveJob, error) {
 	// The first batches are small and each is twice the last, up to the
 	// bound: the first snapshots move after one group's locks and plan,
 	// not a whole batch's.
@@ -135,9 +135,9 @@ func (m *mover) runFSBatches(ctx context.Context, jobs []moveJob, merge bool) ([
 	}
 	var (
 		mu    sync.Mutex
-		aside []busyJob
+		aside []moveJob
 	)
-	err := m.forEach(ctx, len(batches), fsBatchesInFlight, func(ctx context.Context, i int) error {
+	err := parallel(ctx, fsBatchesInFlight, len(batches), func(ctx context.Context, i int) error {
 		a, err := m.moveFSBatch(ctx, batches[i], merge)
 		mu.Lock()
 		aside = append(aside, a...)
@@ -153,7 +153,7 @@ func (m *mover) runFSBatches(ctx context.Context, jobs []moveJob, merge bool) ([
 
 // moveFSBatch moves one batch (see the section comment) and returns the
 // groups set aside as busy.
-func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]busyJob, error) {
+func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]moveJob, error) {
 	s := m.s
 	bs := make([]*fsBatchGroup, len(jobs))
 	for i, j := range jobs {
@@ -166,7 +166,7 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 	}()
 
 	// 1. Locks and plans.
-	err := m.forEach(ctx, len(bs), moveGroupParallelFS, func(ctx context.Context, i int) error {
+	err := parallel(ctx, moveGroupParallelFS, len(bs), func(ctx context.Context, i int) error {
 		b := bs[i]
 		if err := b.lockGroups(ctx, s); err != nil || b.busy != nil {
 			return err
@@ -203,7 +203,7 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 			alone = append(alone, b)
 		}
 	}
-	err = m.forEach(wctx, len(alone), moveGroupParallelFS, func(ctx context.Context, i int) error {
+	err = parallel(wctx, moveGroupParallelFS, len(alone), func(ctx context.Context, i int) error {
 		b := alone[i]
 		err := m.execGroup(ctx, b.p)
 		if errors.Is(err, lock.ErrBusy) {
@@ -216,10 +216,10 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 		return nil, err
 	}
 
-	var aside []busyJob
+	var aside []moveJob
 	for _, b := range bs {
 		if b.busy != nil {
-			aside = append(aside, busyJob{moveJob: b.job, busy: b.busy})
+			aside = append(aside, b.job)
 			continue // counted when retried
 		}
 		m.rep.add(1)
@@ -261,7 +261,7 @@ func (m *mover) execFSBatch(ctx context.Context, bs []*fsBatchGroup) error {
 		entry, err = s.journalOpen(ctx, moves)
 		return err
 	}, func(ctx context.Context) error {
-		return m.forEach(ctx, len(bs), moveGroupParallelFS, func(ctx context.Context, i int) error {
+		return parallel(ctx, moveGroupParallelFS, len(bs), func(ctx context.Context, i int) error {
 			return m.writeOwnerNotes(ctx, bs[i].p)
 		})
 	})
@@ -280,7 +280,7 @@ func (m *mover) execFSBatch(ctx context.Context, bs []*fsBatchGroup) error {
 			return err
 		}
 	}
-	return m.forEach(ctx, len(bs), moveGroupParallelFS, func(ctx context.Context, i int) error {
+	return parallel(ctx, moveGroupParallelFS, len(bs), func(ctx context.Context, i int) error {
 		b := bs[i]
 		if b.busy != nil {
 			return nil // its newer snapshots stay

@@ -19,6 +19,7 @@ import (
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
+	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -39,7 +40,8 @@ type mcEnv struct {
 	kind    string // fs or s3
 	dir     string // fs base
 	srv     *s3test.Server
-	prefix  string // s3
+	proxy   *faultproxy.Proxy // s3: between the child and srv
+	prefix  string            // s3
 	lockDir string
 	merge   bool
 }
@@ -50,7 +52,7 @@ func (e mcEnv) environ() []string {
 	if e.kind == "fs" {
 		return append(env, "PBSQ_MOVE_DIR="+e.dir)
 	}
-	return append(env, "PBSQ_MOVE_S3_ENDPOINT="+e.srv.Endpoint(), "PBSQ_MOVE_S3_BUCKET="+e.srv.Bucket(), "PBSQ_MOVE_S3_PREFIX="+e.prefix)
+	return append(env, "PBSQ_MOVE_S3_ENDPOINT="+e.proxy.URL(), "PBSQ_MOVE_S3_BUCKET="+e.srv.Bucket(), "PBSQ_MOVE_S3_PREFIX="+e.prefix)
 }
 
 // mcOpen opens the store described by the PBSQ_MOVE_* variables (child) or
@@ -180,7 +182,12 @@ func TestMoveCrashResume(t *testing.T) {
 		}
 		srv := s3test.StartVersity(t)
 		mcTrials(t, trials, 3, func(t *testing.T, merge bool) mcEnv {
-			return mcEnv{kind: "s3", srv: srv, prefix: srv.UniquePrefix("crash"), lockDir: filepath.Join(t.TempDir(), "locks"), merge: merge}
+			proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(proxy.Close)
+			return mcEnv{kind: "s3", srv: srv, proxy: proxy, prefix: srv.UniquePrefix("crash"), lockDir: filepath.Join(t.TempDir(), "locks"), merge: merge}
 		})
 	})
 }
@@ -272,10 +279,15 @@ func mcTrial(t *testing.T, newEnv func(t *testing.T, merge bool) mcEnv, seed int
 	parent := mcOpen(t, e.kind, e.dir, endpointOf(e), bucketOf(e), e.prefix, e.lockDir)
 	want := mcBuild(t, parent, merge)
 	took, movePhase, killed := mcChild(t, e, kill, delay)
-	if killed && e.kind == "s3" {
-		// Requests the dead child had in flight still complete on the
-		// server; a re-queued task starts later too.
-		time.Sleep(50 * time.Millisecond)
+	if killed && e.proxy != nil {
+		// Requests the dead child had sent still complete on the server
+		// (a re-queued task starts long after them).
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := e.proxy.WaitQuiet(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
 	stage := 0
 	left := mcManifests(t, parent, "ns/src")

@@ -45,8 +45,8 @@ import (
 // several copied snapshots may land in any order, which checkOrder
 // accepts; so a crash at any point leaves each group in a state planGroup
 // accepts, and a rerun finishes. Groups of more than waveGroupSnaps
-// snapshots move one by one (runGroups) alongside the waves; busy groups
-// are retried one by one at the end.
+// snapshots move group by group (busyRetry.pass) alongside the waves; busy
+// groups are retried one by one at the end (busyRetry).
 
 const (
 	// waveGroups bounds the groups of a wave (two locks each).
@@ -58,7 +58,7 @@ const (
 	// wavesInFlight waves move at once.
 	wavesInFlight = 3
 	// waveGroupSnaps is the most snapshots of a group that moves in a
-	// wave; bigger groups move one by one (runGroups).
+	// wave; bigger groups move one by one (busyRetry.pass).
 	waveGroupSnaps = 16
 )
 
@@ -78,7 +78,7 @@ func (m *mover) canWave() bool {
 func (m *mover) listNamespaceGroups(ctx context.Context, ns name.Namespace) (map[name.Group]*groupListing, error) {
 	out := map[name.Group]*groupListing{}
 	var mu sync.Mutex
-	err := m.forEach(ctx, len(name.Types), len(name.Types), func(ctx context.Context, i int) error {
+	err := parallel(ctx, len(name.Types), len(name.Types), func(ctx context.Context, i int) error {
 		ls, err := m.listTypeDir(ctx, ns, name.Types[i], "", "")
 		mu.Lock()
 		defer mu.Unlock()
@@ -175,7 +175,7 @@ func (m *mover) listWaveSide(ctx context.Context, groups []name.Group) (map[name
 	}
 	out := map[name.Group]*groupListing{}
 	var mu sync.Mutex
-	err := m.forEach(ctx, len(keys), moveCopyParallel, func(ctx context.Context, i int) error {
+	err := parallel(ctx, moveCopyParallel, len(keys), func(ctx context.Context, i int) error {
 		k := keys[i]
 		r := ranges[k]
 		// Start just before the first group's keys: every key of it is
@@ -237,9 +237,10 @@ type waveGroup struct {
 	left   int         // snapshots still at the source
 }
 
-// runWaves moves jobs: small groups in waves, bigger ones one by one
-// alongside. Like runGroups it returns the groups whose locks stayed busy.
-func (m *mover) runWaves(ctx context.Context, jobs []moveJob, merge bool) ([]busyJob, error) {
+// runWaves is move-namespace's first pass on object storage: small
+// groups in waves, bigger ones one by one alongside (byGroup: busyRetry's
+// usual pass). It returns the groups whose locks stayed busy, in order.
+func (m *mover) runWaves(ctx context.Context, jobs []moveJob, merge bool, byGroup func(context.Context, []moveJob) ([]moveJob, error)) ([]moveJob, error) {
 	var small, big []moveJob
 	for _, j := range jobs {
 		// A group with enough snapshots to fill the copy slots moves
@@ -267,47 +268,26 @@ func (m *mover) runWaves(ctx context.Context, jobs []moveJob, merge bool) ([]bus
 		start = end
 	}
 
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	var (
 		mu    sync.Mutex
-		aside []busyJob
-		wg    sync.WaitGroup
-		errs  = make([]error, 2)
+		aside []moveJob
 	)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		a, err := m.runGroups(ctx, big, merge, m.groupParallel)
+	err := moveConcurrently(ctx, func(ctx context.Context) error {
+		a, err := byGroup(ctx, big)
 		mu.Lock()
 		aside = append(aside, a...)
 		mu.Unlock()
-		if err != nil {
-			errs[0] = err
-			cancel(err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		err := m.forEach(ctx, len(waves), wavesInFlight, func(ctx context.Context, i int) error {
+		return err
+	}, func(ctx context.Context) error {
+		return parallel(ctx, wavesInFlight, len(waves), func(ctx context.Context, i int) error {
 			a, err := m.moveWave(ctx, waves[i], merge)
 			mu.Lock()
 			aside = append(aside, a...)
 			mu.Unlock()
 			return err
 		})
-		if err != nil {
-			errs[1] = err
-			cancel(err)
-		}
-	}()
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil && !errors.Is(err, context.Canceled) {
-			return nil, err
-		}
-	}
-	if err := errors.Join(errs...); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
 	sort.Slice(aside, func(i, k int) bool { return aside[i].seq < aside[k].seq })
@@ -317,7 +297,7 @@ func (m *mover) runWaves(ctx context.Context, jobs []moveJob, merge bool) ([]bus
 // moveWave moves a wave of small groups (see the section comment) and
 // returns the groups set aside as busy. Any other error stops it; what it
 // did is what execGroup would have done up to the same point.
-func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []busyJob, err error) {
+func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []moveJob, err error) {
 	s := m.s
 	ws := make([]*waveGroup, len(jobs))
 	for i, j := range jobs {
@@ -330,7 +310,7 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 	}()
 
 	// 1. Group locks, then the listings under them.
-	err = m.forEach(ctx, len(ws), moveCopyParallel, func(ctx context.Context, i int) error {
+	err = parallel(ctx, moveCopyParallel, len(ws), func(ctx context.Context, i int) error {
 		return ws[i].lockGroups(ctx, s)
 	})
 	if err != nil {
@@ -366,7 +346,7 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 	}
 
 	// 2. Plans.
-	err = m.forEach(ctx, len(ws), moveCopyParallel, func(ctx context.Context, i int) error {
+	err = parallel(ctx, moveCopyParallel, len(ws), func(ctx context.Context, i int) error {
 		w := ws[i]
 		if w.busy != nil {
 			return nil
@@ -404,7 +384,7 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 	}
 
 	// 3. Snapshot locks, oldest first within each group.
-	err = m.forEach(ctx, len(ws), moveCopyParallel, func(ctx context.Context, i int) error {
+	err = parallel(ctx, moveCopyParallel, len(ws), func(ctx context.Context, i int) error {
 		w := ws[i]
 		if w.p == nil || w.busy != nil || w.alone {
 			return nil
@@ -438,10 +418,10 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []b
 		}
 	}
 
-	var aside []busyJob
+	var aside []moveJob
 	for _, w := range ws {
 		if w.busy != nil {
-			aside = append(aside, busyJob{moveJob: w.job, busy: w.busy})
+			aside = append(aside, w.job)
 			continue // counted when retried
 		}
 		if !w.done {

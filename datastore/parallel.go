@@ -43,9 +43,45 @@ type busyRetry[T any] struct {
 	aside    func(item T, busy error)
 	retrying func(n int)
 	done     func(item T)
+	// firstPass, if set, replaces the first pass (pass) for operations
+	// that handle many items per round trip (move's waves and batches):
+	// it returns the items set aside, in their order, and calls done for
+	// the others itself.
+	firstPass func(ctx context.Context, items []T) ([]T, error)
 }
 
 func (b busyRetry[T]) do(ctx context.Context, items []T) error {
+	pass := b.pass
+	if b.firstPass != nil {
+		pass = b.firstPass
+	}
+	aside, err := pass(ctx, items)
+	if err != nil {
+		return err
+	}
+	if len(aside) > 0 && b.retrying != nil {
+		b.retrying(len(aside))
+	}
+	for _, item := range aside {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := b.run(ctx, item)
+		if errors.Is(err, lock.ErrBusy) {
+			b.skip(item, err)
+		} else if err != nil {
+			return err
+		}
+		if b.done != nil {
+			b.done(item)
+		}
+	}
+	return nil
+}
+
+// pass is the usual first pass: it runs every item on b.workers
+// goroutines and returns those set aside as busy, in their order.
+func (b busyRetry[T]) pass(ctx context.Context, items []T) ([]T, error) {
 	aside := make([]bool, len(items))
 	err := parallel(ctx, b.workers, len(items), func(ctx context.Context, i int) error {
 		err := b.run(ctx, items[i])
@@ -65,33 +101,13 @@ func (b busyRetry[T]) do(ctx context.Context, items []T) error {
 		return nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n := 0
-	for _, a := range aside {
+	var out []T
+	for i, a := range aside {
 		if a {
-			n++
+			out = append(out, items[i])
 		}
 	}
-	if n > 0 && b.retrying != nil {
-		b.retrying(n)
-	}
-	for i, item := range items {
-		if !aside[i] {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := b.run(ctx, item)
-		if errors.Is(err, lock.ErrBusy) {
-			b.skip(item, err)
-		} else if err != nil {
-			return err
-		}
-		if b.done != nil {
-			b.done(item)
-		}
-	}
-	return nil
+	return out, nil
 }

@@ -5,7 +5,10 @@
 package faultproxy
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"log"
 	"math/rand"
 	"net"
 	"net/http"
@@ -50,6 +53,12 @@ type Proxy struct {
 	logMu sync.Mutex
 	kinds map[string]int64
 	log   []Entry
+
+	// Open client connections and requests in flight (WaitQuiet).
+	quietMu  sync.Mutex
+	conns    int
+	inFlight int
+	quiet    chan struct{} // closed when both reach zero; nil while they are
 }
 
 // Entry is one request the proxy received.
@@ -137,8 +146,55 @@ func New(target string, rates Rates, seed int64) (*Proxy, error) {
 	p.proxy.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
 		w.WriteHeader(http.StatusBadGateway)
 	}
-	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	// A client that went away mid-response is expected (tests kill them).
+	p.proxy.ErrorLog = log.New(io.Discard, "", 0)
+	p.srv = httptest.NewUnstartedServer(http.HandlerFunc(p.serve))
+	p.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			p.busy(&p.conns, 1)
+		case http.StateClosed, http.StateHijacked:
+			p.busy(&p.conns, -1)
+		}
+	}
+	p.srv.Start()
 	return p, nil
+}
+
+// busy adds d to one of the quiet counters.
+func (p *Proxy) busy(n *int, d int) {
+	p.quietMu.Lock()
+	defer p.quietMu.Unlock()
+	*n += d
+	switch {
+	case p.conns == 0 && p.inFlight == 0:
+		if p.quiet != nil {
+			close(p.quiet)
+			p.quiet = nil
+		}
+	case p.quiet == nil:
+		p.quiet = make(chan struct{})
+	}
+}
+
+// WaitQuiet waits until no client connection is open and no request is in
+// flight. Requests go on to the server even when their client hangs up, so
+// once a killed client's connections are closed, everything it sent has
+// reached the server and completed there, as a re-run after a crash finds
+// it in reality (a worker's task is retried long after its death).
+func (p *Proxy) WaitQuiet(ctx context.Context) error {
+	p.quietMu.Lock()
+	ch := p.quiet
+	p.quietMu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("faultproxy: still busy: %w", ctx.Err())
+	}
 }
 
 // URL is the proxy's endpoint, to give pbsq instead of the server's.
@@ -171,6 +227,8 @@ func (p *Proxy) roll() (float64, Rates) {
 const s3Error = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s</Message><RequestId>faultproxy</RequestId></Error>`
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	p.busy(&p.inFlight, 1)
+	defer p.busy(&p.inFlight, -1)
 	p.stats.requests.Add(1)
 	p.record(r)
 	x, rates := p.roll()
@@ -194,7 +252,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	case x < rates.Total():
 		p.stats.resetAfter.Add(1)
 		rec := httptest.NewRecorder()
-		p.proxy.ServeHTTP(rec, r)
+		p.proxy.ServeHTTP(rec, detached(r))
 		hangUp(w)
 		return
 	case x < rates.Total()+rates.Slow:
@@ -205,8 +263,19 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.proxy.ServeHTTP(w, r)
+	p.proxy.ServeHTTP(plainWriter{w}, detached(r))
 }
+
+// detached lets the server see a request through, whatever becomes of its
+// client: requests that reached a server complete there.
+func detached(r *http.Request) *http.Request {
+	return r.WithContext(context.WithoutCancel(r.Context()))
+}
+
+// plainWriter hides the connection's CloseNotifier, through which
+// ReverseProxy would otherwise cancel a detached request when its client
+// hangs up.
+type plainWriter struct{ http.ResponseWriter }
 
 // hangUp closes the client connection with a TCP reset and no response.
 func hangUp(w http.ResponseWriter) {

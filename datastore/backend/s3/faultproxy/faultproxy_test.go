@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,5 +80,60 @@ func TestBackendThroughFaults(t *testing.T) {
 	t.Logf("proxy: %+v (%.1f%% failed)", st, 100*float64(failed)/float64(st.Requests))
 	if failed == 0 || st.Requests < n*2 {
 		t.Fatalf("the proxy injected nothing: %+v", st)
+	}
+}
+
+// TestWaitQuietOutlivesClient: a request whose client hangs up still runs
+// to its end on the server, and WaitQuiet returns only after that.
+func TestWaitQuietOutlivesClient(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+		finished.Store(true)
+	}))
+	defer upstream.Close()
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	defer letGo() // before upstream.Close, which waits for the handler
+	p, err := faultproxy.New(upstream.URL, faultproxy.Rates{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	ctx, hangUp := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, p.URL()+"/bucket/key", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		sent <- err
+	}()
+	<-started
+	hangUp() // the client dies mid-request
+	if err := <-sent; err == nil {
+		t.Fatal("the client got an answer it hung up on")
+	}
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err = p.WaitQuiet(short)
+	cancel()
+	if err == nil {
+		t.Fatal("WaitQuiet returned while the server was still working on the request")
+	}
+	letGo()
+	long, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := p.WaitQuiet(long); err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Fatal("WaitQuiet returned before the server finished the request")
 	}
 }

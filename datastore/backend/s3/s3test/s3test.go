@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,11 +51,41 @@ const (
 type Server struct {
 	endpoint string
 	bucket   string
+	pid      int // versitygw's process; 0 for the in-process fake
 	n        atomic.Int64
 }
 
 // Endpoint is the server's base URL (http://127.0.0.1:port).
 func (s *Server) Endpoint() string { return s.endpoint }
+
+// CPUTime is the user and system CPU time the server process has used so
+// far (benchmarks compare the server work of two clients by it); zero for
+// the in-process fake.
+func (s *Server) CPUTime() (time.Duration, error) {
+	if s.pid == 0 {
+		return 0, nil
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// the 14th and 15th of the whole line, in USER_HZ (100 on Linux).
+	rest := stat[bytes.LastIndexByte(stat, ')')+1:]
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("versitygw: short /proc stat %q", stat)
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("versitygw: /proc stat %q: %w", stat, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
+}
 
 // Bucket is the bucket created at start.
 func (s *Server) Bucket() string { return s.bucket }
@@ -205,7 +236,7 @@ func StartVersity(t testing.TB) *Server {
 		t.Fatal("versitygw not found: run `make test-deps`")
 	}
 	root := t.TempDir()
-	args := []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--quiet"}
+	args := []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--quiet", "--keep-alive"}
 	var backendArgs []string
 	// The posix backend keeps metadata (etag, …) in user xattrs; on a
 	// filesystem without them, use a sidecar directory instead.
@@ -251,7 +282,7 @@ func StartVersity(t testing.TB) *Server {
 			}
 		})
 		setCredentialEnv(t)
-		srv := &Server{endpoint: endpoint, bucket: Bucket}
+		srv := &Server{endpoint: endpoint, bucket: Bucket, pid: cmd.Process.Pid}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
 		if _, err := srv.Client().CreateBucket(ctx, &awss3.CreateBucketInput{Bucket: aws.String(Bucket)}); err != nil {
