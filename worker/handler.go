@@ -66,7 +66,9 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
 	tl := w.jobLog(ctx, p, rec.id)
-	if tl == nil {
+	if tl == nil && w.capped(p.Stores()) {
+		tl = w.startLogUnstarted(ctx, rec.id, typ, t.Payload())
+	} else if tl == nil {
 		tl = w.startLog(ctx, rec.id, typ, t.Payload())
 	}
 	ctx = withTaskLog(ctx, tl)
@@ -119,10 +121,12 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	release, err := w.takeSlots(ctx, p.Stores(), rec.id, log, lose)
 	if err != nil {
 		outcome, ret := w.conclude(ctx, log, rec, nil, err, start)
+		w.endLog(ctx, tl, rec.id, outcome, ret)
 		w.metrics.finished(typ, outcome, 0)
 		return ret
 	}
 	defer release()
+	tl.markStarted()
 	gauge, end := w.metrics.started(typ, rec.id)
 	write := rec.write
 	if sh != nil {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -326,41 +325,11 @@ func TestWorkersServeTheirStores(t *testing.T) {
 	}
 }
 
-// logSpans returns, per task id, the times of the first line with msg
-// from and of the last line with msg to in a worker's log.
-func logSpans(t *testing.T, log, from, to string) map[string][2]time.Time {
-	t.Helper()
-	spans := map[string][2]time.Time{}
-	for _, line := range strings.Split(log, "\n") {
-		var at time.Time
-		var id string
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "time="); ok {
-				at, _ = time.Parse(time.RFC3339Nano, v)
-			}
-			if v, ok := strings.CutPrefix(f, "task_id="); ok {
-				id = v
-			}
-		}
-		if id == "" || at.IsZero() {
-			continue
-		}
-		sp := spans[id]
-		switch {
-		case strings.Contains(line, `msg="`+from+`"`) && sp[0].IsZero():
-			sp[0] = at
-		case strings.Contains(line, `msg="`+to+`"`):
-			sp[1] = at
-		}
-		spans[id] = sp
-	}
-	return spans
-}
-
 // TestMaxJobsAcrossWorkers: with max-jobs 1 on demo and two workers of
-// concurrency 2, four slow verifies of demo never overlap (spans from the
-// workers' logs: slot taken to task finished, which enclose the run), the
-// ones that waited were shown waiting, and none spent a retry.
+// concurrency 2, four slow verifies of demo never overlap (`tasks show
+// --json` started/ended: a run starts once it holds its job slot, and ends
+// before giving it back), the ones that waited were shown waiting in their
+// record and their task log, and none spent a retry.
 func TestMaxJobsAcrossWorkers(t *testing.T) {
 	e := newEnv(t, true)
 	e.backups()
@@ -387,7 +356,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			"--ignore-verified=false", "--lock-wait", "1s", "--max-depth", fmt.Sprint(i%2), "--outdated-after", fmt.Sprint(i))))
 	}
 	ins := e.inspector()
-	shownWaiting := false
+	waited := map[string]bool{}
 	waitFor(t, 4*time.Minute, func() bool {
 		done := 0
 		for _, id := range ids {
@@ -398,7 +367,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			var rec tasks.Record
 			_ = json.Unmarshal(info.Result, &rec)
 			if rec.State == "waiting" && strings.Contains(rec.Message, "max-jobs") {
-				shownWaiting = true
+				waited[id] = true
 			}
 			if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
 				done++
@@ -411,20 +380,17 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 		start, end time.Time
 	}
 	var spans []span
-	for _, w := range []*proc{w1, w2} {
-		for id, sp := range logSpans(t, w.out.String(), "job slot taken", "task finished") {
-			if slices.Contains(ids, id) && !(sp[0].IsZero() && sp[1].IsZero()) {
-				spans = append(spans, span{id, sp[0], sp[1]})
-			}
+	for _, id := range ids {
+		var v struct{ Started, Ended *time.Time }
+		if err := json.Unmarshal([]byte(e.mustRun("tasks", "show", "--json", id)), &v); err != nil {
+			t.Fatalf("tasks show --json %s: %v", id, err)
 		}
-	}
-	if len(spans) != len(ids) {
-		t.Fatalf("%d task spans in the worker logs, want %d", len(spans), len(ids))
+		if v.Started == nil || v.Ended == nil || !v.Started.Before(*v.Ended) {
+			t.Fatalf("task %s: started %v, ended %v", id, v.Started, v.Ended)
+		}
+		spans = append(spans, span{id, *v.Started, *v.Ended})
 	}
 	for i, a := range spans {
-		if a.start.IsZero() || a.end.IsZero() || !a.start.Before(a.end) {
-			t.Errorf("task %s: span %s – %s", a.id, a.start, a.end)
-		}
 		for _, b := range spans[i+1:] {
 			if a.start.Before(b.end) && b.start.Before(a.end) {
 				t.Errorf("tasks %s (%s – %s) and %s (%s – %s) overlap", a.id, a.start.Format("15:04:05.000"), a.end.Format("15:04:05.000"),
@@ -443,8 +409,13 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			t.Errorf("task %s: retried %d, outcome %q (%s); want 0 retries, skipped (per-snapshot locks busy)", id, info.Retried, rec.Outcome, rec.Error)
 		}
 	}
-	if !shownWaiting {
+	if len(waited) == 0 {
 		t.Error("no task was ever shown waiting for a job slot")
+	}
+	for id := range waited {
+		if out := e.mustRun("tasks", "log", id); !strings.Contains(out, "waiting: ") || !strings.Contains(out, "job slot(s) taken (max-jobs)") {
+			t.Errorf("task %s waited for a job slot; its log does not say so:\n%s", id, out)
+		}
 	}
 	if !strings.Contains(w1.out.String()+w2.out.String(), "job slot(s) taken (max-jobs)") {
 		t.Error("no worker logged a task waiting for a job slot")
