@@ -489,3 +489,58 @@ func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
 		t.Errorf("budget 40/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
 	}
 }
+
+// TestScheduledTasksSigned: a worker with a key signs the tasks its
+// scheduler queues, chained ones included, with the first key of its
+// file, and runs them (a keyed worker archives unsigned tasks); a task
+// the CLI chains with --after runs too (its chain id is the signed id).
+func TestScheduledTasksSigned(t *testing.T) {
+	e := newEnv(t, true)
+	e.backups()
+	kf := writeKeyFile(t, e.dir, "k1.key", fleetKey1)
+	keys, err := tasks.LoadKeys(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(e.config)
+	cfg = append(cfg, []byte(`security:
+  task-key-file: k1.key
+schedules:
+  check:
+    cron: "@every 1s"
+    task: verify
+    payload: {store: demo, ns: a}
+  clean:
+    after: check
+    task: gc
+    payload: {store: demo}
+`)...)
+	if err := os.WriteFile(e.config, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start("worker")
+	ins := e.inspector()
+	var verify, gc *asynq.TaskInfo
+	waitFor(t, 60*time.Second, func() bool {
+		done, _ := ins.ListCompletedTasks(demoQueue)
+		for _, d := range done {
+			switch d.Type {
+			case tasks.TypeVerify:
+				verify = d
+			case tasks.TypeGC:
+				gc = d
+			}
+		}
+		return verify != nil && gc != nil
+	})
+	for _, info := range []*asynq.TaskInfo{verify, gc} {
+		if err := keys.Verify(info.Type, info.ID, info.Payload, info.Headers, time.Now()); err != nil {
+			t.Errorf("scheduled %s task %s: %v", info.Type, info.ID, err)
+		}
+	}
+	// The CLI's chained tasks too.
+	e.expect(0, "enqueue", "verify", "--store", "demo", "--ns", "a/b", "--after", verify.ID, "--wait")
+	if archived, _ := ins.ListArchivedTasks(demoQueue); len(archived) != 0 {
+		t.Errorf("%d scheduled task(s) archived, e.g. %s: %s", len(archived), archived[0].Type, archived[0].Result)
+	}
+}
