@@ -283,16 +283,26 @@ func TestWorkersServeTheirStores(t *testing.T) {
 	wa := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgA}, "worker", "--concurrency", "2")
 
 	waiting := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "other"))
-	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
-	// Worker A polled the queues many times meanwhile; the task of other
-	// is still there, pending, for all to see.
-	time.Sleep(2 * time.Second)
+	// Worker A takes tasks meanwhile (each one a round over its queues);
+	// the task of other is still there, pending, for all to see.
+	for i := 1; i <= 3; i++ {
+		e.expect(0, "enqueue", "verify", "--store", "demo", "--outdated-after", fmt.Sprint(100+i), "--wait")
+	}
 	out := e.mustRun("tasks", "show", waiting)
 	if !strings.Contains(out, "pending") {
 		t.Errorf("task of a store no worker has:\n%s", out)
 	}
 	if out := e.mustRun("tasks", "ls", "--state", "pending"); !strings.Contains(out, waiting) {
 		t.Errorf("tasks ls does not list the waiting task %s:\n%s", waiting, out)
+	}
+	// The queue metrics show it waiting in a queue no worker listens to
+	// (alert PbsqQueueWithoutWorker, tested with promtool).
+	metrics := httpGet(t, metricsURL(t, wa)+"/metrics")
+	for _, want := range []string{`asynq_tasks_enqueued_total{queue="pbsq:other",state="pending"} 1`, `pbsq_queue_consumers{queue="pbsq:other"} 0`,
+		`pbsq_queue_consumers{queue="pbsq:demo"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("worker A's /metrics lacks %s", want)
+		}
 	}
 
 	wb := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgB}, "worker", "--concurrency", "2")
@@ -470,6 +480,15 @@ func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
 		if n := strings.Count(w.out.String(), "type=datastore:sync outcome=ok"); n != 1 {
 			t.Errorf("worker %d ran %d syncs, want 1 each (at once)", i+1, n)
 		}
+	}
+	var runs [2]struct{ Started, Ended *time.Time }
+	for i, id := range ids {
+		if err := json.Unmarshal([]byte(e.mustRun("tasks", "show", "--json", id)), &runs[i]); err != nil || runs[i].Started == nil || runs[i].Ended == nil {
+			t.Fatalf("tasks show --json %s: %+v %v", id, runs[i], err)
+		}
+	}
+	if !runs[0].Started.Before(*runs[1].Ended) || !runs[1].Started.Before(*runs[0].Ended) {
+		t.Errorf("the syncs did not run at once: %s – %s and %s – %s", runs[0].Started, runs[0].Ended, runs[1].Started, runs[1].Ended)
 	}
 	log := proxy.Log()
 	if len(log) < 200 {
