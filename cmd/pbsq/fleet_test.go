@@ -96,7 +96,7 @@ const (
 // signed, tampered and expired prunes as invalid at once (no retry) and
 // the store keeps every snapshot; `enqueue --wait` with a wrong key exits
 // 2 saying why; a ring of two keys accepts both (rotation); no key shows
-// up in output or in Redis; a worker without a key warns.
+// up in output, in Redis or on /metrics; a worker without a key warns.
 func TestSignedTasks(t *testing.T) {
 	e := newEnv(t, true)
 	e.backups()
@@ -212,9 +212,10 @@ func TestSignedTasks(t *testing.T) {
 		}
 	}
 	all.WriteString(w1.out.String() + w2.out.String() + wr.out.String())
+	all.WriteString(httpGet(t, metricsURL(t, wr)+"/metrics"))
 	for _, key := range []string{fleetKey1, fleetKey2, fleetKey3} {
 		if strings.Contains(all.String(), key) {
-			t.Errorf("key %s… found in Redis or the logs", key[:12])
+			t.Errorf("key %s… found in Redis, the logs or /metrics", key[:12])
 		}
 	}
 	if !strings.Contains(w1.out.String(), "signed_tasks_only=true") {
