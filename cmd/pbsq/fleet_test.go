@@ -438,35 +438,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 // once on two workers stay within the one shared budget: on average at
 // most 44 requests/s, and no 2-second window above 120.
 func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
-	srv := s3test.StartVersity(t)
-	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	e := newEnv(t, true)
-	e.mustRun("datastore", "create", "offsite", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
-	cfg, _ := os.ReadFile(e.config)
-	budgeted := regexp.MustCompile(`(?m)^(\s+)path-style: true$`).ReplaceAllString(string(cfg), "${1}path-style: true\n${1}requests-per-second: 40")
-	if err := os.WriteFile(e.config, []byte(budgeted), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 32<<10)
-	for _, ns := range []string{"a", "b"} {
-		e.mustRun("ns", "create", "--store", "demo", "--ns", ns)
-		e.mustRun("ns", "create", "--store", "offsite", "--ns", ns)
-		for g := range 12 {
-			for s := range 2 {
-				_, _ = rand.Read(data)
-				f := filepath.Join(e.dir, "data.img")
-				if err := os.WriteFile(f, data, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				e.mustRun("backup", "--store", "demo", "--ns", ns, "--type", "vm", "--id", fmt.Sprint(100+g),
-					"--time", fmt.Sprintf("2024-03-0%dT10:00:00Z", s+1), f)
-			}
-		}
-	}
+	e, proxy := budgetScene(t, true, 40, "a", "b")
 	w1 := e.start("worker", "--concurrency", "1")
 	w2 := e.start("worker", "--concurrency", "1")
 	proxy.ResetLog()
@@ -491,20 +463,7 @@ func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
 	if !runs[0].Started.Before(*runs[1].Ended) || !runs[1].Started.Before(*runs[0].Ended) {
 		t.Errorf("the syncs did not run at once: %s – %s and %s – %s", runs[0].Started, runs[0].Ended, runs[1].Started, runs[1].Ended)
 	}
-	log := proxy.Log()
-	if len(log) < 200 {
-		t.Fatalf("only %d requests: too few to measure a rate", len(log))
-	}
-	span := log[len(log)-1].Time.Sub(log[0].Time).Seconds()
-	avg := float64(len(log)) / span
-	worst := 0
-	for i, j := 0, 0; i < len(log); i++ {
-		for log[i].Time.Sub(log[j].Time) >= 2*time.Second {
-			j++
-		}
-		worst = max(worst, i-j+1)
-	}
-	t.Logf("%d requests in %.1fs: %.1f/s on average, at most %d in a 2-second window", len(log), span, avg, worst)
+	avg, worst := requestRate(t, proxy, 200)
 	if avg > 44 || worst > 120 {
 		t.Errorf("budget 40/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
 	}
@@ -562,5 +521,77 @@ schedules:
 	e.expect(0, "enqueue", "verify", "--store", "demo", "--ns", "a/b", "--after", verify.ID, "--wait")
 	if archived, _ := ins.ListArchivedTasks(demoQueue); len(archived) != 0 {
 		t.Errorf("%d scheduled task(s) archived, e.g. %s: %s", len(archived), archived[0].Type, archived[0].Result)
+	}
+}
+
+// budgetScene is a demo store with 12 groups × 2 snapshots of random data
+// in each namespace nss, and an S3 store offsite (versitygw behind a
+// counting proxy) with the namespaces and requests-per-second rps.
+func budgetScene(t *testing.T, withRedis bool, rps int, nss ...string) (*env, *faultproxy.Proxy) {
+	t.Helper()
+	srv := s3test.StartVersity(t)
+	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	e := newEnv(t, withRedis)
+	e.mustRun("datastore", "create", "offsite", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
+	cfg, _ := os.ReadFile(e.config)
+	budgeted := regexp.MustCompile(`(?m)^(\s+)path-style: true$`).ReplaceAllString(string(cfg), fmt.Sprintf("${1}path-style: true\n${1}requests-per-second: %d", rps))
+	if err := os.WriteFile(e.config, []byte(budgeted), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 32<<10)
+	for _, ns := range nss {
+		e.mustRun("ns", "create", "--store", "demo", "--ns", ns)
+		e.mustRun("ns", "create", "--store", "offsite", "--ns", ns)
+		for g := range 12 {
+			for s := range 2 {
+				_, _ = rand.Read(data)
+				f := filepath.Join(e.dir, "data.img")
+				if err := os.WriteFile(f, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				e.mustRun("backup", "--store", "demo", "--ns", ns, "--type", "vm", "--id", fmt.Sprint(100+g),
+					"--time", fmt.Sprintf("2024-03-0%dT10:00:00Z", s+1), f)
+			}
+		}
+	}
+	return e, proxy
+}
+
+// requestRate is the average rate of the requests the proxy logged and
+// the most of them in a 2-second window; fewer than least is too few to
+// measure.
+func requestRate(t *testing.T, proxy *faultproxy.Proxy, least int) (float64, int) {
+	t.Helper()
+	log := proxy.Log()
+	if len(log) < least {
+		t.Fatalf("only %d requests: too few to measure a rate", len(log))
+	}
+	span := log[len(log)-1].Time.Sub(log[0].Time).Seconds()
+	avg := float64(len(log)) / span
+	worst := 0
+	for i, j := 0, 0; i < len(log); i++ {
+		for log[i].Time.Sub(log[j].Time) >= 2*time.Second {
+			j++
+		}
+		worst = max(worst, i-j+1)
+	}
+	t.Logf("%d requests in %.1fs: %.1f/s on average, at most %d in a 2-second window", len(log), span, avg, worst)
+	return avg, worst
+}
+
+// TestS3BudgetPerProcessWithoutRedis: with no Redis configured, `pbsq run`
+// keeps to the store's budget on its own (20 requests/s here, counted at
+// the proxy: at most 22/s on average, 60 in a 2-second window).
+func TestS3BudgetPerProcessWithoutRedis(t *testing.T) {
+	e, proxy := budgetScene(t, false, 20, "a")
+	proxy.ResetLog()
+	e.mustRun("run", "sync", "--source-store", "demo", "--source-ns", "a", "--store", "offsite", "--ns", "a")
+	avg, worst := requestRate(t, proxy, 100)
+	if avg > 22 || worst > 60 {
+		t.Errorf("budget 20/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
 	}
 }
