@@ -206,14 +206,21 @@ func (k *Keys) Verify(typ, id string, payload []byte, headers map[string]string,
 	return nil
 }
 
-// NewSignedTask is NewTask signed with k: it picks the task id (which the
-// signature covers) and the expiry (now + SignatureTTL).
+// NewSignedTask is NewTask signed with k: it signs the task id given in
+// opts (asynq.TaskID, e.g. a chained task's), or picks one, and the
+// expiry (now + SignatureTTL).
 func NewSignedTask(p Payload, k *Keys, now time.Time, opts ...asynq.Option) (*asynq.Task, error) {
 	t, err := NewTask(p, opts...)
 	if err != nil {
 		return nil, err
 	}
 	id := uuid.NewString()
+	for _, o := range opts {
+		// The last one wins, as in asynq.
+		if v, ok := o.Value().(string); ok && o.Type() == asynq.TaskIDOpt {
+			id = v
+		}
+	}
 	h := k.Sign(t.Type(), id, t.Payload(), now.Add(SignatureTTL))
 	return asynq.NewTaskWithHeaders(t.Type(), t.Payload(), h, append(taskOptions(p), append(opts, asynq.TaskID(id))...)...), nil
 }

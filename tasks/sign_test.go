@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
+
+	"github.com/pbsq/pbsq/datastore/lock/redistest"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
@@ -143,4 +146,43 @@ func FuzzParseKeys(f *testing.F) {
 			t.Fatalf("own signature refused: %v", err)
 		}
 	})
+}
+
+// A task id given as an option (a chained task's) is the one signed and
+// kept; without one, NewSignedTask picks one.
+func TestNewSignedTaskKeepsGivenID(t *testing.T) {
+	k := mustKeys(t, testKey1)
+	now := time.Now()
+	p := &Verify{Store: "demo"}
+	task, err := NewSignedTask(p, k, now, asynq.TaskID("chained-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := taskID(t, task); id != "chained-1" {
+		t.Fatalf("task id %q, want the given chained-1", id)
+	}
+	if err := k.Verify(task.Type(), "chained-1", task.Payload(), task.Headers(), now); err != nil {
+		t.Errorf("signature of the given id: %v", err)
+	}
+	task, err = NewSignedTask(p, k, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := taskID(t, task)
+	if id == "" || k.Verify(task.Type(), id, task.Payload(), task.Headers(), now) != nil {
+		t.Errorf("picked id %q does not verify", id)
+	}
+}
+
+// taskID queues task on a real Redis and returns the id asynq gave it.
+func taskID(t *testing.T, task *asynq.Task) string {
+	t.Helper()
+	srv := redistest.Start(t)
+	c := asynq.NewClient(asynq.RedisClientOpt{Addr: srv.Addr()})
+	defer c.Close()
+	info, err := c.Enqueue(task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.ID
 }

@@ -65,8 +65,13 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	rec := newRecorder(ctx, w.rdb, t, w.log)
 	log := w.log.With("task_id", rec.id, "type", typ)
 	start := time.Now()
+	shards, sh := tasks.ShardInfo(p)
+	// A sharded job's own task plans and waits; its shards take the slots.
+	job := sh == nil && shards > 1 && isSharded(p)
 	tl := w.jobLog(ctx, p, rec.id)
-	if tl == nil {
+	if tl == nil && !job && w.capped(p.Stores()) {
+		tl = w.startLogUnstarted(ctx, rec.id, typ, t.Payload())
+	} else if tl == nil {
 		tl = w.startLog(ctx, rec.id, typ, t.Payload())
 	}
 	ctx = withTaskLog(ctx, tl)
@@ -92,8 +97,7 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 			return fmt.Errorf("%w: %w", ErrCancelled, asynq.SkipRetry)
 		}
 	}
-	shards, sh := tasks.ShardInfo(p)
-	if sh == nil && shards > 1 && isSharded(p) {
+	if job {
 		return w.runJob(ctx, typ, p, rec, tl, log, start)
 	}
 	if sh != nil {
@@ -119,10 +123,12 @@ func (w *Worker) run(ctx context.Context, typ string, t *asynq.Task) error {
 	release, err := w.takeSlots(ctx, p.Stores(), rec.id, log, lose)
 	if err != nil {
 		outcome, ret := w.conclude(ctx, log, rec, nil, err, start)
+		w.endLog(ctx, tl, rec.id, outcome, ret)
 		w.metrics.finished(typ, outcome, 0)
 		return ret
 	}
 	defer release()
+	tl.markStarted()
 	gauge, end := w.metrics.started(typ, rec.id)
 	write := rec.write
 	if sh != nil {

@@ -86,6 +86,16 @@ func (e *SlotBusyError) Error() string {
 
 func (e *SlotBusyError) Unwrap() error { return lock.ErrBusy }
 
+// capped reports whether any of stores has a max-jobs cap.
+func (w *Worker) capped(stores []string) bool {
+	for _, s := range stores {
+		if w.caps[s] > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // takeSlots takes a job slot of every capped store among stores for task
 // id, keeps it refreshed, and returns the function that gives them back.
 // lost is called (once) if a slot cannot be refreshed in time.

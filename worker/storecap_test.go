@@ -20,7 +20,7 @@ func TestStoreSlots(t *testing.T) {
 	rdb := srv.Client()
 	defer rdb.Close()
 	old := slotLease
-	slotLease = 3 * time.Second // refreshed every second: late only on a stalled machine
+	slotLease = 6 * time.Second // refreshed every 2 s: late only on a machine stalled for 4
 	defer func() { slotLease = old }()
 	w := &Worker{rdb: rdb, caps: map[string]int{"capped": 2, "one": 1}}
 	ctx := context.Background()
@@ -35,8 +35,25 @@ func TestStoreSlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Held past several leases: the refresh keeps them.
-	time.Sleep(2 * slotLease)
+	// Held past the lease they were taken with: the refresh keeps them.
+	taken, err := rdb.ZRangeWithScores(ctx, slotKeyPrefix+"capped", 0, -1).Result()
+	if err != nil || len(taken) != 2 {
+		t.Fatalf("slots %v: %v", taken, err)
+	}
+	deadline := time.Now().Add(30*time.Second + slotLease)
+	for {
+		now, err := rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if float64(now.UnixMilli()) > max(taken[0].Score, taken[1].Score) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Redis time never passed the first leases")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	_, err = w.takeSlots(ctx, []string{"capped"}, "t3", log, noLoss)
 	var busy *SlotBusyError
 	if !errors.As(err, &busy) || !errors.Is(err, lock.ErrBusy) || len(busy.Holders) != 2 || busy.Store != "capped" {
@@ -71,7 +88,7 @@ func TestStoreSlots(t *testing.T) {
 	if n, _ := rdb.ZCard(ctx, slotKeyPrefix+"capped").Result(); n != 0 {
 		t.Errorf("refused two-store task left %d slot(s) on the free store", n)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(30*time.Second + slotLease)
 	for {
 		r, err := w.takeSlots(ctx, []string{"capped", "one"}, "t5", log, noLoss)
 		if err == nil {

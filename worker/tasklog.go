@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -92,10 +93,12 @@ return total`)
 // runLog writes one task attempt's log lines to Redis from its own
 // goroutine, in batches, so that operations never wait on Redis.
 type runLog struct {
-	rdb     redis.UniversalClient
-	id      string
-	ttl     time.Duration
-	started time.Time
+	rdb redis.UniversalClient
+	id  string
+	ttl time.Duration
+	// started is the run's start (unix ms), recorded as the task's start
+	// unless an earlier run's is; 0 while the run waits for a job slot.
+	started atomic.Int64
 	log     *slog.Logger
 
 	mu      sync.Mutex
@@ -110,8 +113,9 @@ type runLog struct {
 }
 
 func newRunLog(rdb redis.UniversalClient, id, typ string, log *slog.Logger) *runLog {
-	l := &runLog{rdb: rdb, id: id, ttl: logTTL(typ), started: time.Now(), log: log,
+	l := &runLog{rdb: rdb, id: id, ttl: logTTL(typ), log: log,
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
+	l.started.Store(time.Now().UnixMilli())
 	l.wg.Add(1)
 	go l.run()
 	return l
@@ -185,6 +189,10 @@ func (l *runLog) flush(final bool, closing []string) {
 	var tail []string
 	if final {
 		tail = append(tail, l.last...)
+	} else {
+		// A run that is not the task's end (waiting, retried, re-run)
+		// says why in lines like any other.
+		lines = append(lines, closing...)
 	}
 	l.mu.Unlock()
 	if len(lines) == 0 && dropped == 0 && !final {
@@ -212,7 +220,7 @@ func (l *runLog) send(ctx context.Context, final bool, lines []string, dropped i
 		fin = "1"
 	}
 	args := make([]any, 0, 6+len(lines))
-	args = append(args, LogMaxLines-logReserve, l.ttl.Milliseconds(), fin, l.started.UnixMilli(), dropped, time.Now().UnixMilli())
+	args = append(args, LogMaxLines-logReserve, l.ttl.Milliseconds(), fin, l.started.Load(), dropped, time.Now().UnixMilli())
 	for _, s := range lines {
 		args = append(args, s)
 	}
@@ -382,7 +390,30 @@ func LogHandler(rdb redis.UniversalClient) http.Handler {
 
 // startLog opens the log of a task run with its first line.
 func (w *Worker) startLog(ctx context.Context, id, typ string, payload []byte) *runLog {
+	return w.openLog(ctx, id, typ, payload, true)
+}
+
+// startLogUnstarted is startLog for a run that may yet wait for a job
+// slot (max-jobs): the task's start is recorded by markStarted once it
+// has one, so that the start `tasks show` reports is that of a run.
+func (w *Worker) startLogUnstarted(ctx context.Context, id, typ string, payload []byte) *runLog {
+	return w.openLog(ctx, id, typ, payload, false)
+}
+
+// markStarted records now as the run's start (the task's, if it is its
+// first run that started).
+func (l *runLog) markStarted() {
+	if l != nil {
+		l.started.CompareAndSwap(0, time.Now().UnixMilli())
+	}
+}
+
+func (w *Worker) openLog(ctx context.Context, id, typ string, payload []byte, started bool) *runLog {
 	l := newRunLog(w.rdb, id, typ, w.log)
+	if !started {
+		// Before any line, so no batch carries the creation time.
+		l.started.Store(0)
+	}
 	attempt := ""
 	if n, _ := asynq.GetRetryCount(ctx); n > 0 {
 		attempt = fmt.Sprintf(" (re-run %d)", n)

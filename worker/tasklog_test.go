@@ -176,3 +176,31 @@ func TestTaskLogKeptWithArchivedTask(t *testing.T) {
 		t.Errorf("archived chained task's log ttl %s", ttl)
 	}
 }
+
+// A run that waited for a job slot says so in the task's log and leaves
+// the task unstarted; the run that gets its slot records the start, and
+// ends the log.
+func TestTaskLogWaitingRunUnstarted(t *testing.T) {
+	rs := redistest.Start(t)
+	rdb := rs.Client()
+	ctx := context.Background()
+	w := &Worker{rdb: rdb, log: slog.New(slog.DiscardHandler)}
+	l := w.startLogUnstarted(ctx, "t2", tasks.TypeVerify, []byte(`{}`))
+	l.Close(false, "waiting: all 1 job slot(s) taken (max-jobs)")
+	lines, _, err := ReadLog(ctx, rdb, "t2", 0)
+	if err != nil || len(lines) != 2 || !strings.HasSuffix(lines[1], " waiting: all 1 job slot(s) taken (max-jobs)") {
+		t.Fatalf("log of a waiting run: %q, %v", lines, err)
+	}
+	times, err := TaskTimes(ctx, rdb, "t2")
+	if err != nil || times[0].Started != nil || times[0].Ended != nil {
+		t.Fatalf("a run that only waited: times %+v, %v", times[0], err)
+	}
+	before := time.Now().Add(-time.Millisecond)
+	l = w.startLogUnstarted(ctx, "t2", tasks.TypeVerify, []byte(`{}`))
+	l.markStarted()
+	l.Close(true, "TASK OK")
+	times, err = TaskTimes(ctx, rdb, "t2")
+	if err != nil || times[0].Started == nil || times[0].Started.Before(before) || times[0].Ended == nil {
+		t.Fatalf("the run that started: times %+v (after %s), %v", times[0], before, err)
+	}
+}

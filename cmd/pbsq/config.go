@@ -282,8 +282,12 @@ func (d DatastoreConfig) validate(store string) error {
 		return fmt.Errorf("datastores.%s: path and s3 are exclusive", store)
 	case d.S3 != nil && (d.S3.Endpoint == "" || d.S3.Bucket == ""):
 		return fmt.Errorf("datastores.%s.s3: needs endpoint and bucket", store)
-	case d.S3 != nil && (d.S3.RequestsPerSecond < 0 || d.S3.BytesPerSecond < 0):
-		return fmt.Errorf("datastores.%s.s3: requests-per-second %g and bytes-per-second %d must not be negative", store, d.S3.RequestsPerSecond, d.S3.BytesPerSecond)
+	case d.S3 != nil && d.S3.RequestsPerSecond != 0 && !(d.S3.RequestsPerSecond >= 0.01 && d.S3.RequestsPerSecond <= 1e6):
+		// NaN and infinities included: the budget's arithmetic needs a
+		// finite interval.
+		return fmt.Errorf("datastores.%s.s3.requests-per-second %g: must be 0 (no budget) or from 0.01 to 1000000", store, d.S3.RequestsPerSecond)
+	case d.S3 != nil && d.S3.BytesPerSecond < 0:
+		return fmt.Errorf("datastores.%s.s3.bytes-per-second %d: must not be negative", store, d.S3.BytesPerSecond)
 	case d.S3 != nil && d.S3.BytesPerSecond > 0 && d.S3.RequestsPerSecond == 0:
 		return fmt.Errorf("datastores.%s.s3.bytes-per-second: needs requests-per-second as well", store)
 	case d.MaxJobs < 0 || d.MaxJobs > 1000:

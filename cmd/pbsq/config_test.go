@@ -54,6 +54,15 @@ datastores:
 		"negative wait":       "locks:\n  wait: -1s\n",
 		"bad db":              "redis:\n  db: 99\n",
 		"bad in-use override": "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, pbs-in-use-override: 'pbs 1'}\n",
+		"negative max-jobs":   "datastores:\n  main:\n    path: /x\n    max-jobs: -1\n",
+		"huge max-jobs":       "datastores:\n  main:\n    path: /x\n    max-jobs: 1001\n",
+		"negative rps":        "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: -1}\n",
+		"NaN rps":             "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: .nan}\n",
+		"infinite rps":        "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: .inf}\n",
+		"tiny rps":            "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: 1e-300}\n",
+		"negative bytes/s":    "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: 10, bytes-per-second: -1}\n",
+		"bytes/s alone":       "datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, bytes-per-second: 1000}\n",
+		"task key in file":    "security:\n  task-key: 0123456789abcdef0123456789abcdef\n",
 	}
 	for what, y := range bad {
 		_, err := parseConfig([]byte(y), "c.yaml")
@@ -64,6 +73,18 @@ datastores:
 		if !strings.Contains(err.Error(), "c.yaml") {
 			t.Errorf("%s: error does not name the file: %v", what, err)
 		}
+	}
+	for y, want := range map[string]string{
+		"datastores:\n  main:\n    path: /x\n    max-jobs: -1\n":                                     "max-jobs -1",
+		"datastores:\n  main:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: .nan}\n": "requests-per-second NaN",
+	} {
+		if _, err := parseConfig([]byte(y), "c.yaml"); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %q: %v", want, err)
+		}
+	}
+	fleet, err := parseConfig([]byte("datastores:\n  main:\n    path: /x\n    max-jobs: 2\n  off:\n    s3: {endpoint: http://x, bucket: b, requests-per-second: 0.5, bytes-per-second: 1000}\n"), "c.yaml")
+	if err != nil || fleet.Datastores["main"].MaxJobs != 2 || fleet.Datastores["off"].S3.RequestsPerSecond != 0.5 || fleet.Datastores["off"].S3.BytesPerSecond != 1000 {
+		t.Errorf("max-jobs and the S3 budget: %+v %v", fleet, err)
 	}
 	if _, err := parseConfig([]byte("locks:\n  backnd: flock\n"), "c.yaml"); !strings.Contains(err.Error(), "backnd") {
 		t.Errorf("unknown key not named: %v", err)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,7 +96,7 @@ const (
 // signed, tampered and expired prunes as invalid at once (no retry) and
 // the store keeps every snapshot; `enqueue --wait` with a wrong key exits
 // 2 saying why; a ring of two keys accepts both (rotation); no key shows
-// up in output or in Redis; a worker without a key warns.
+// up in output, in Redis or on /metrics; a worker without a key warns.
 func TestSignedTasks(t *testing.T) {
 	e := newEnv(t, true)
 	e.backups()
@@ -213,9 +212,10 @@ func TestSignedTasks(t *testing.T) {
 		}
 	}
 	all.WriteString(w1.out.String() + w2.out.String() + wr.out.String())
+	all.WriteString(httpGet(t, metricsURL(t, wr)+"/metrics"))
 	for _, key := range []string{fleetKey1, fleetKey2, fleetKey3} {
 		if strings.Contains(all.String(), key) {
-			t.Errorf("key %s… found in Redis or the logs", key[:12])
+			t.Errorf("key %s… found in Redis, the logs or /metrics", key[:12])
 		}
 	}
 	if !strings.Contains(w1.out.String(), "signed_tasks_only=true") {
@@ -284,16 +284,26 @@ func TestWorkersServeTheirStores(t *testing.T) {
 	wa := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgA}, "worker", "--concurrency", "2")
 
 	waiting := strings.TrimSpace(e.mustRun("enqueue", "verify", "--store", "other"))
-	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
-	// Worker A polled the queues many times meanwhile; the task of other
-	// is still there, pending, for all to see.
-	time.Sleep(2 * time.Second)
+	// Worker A takes tasks meanwhile (each one a round over its queues);
+	// the task of other is still there, pending, for all to see.
+	for i := 1; i <= 3; i++ {
+		e.expect(0, "enqueue", "verify", "--store", "demo", "--outdated-after", fmt.Sprint(100+i), "--wait")
+	}
 	out := e.mustRun("tasks", "show", waiting)
 	if !strings.Contains(out, "pending") {
 		t.Errorf("task of a store no worker has:\n%s", out)
 	}
 	if out := e.mustRun("tasks", "ls", "--state", "pending"); !strings.Contains(out, waiting) {
 		t.Errorf("tasks ls does not list the waiting task %s:\n%s", waiting, out)
+	}
+	// The queue metrics show it waiting in a queue no worker listens to
+	// (alert PbsqQueueWithoutWorker, tested with promtool).
+	metrics := httpGet(t, metricsURL(t, wa)+"/metrics")
+	for _, want := range []string{`asynq_tasks_enqueued_total{queue="pbsq:other",state="pending"} 1`, `pbsq_queue_consumers{queue="pbsq:other"} 0`,
+		`pbsq_queue_consumers{queue="pbsq:demo"} 1`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("worker A's /metrics lacks %s", want)
+		}
 	}
 
 	wb := startWithEnv(t, e, []string{"PBSQ_CONFIG=" + cfgB}, "worker", "--concurrency", "2")
@@ -326,41 +336,11 @@ func TestWorkersServeTheirStores(t *testing.T) {
 	}
 }
 
-// logSpans returns, per task id, the times of the first line with msg
-// from and of the last line with msg to in a worker's log.
-func logSpans(t *testing.T, log, from, to string) map[string][2]time.Time {
-	t.Helper()
-	spans := map[string][2]time.Time{}
-	for _, line := range strings.Split(log, "\n") {
-		var at time.Time
-		var id string
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "time="); ok {
-				at, _ = time.Parse(time.RFC3339Nano, v)
-			}
-			if v, ok := strings.CutPrefix(f, "task_id="); ok {
-				id = v
-			}
-		}
-		if id == "" || at.IsZero() {
-			continue
-		}
-		sp := spans[id]
-		switch {
-		case strings.Contains(line, `msg="`+from+`"`) && sp[0].IsZero():
-			sp[0] = at
-		case strings.Contains(line, `msg="`+to+`"`):
-			sp[1] = at
-		}
-		spans[id] = sp
-	}
-	return spans
-}
-
 // TestMaxJobsAcrossWorkers: with max-jobs 1 on demo and two workers of
-// concurrency 2, four slow verifies of demo never overlap (spans from the
-// workers' logs: slot taken to task finished, which enclose the run), the
-// ones that waited were shown waiting, and none spent a retry.
+// concurrency 2, four slow verifies of demo never overlap (`tasks show
+// --json` started/ended: a run starts once it holds its job slot, and ends
+// before giving it back), the ones that waited were shown waiting in their
+// record and their task log, and none spent a retry.
 func TestMaxJobsAcrossWorkers(t *testing.T) {
 	e := newEnv(t, true)
 	e.backups()
@@ -387,7 +367,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			"--ignore-verified=false", "--lock-wait", "1s", "--max-depth", fmt.Sprint(i%2), "--outdated-after", fmt.Sprint(i))))
 	}
 	ins := e.inspector()
-	shownWaiting := false
+	waited := map[string]bool{}
 	waitFor(t, 4*time.Minute, func() bool {
 		done := 0
 		for _, id := range ids {
@@ -398,7 +378,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			var rec tasks.Record
 			_ = json.Unmarshal(info.Result, &rec)
 			if rec.State == "waiting" && strings.Contains(rec.Message, "max-jobs") {
-				shownWaiting = true
+				waited[id] = true
 			}
 			if info.State == asynq.TaskStateCompleted || info.State == asynq.TaskStateArchived {
 				done++
@@ -411,20 +391,17 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 		start, end time.Time
 	}
 	var spans []span
-	for _, w := range []*proc{w1, w2} {
-		for id, sp := range logSpans(t, w.out.String(), "job slot taken", "task finished") {
-			if slices.Contains(ids, id) && !(sp[0].IsZero() && sp[1].IsZero()) {
-				spans = append(spans, span{id, sp[0], sp[1]})
-			}
+	for _, id := range ids {
+		var v struct{ Started, Ended *time.Time }
+		if err := json.Unmarshal([]byte(e.mustRun("tasks", "show", "--json", id)), &v); err != nil {
+			t.Fatalf("tasks show --json %s: %v", id, err)
 		}
-	}
-	if len(spans) != len(ids) {
-		t.Fatalf("%d task spans in the worker logs, want %d", len(spans), len(ids))
+		if v.Started == nil || v.Ended == nil || !v.Started.Before(*v.Ended) {
+			t.Fatalf("task %s: started %v, ended %v", id, v.Started, v.Ended)
+		}
+		spans = append(spans, span{id, *v.Started, *v.Ended})
 	}
 	for i, a := range spans {
-		if a.start.IsZero() || a.end.IsZero() || !a.start.Before(a.end) {
-			t.Errorf("task %s: span %s – %s", a.id, a.start, a.end)
-		}
 		for _, b := range spans[i+1:] {
 			if a.start.Before(b.end) && b.start.Before(a.end) {
 				t.Errorf("tasks %s (%s – %s) and %s (%s – %s) overlap", a.id, a.start.Format("15:04:05.000"), a.end.Format("15:04:05.000"),
@@ -443,8 +420,13 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 			t.Errorf("task %s: retried %d, outcome %q (%s); want 0 retries, skipped (per-snapshot locks busy)", id, info.Retried, rec.Outcome, rec.Error)
 		}
 	}
-	if !shownWaiting {
+	if len(waited) == 0 {
 		t.Error("no task was ever shown waiting for a job slot")
+	}
+	for id := range waited {
+		if out := e.mustRun("tasks", "log", id); !strings.Contains(out, "waiting: ") || !strings.Contains(out, "job slot(s) taken (max-jobs)") {
+			t.Errorf("task %s waited for a job slot; its log does not say so:\n%s", id, out)
+		}
 	}
 	if !strings.Contains(w1.out.String()+w2.out.String(), "job slot(s) taken (max-jobs)") {
 		t.Error("no worker logged a task waiting for a job slot")
@@ -456,35 +438,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 // once on two workers stay within the one shared budget: on average at
 // most 44 requests/s, and no 2-second window above 120.
 func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
-	srv := s3test.StartVersity(t)
-	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer proxy.Close()
-	e := newEnv(t, true)
-	e.mustRun("datastore", "create", "offsite", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
-	cfg, _ := os.ReadFile(e.config)
-	budgeted := regexp.MustCompile(`(?m)^(\s+)path-style: true$`).ReplaceAllString(string(cfg), "${1}path-style: true\n${1}requests-per-second: 40")
-	if err := os.WriteFile(e.config, []byte(budgeted), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	data := make([]byte, 32<<10)
-	for _, ns := range []string{"a", "b"} {
-		e.mustRun("ns", "create", "--store", "demo", "--ns", ns)
-		e.mustRun("ns", "create", "--store", "offsite", "--ns", ns)
-		for g := range 12 {
-			for s := range 2 {
-				_, _ = rand.Read(data)
-				f := filepath.Join(e.dir, "data.img")
-				if err := os.WriteFile(f, data, 0o644); err != nil {
-					t.Fatal(err)
-				}
-				e.mustRun("backup", "--store", "demo", "--ns", ns, "--type", "vm", "--id", fmt.Sprint(100+g),
-					"--time", fmt.Sprintf("2024-03-0%dT10:00:00Z", s+1), f)
-			}
-		}
-	}
+	e, proxy := budgetScene(t, true, 40, "a", "b")
 	w1 := e.start("worker", "--concurrency", "1")
 	w2 := e.start("worker", "--concurrency", "1")
 	proxy.ResetLog()
@@ -500,8 +454,120 @@ func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
 			t.Errorf("worker %d ran %d syncs, want 1 each (at once)", i+1, n)
 		}
 	}
+	var runs [2]struct{ Started, Ended *time.Time }
+	for i, id := range ids {
+		if err := json.Unmarshal([]byte(e.mustRun("tasks", "show", "--json", id)), &runs[i]); err != nil || runs[i].Started == nil || runs[i].Ended == nil {
+			t.Fatalf("tasks show --json %s: %+v %v", id, runs[i], err)
+		}
+	}
+	if !runs[0].Started.Before(*runs[1].Ended) || !runs[1].Started.Before(*runs[0].Ended) {
+		t.Errorf("the syncs did not run at once: %s – %s and %s – %s", runs[0].Started, runs[0].Ended, runs[1].Started, runs[1].Ended)
+	}
+	avg, worst := requestRate(t, proxy, 200)
+	if avg > 44 || worst > 120 {
+		t.Errorf("budget 40/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
+	}
+}
+
+// TestScheduledTasksSigned: a worker with a key signs the tasks its
+// scheduler queues, chained ones included, with the first key of its
+// file, and runs them (a keyed worker archives unsigned tasks); a task
+// the CLI chains with --after runs too (its chain id is the signed id).
+func TestScheduledTasksSigned(t *testing.T) {
+	e := newEnv(t, true)
+	e.backups()
+	kf := writeKeyFile(t, e.dir, "k1.key", fleetKey1)
+	keys, err := tasks.LoadKeys(kf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(e.config)
+	cfg = append(cfg, []byte(`security:
+  task-key-file: k1.key
+schedules:
+  check:
+    cron: "@every 1s"
+    task: verify
+    payload: {store: demo, ns: a}
+  clean:
+    after: check
+    task: gc
+    payload: {store: demo}
+`)...)
+	if err := os.WriteFile(e.config, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start("worker")
+	ins := e.inspector()
+	var verify, gc *asynq.TaskInfo
+	waitFor(t, 60*time.Second, func() bool {
+		done, _ := ins.ListCompletedTasks(demoQueue)
+		for _, d := range done {
+			switch d.Type {
+			case tasks.TypeVerify:
+				verify = d
+			case tasks.TypeGC:
+				gc = d
+			}
+		}
+		return verify != nil && gc != nil
+	})
+	for _, info := range []*asynq.TaskInfo{verify, gc} {
+		if err := keys.Verify(info.Type, info.ID, info.Payload, info.Headers, time.Now()); err != nil {
+			t.Errorf("scheduled %s task %s: %v", info.Type, info.ID, err)
+		}
+	}
+	// The CLI's chained tasks too.
+	e.expect(0, "enqueue", "verify", "--store", "demo", "--ns", "a/b", "--after", verify.ID, "--wait")
+	if archived, _ := ins.ListArchivedTasks(demoQueue); len(archived) != 0 {
+		t.Errorf("%d scheduled task(s) archived, e.g. %s: %s", len(archived), archived[0].Type, archived[0].Result)
+	}
+}
+
+// budgetScene is a demo store with 12 groups × 2 snapshots of random data
+// in each namespace nss, and an S3 store offsite (versitygw behind a
+// counting proxy) with the namespaces and requests-per-second rps.
+func budgetScene(t *testing.T, withRedis bool, rps int, nss ...string) (*env, *faultproxy.Proxy) {
+	t.Helper()
+	srv := s3test.StartVersity(t)
+	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	e := newEnv(t, withRedis)
+	e.mustRun("datastore", "create", "offsite", "--s3-endpoint", proxy.URL(), "--s3-bucket", srv.Bucket(), "--s3-path-style")
+	cfg, _ := os.ReadFile(e.config)
+	budgeted := regexp.MustCompile(`(?m)^(\s+)path-style: true$`).ReplaceAllString(string(cfg), fmt.Sprintf("${1}path-style: true\n${1}requests-per-second: %d", rps))
+	if err := os.WriteFile(e.config, []byte(budgeted), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 32<<10)
+	for _, ns := range nss {
+		e.mustRun("ns", "create", "--store", "demo", "--ns", ns)
+		e.mustRun("ns", "create", "--store", "offsite", "--ns", ns)
+		for g := range 12 {
+			for s := range 2 {
+				_, _ = rand.Read(data)
+				f := filepath.Join(e.dir, "data.img")
+				if err := os.WriteFile(f, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				e.mustRun("backup", "--store", "demo", "--ns", ns, "--type", "vm", "--id", fmt.Sprint(100+g),
+					"--time", fmt.Sprintf("2024-03-0%dT10:00:00Z", s+1), f)
+			}
+		}
+	}
+	return e, proxy
+}
+
+// requestRate is the average rate of the requests the proxy logged and
+// the most of them in a 2-second window; fewer than least is too few to
+// measure.
+func requestRate(t *testing.T, proxy *faultproxy.Proxy, least int) (float64, int) {
+	t.Helper()
 	log := proxy.Log()
-	if len(log) < 200 {
+	if len(log) < least {
 		t.Fatalf("only %d requests: too few to measure a rate", len(log))
 	}
 	span := log[len(log)-1].Time.Sub(log[0].Time).Seconds()
@@ -514,7 +580,18 @@ func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
 		worst = max(worst, i-j+1)
 	}
 	t.Logf("%d requests in %.1fs: %.1f/s on average, at most %d in a 2-second window", len(log), span, avg, worst)
-	if avg > 44 || worst > 120 {
-		t.Errorf("budget 40/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
+	return avg, worst
+}
+
+// TestS3BudgetPerProcessWithoutRedis: with no Redis configured, `pbsq run`
+// keeps to the store's budget on its own (20 requests/s here, counted at
+// the proxy: at most 22/s on average, 60 in a 2-second window).
+func TestS3BudgetPerProcessWithoutRedis(t *testing.T) {
+	e, proxy := budgetScene(t, false, 20, "a")
+	proxy.ResetLog()
+	e.mustRun("run", "sync", "--source-store", "demo", "--source-ns", "a", "--store", "offsite", "--ns", "a")
+	avg, worst := requestRate(t, proxy, 100)
+	if avg > 22 || worst > 60 {
+		t.Errorf("budget 20/s exceeded: %.1f/s on average, %d in a 2-second window", avg, worst)
 	}
 }
