@@ -798,7 +798,9 @@ func fileInfo(name string, size int64, mtime *time.Time) backend.FileInfo {
 // object, and stops at limit.
 func (s *S3) countBelow(ctx context.Context, prefix string, limit int) (int, error) {
 	n := 0
-	err := s.listPages(ctx, prefix, "", func(out *s3.ListObjectsV2Output) bool {
+	// A page of no more than limit keys (plus a marker): a directory
+	// check must not make the server list a whole namespace.
+	err := s.listPagesMax(ctx, prefix, "", "", int32(min(limit+1, 1000)), func(out *s3.ListObjectsV2Output) bool {
 		for _, o := range out.Contents {
 			if aws.ToString(o.Key) != prefix {
 				n++
@@ -817,6 +819,12 @@ func (s *S3) listPages(ctx context.Context, prefix, delim string, page func(*s3.
 
 // listPagesAfter is listPages starting after the key startAfter.
 func (s *S3) listPagesAfter(ctx context.Context, prefix, delim, startAfter string, page func(*s3.ListObjectsV2Output) bool) error {
+	return s.listPagesMax(ctx, prefix, delim, startAfter, 0, page)
+}
+
+// listPagesMax is listPagesAfter with pages of at most maxKeys keys (0:
+// the server's default, 1,000 on S3).
+func (s *S3) listPagesMax(ctx context.Context, prefix, delim, startAfter string, maxKeys int32, page func(*s3.ListObjectsV2Output) bool) error {
 	var token *string
 	for {
 		var out *s3.ListObjectsV2Output
@@ -827,6 +835,9 @@ func (s *S3) listPagesAfter(ctx context.Context, prefix, delim, startAfter strin
 			}
 			if delim != "" {
 				in.Delimiter = &delim
+			}
+			if maxKeys > 0 {
+				in.MaxKeys = &maxKeys
 			}
 			var err error
 			out, err = s.client.ListObjectsV2(ctx, in)
