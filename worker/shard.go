@@ -602,20 +602,13 @@ func addSync(t *datastore.SyncResult, b []byte) error {
 // cancelJob cancels a sharded job: every shard, then the job's task,
 // which keeps its record (archived, outcome cancelled).
 func cancelJob(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector, id string) (asynq.TaskState, error) {
-	info, err := FindTask(ins, id)
-	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-		return 0, fmt.Errorf("task %q: %w", id, ErrTaskNotFound)
-	}
+	info, err := liveTask(ins, id)
 	if err != nil {
-		return 0, fmt.Errorf("cancel task %s: %w", id, err)
-	}
-	switch info.State {
-	case asynq.TaskStateCompleted, asynq.TaskStateArchived:
-		return info.State, fmt.Errorf("task %s is %s: %w", id, info.State, ErrFinished)
+		return taskState(info), err
 	}
 	// The mark first: a shard starting meanwhile sees it and stops.
-	if err := rdb.Set(ctx, cancelKey(id), time.Now().Unix(), cancelTTL).Err(); err != nil {
-		return info.State, fmt.Errorf("cancel task %s: %w", id, err)
+	if err := markCancelled(ctx, rdb, id); err != nil {
+		return info.State, err
 	}
 	m, err := rdb.HGetAll(ctx, jobKey(id)).Result()
 	if err != nil {
