@@ -93,6 +93,26 @@ type VerifyResult struct {
 	Sample  *SampleResult `json:"sample,omitempty"`
 }
 
+// Add adds o's counts and lists to r: the sum of the shards of a job.
+// Seconds, MiBPerSecond and Sample describe a whole run (a sampled run is
+// never sharded) and are left to whoever ran it.
+func (r *VerifyResult) Add(o *VerifyResult) {
+	r.Snapshots += o.Snapshots
+	r.OK += o.OK
+	r.Failed = append(r.Failed, o.Failed...)
+	r.Skipped = append(r.Skipped, o.Skipped...)
+	r.Unfinished = append(r.Unfinished, o.Unfinished...)
+	r.AlreadyVerified += o.AlreadyVerified
+	r.Chunks += o.Chunks
+	r.ChunksCorrupt += o.ChunksCorrupt
+	r.ChunksMissing += o.ChunksMissing
+	r.ChunksEncrypted += o.ChunksEncrypted
+	r.RenamedBad = append(r.RenamedBad, o.RenamedBad...)
+	r.Bytes += o.Bytes
+	r.NotReached += o.NotReached
+	r.Resumed += o.Resumed
+}
+
 // Outcome folds the result into ok, skipped or failed.
 func (r *VerifyResult) Outcome() error {
 	switch {

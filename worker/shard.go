@@ -531,9 +531,9 @@ func (w *Worker) aggregate(ctx context.Context, job, typ string) (Outcome, error
 		}
 		var err error
 		if typ == tasks.TypeVerify {
-			err = addVerify(vr, e.Result)
+			err = addResult(vr, e.Result)
 		} else {
-			err = addSync(sr, e.Result)
+			err = addResult(sr, e.Result)
 		}
 		if err != nil {
 			info.ShardErrors = append(info.ShardErrors, fmt.Sprintf("shard %s: result: %v", e.ID, err))
@@ -557,45 +557,16 @@ func (w *Worker) aggregate(ctx context.Context, job, typ string) (Outcome, error
 	return &JobSyncResult{SyncResult: sr, Job: info}, nil
 }
 
-func addVerify(t *datastore.VerifyResult, b []byte) error {
-	var r datastore.VerifyResult
+// addResult adds a shard's JSON result to t.
+func addResult[R any, P interface {
+	*R
+	Add(*R)
+}](t P, b []byte) error {
+	var r R
 	if err := json.Unmarshal(b, &r); err != nil {
 		return err
 	}
-	t.Snapshots += r.Snapshots
-	t.OK += r.OK
-	t.Failed = append(t.Failed, r.Failed...)
-	t.Skipped = append(t.Skipped, r.Skipped...)
-	t.Unfinished = append(t.Unfinished, r.Unfinished...)
-	t.AlreadyVerified += r.AlreadyVerified
-	t.Chunks += r.Chunks
-	t.ChunksCorrupt += r.ChunksCorrupt
-	t.ChunksMissing += r.ChunksMissing
-	t.ChunksEncrypted += r.ChunksEncrypted
-	t.RenamedBad = append(t.RenamedBad, r.RenamedBad...)
-	t.Bytes += r.Bytes
-	return nil
-}
-
-func addSync(t *datastore.SyncResult, b []byte) error {
-	var r datastore.SyncResult
-	if err := json.Unmarshal(b, &r); err != nil {
-		return err
-	}
-	t.Groups += r.Groups
-	t.GroupsCreated += r.GroupsCreated
-	t.NamespacesCreated += r.NamespacesCreated
-	t.Snapshots += r.Snapshots
-	t.SnapshotsPresent += r.SnapshotsPresent
-	t.Chunks += r.Chunks
-	t.ChunksPresent += r.ChunksPresent
-	t.ChunksTouched += r.ChunksTouched
-	t.ChunksRenamed += r.ChunksRenamed
-	t.Bytes += r.Bytes
-	t.FilesWritten += r.FilesWritten
-	t.Failed = append(t.Failed, r.Failed...)
-	t.Skipped = append(t.Skipped, r.Skipped...)
-	t.Warnings = append(t.Warnings, r.Warnings...)
+	t.Add(&r)
 	return nil
 }
 
