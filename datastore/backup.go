@@ -18,6 +18,7 @@ import (
 	"time"
 
 	fastcdc "github.com/jotfs/fastcdc-go"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/format"
@@ -401,47 +402,45 @@ func (s *Store) storeChunks(ctx context.Context, next func([]byte) ([]byte, erro
 	for i := 0; i < cap(bufs); i++ {
 		bufs <- make([]byte, dynMaxChunk)
 	}
-	jobs := make(chan job)
 	results := make(chan done, workers*2)
 	var zeroStored atomic.Bool
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				var d [32]byte
-				if len(j.data) == FixedChunkSize && isZero(j.data) {
-					d = zeroChunkDigest()
-					if zeroStored.Load() {
-						results <- done{seq: j.seq, digest: d, n: len(j.data)}
-						bufs <- j.buf
-						continue
-					}
-				} else {
-					d = sha256.Sum256(j.data)
-				}
-				blob, err := format.EncodeBlob(j.data)
-				if err == nil {
-					var ins bool
-					ins, err = s.InsertChunk(ctx, d, blob)
-					if err == nil {
-						if d == zeroChunkDigest() && len(j.data) == FixedChunkSize {
-							zeroStored.Store(true)
-						}
-						results <- done{seq: j.seq, digest: d, n: len(j.data), inserted: ins}
-					}
-				}
-				if err != nil {
-					cancel(err)
-				}
-				bufs <- j.buf
+	store := func(j job) {
+		defer func() { bufs <- j.buf }()
+		var d [32]byte
+		if len(j.data) == FixedChunkSize && isZero(j.data) {
+			d = zeroChunkDigest()
+			if zeroStored.Load() {
+				results <- done{seq: j.seq, digest: d, n: len(j.data)}
+				return
 			}
-		}()
+		} else {
+			d = sha256.Sum256(j.data)
+		}
+		blob, err := format.EncodeBlob(j.data)
+		if err == nil {
+			var ins bool
+			ins, err = s.InsertChunk(ctx, d, blob)
+			if err == nil {
+				if d == zeroChunkDigest() && len(j.data) == FixedChunkSize {
+					zeroStored.Store(true)
+				}
+				results <- done{seq: j.seq, digest: d, n: len(j.data), inserted: ins}
+			}
+		}
+		if err != nil {
+			cancel(err)
+		}
 	}
+	// An error cancels ctx (its cause is returned below): the reader stops
+	// handing out chunks, and those in flight finish or fail fast.
 	var readErr error
 	go func() {
-		defer close(jobs)
+		pool := new(errgroup.Group)
+		pool.SetLimit(workers)
+		defer func() {
+			_ = pool.Wait()
+			close(results)
+		}()
 		for seq := 0; ; seq++ {
 			var buf []byte
 			select {
@@ -459,14 +458,12 @@ func (s *Store) storeChunks(ctx context.Context, next func([]byte) ([]byte, erro
 				cancel(err)
 				return
 			}
-			select {
-			case jobs <- job{seq: seq, buf: buf, data: data}:
-			case <-ctx.Done():
-				return
-			}
+			pool.Go(func() error {
+				store(job{seq: seq, buf: buf, data: data})
+				return nil
+			})
 		}
 	}()
-	go func() { wg.Wait(); close(results) }()
 
 	var digests [][32]byte
 	var lens []int

@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"sync"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pbsq/pbsq/datastore/backend"
 )
 
@@ -32,38 +34,23 @@ type sweepBatcher struct {
 	rw    backend.RangeWalker
 	batch []ChunkFile
 	span  int // chunk files walked since batch[0]
-	q     chan []ChunkFile
-	wg    sync.WaitGroup
-	errMu sync.Mutex
-	err   error
+	// removals runs sweepBatchWorkers batches at a time; an error cancels
+	// the GC, and every batch's error is reported.
+	removals errgroup.Group
+	errMu    sync.Mutex
+	err      error
 }
 
 // newSweepBatcher returns nil when the sweep removes chunk by chunk: dry
 // runs, filesystems, backends without batch deletes or ordered listings.
-func (g *gcRun) newSweepBatcher(ctx context.Context) *sweepBatcher {
+func (g *gcRun) newSweepBatcher() *sweepBatcher {
 	rm, ok1 := g.s.b.(backend.BatchRemover)
 	rw, ok2 := g.s.b.(backend.RangeWalker)
 	if g.req.DryRun || !g.objectStore || !ok1 || !ok2 {
 		return nil
 	}
-	b := &sweepBatcher{g: g, rm: rm, rw: rw, q: make(chan []ChunkFile, sweepBatchWorkers)}
-	for range sweepBatchWorkers {
-		b.wg.Add(1)
-		go func() {
-			defer b.wg.Done()
-			for batch := range b.q {
-				if ctx.Err() != nil {
-					continue
-				}
-				if err := g.removeBatch(ctx, b.rm, b.rw, batch); err != nil {
-					b.errMu.Lock()
-					b.err = errors.Join(b.err, err)
-					b.errMu.Unlock()
-					g.cancel(err)
-				}
-			}
-		}()
-	}
+	b := &sweepBatcher{g: g, rm: rm, rw: rw}
+	b.removals.SetLimit(sweepBatchWorkers)
 	return b
 }
 
@@ -85,11 +72,22 @@ func (b *sweepBatcher) flush(ctx context.Context) error {
 	if len(b.batch) == 0 {
 		return nil
 	}
-	select {
-	case b.q <- b.batch:
-	case <-ctx.Done():
-		return context.Cause(ctx)
+	if err := context.Cause(ctx); err != nil {
+		return err
 	}
+	batch := b.batch
+	b.removals.Go(func() error {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := b.g.removeBatch(ctx, b.rm, b.rw, batch); err != nil {
+			b.errMu.Lock()
+			b.err = errors.Join(b.err, err)
+			b.errMu.Unlock()
+			b.g.cancel(err)
+		}
+		return nil
+	})
 	b.batch, b.span = nil, 0
 	return nil
 }
@@ -97,8 +95,7 @@ func (b *sweepBatcher) flush(ctx context.Context) error {
 // close removes the last batch and waits for all of them.
 func (b *sweepBatcher) close(ctx context.Context) error {
 	err := b.flush(ctx)
-	close(b.q)
-	b.wg.Wait()
+	_ = b.removals.Wait() // errors are joined in b.err
 	b.errMu.Lock()
 	defer b.errMu.Unlock()
 	return errors.Join(err, b.err)

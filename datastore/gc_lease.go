@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/internal/tick"
 )
 
 // ---- the GC lease ----
@@ -103,7 +104,7 @@ func (s *Store) acquireGCLease(ctx context.Context, cancel context.CancelCauseFu
 		}
 		return nil
 	}
-	stopBeat := heartbeat(gcLeaseRefresh, func() bool {
+	stopBeat := tick.Start(bg, gcLeaseRefresh, func() bool {
 		if errors.Is(confirm(bg), ErrGCLeaseLost) {
 			return false
 		}

@@ -20,7 +20,7 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	// Object stores without batch removal: one request per removal, as
 	// many at a time as the backend keeps in flight.
 	var removals *errgroup.Group
-	batches := g.newSweepBatcher(ctx)
+	batches := g.newSweepBatcher()
 	if g.objectStore && !g.req.DryRun && batches == nil {
 		removals = new(errgroup.Group)
 		removals.SetLimit(g.s.b.Features().InFlight)

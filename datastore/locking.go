@@ -8,15 +8,15 @@ import (
 )
 
 func (s *Store) nsRequest(ns name.Namespace, mode lock.Mode) lock.Request {
-	return lock.Request{Kind: lock.Namespace, Mode: mode, Store: s.name, NS: ns}
+	return lock.NamespaceRequest(s.name, ns, mode)
 }
 
 func (s *Store) groupRequest(g name.Group) lock.Request {
-	return lock.Request{Kind: lock.Group, Mode: lock.Exclusive, Store: s.name, NS: g.NS, Group: g}
+	return lock.GroupRequest(s.name, g)
 }
 
 func (s *Store) snapshotRequest(snap name.Snapshot, mode lock.Mode) lock.Request {
-	return lock.Request{Kind: lock.Snapshot, Mode: mode, Store: s.name, NS: snap.NS, Group: snap.Group, Snapshot: snap}
+	return lock.SnapshotRequest(s.name, snap, mode)
 }
 
 // lockChain takes the requests in order (callers give namespace → group →

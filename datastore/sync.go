@@ -95,6 +95,29 @@ type SyncResult struct {
 	MiBPerSecond      float64          `json:"mib-per-second"`
 }
 
+// Add adds o's counts and lists to r: the sum of the shards of a job.
+// Seconds and MiBPerSecond describe a whole run and are left to whoever
+// ran it.
+func (r *SyncResult) Add(o *SyncResult) {
+	r.Groups += o.Groups
+	r.GroupsCreated += o.GroupsCreated
+	r.NamespacesCreated += o.NamespacesCreated
+	r.Snapshots += o.Snapshots
+	r.SnapshotsPresent += o.SnapshotsPresent
+	r.Chunks += o.Chunks
+	r.ChunksPresent += o.ChunksPresent
+	r.ChunksTouched += o.ChunksTouched
+	r.ChunksRenamed += o.ChunksRenamed
+	r.Bytes += o.Bytes
+	r.FilesWritten += o.FilesWritten
+	r.RemovedSnapshots += o.RemovedSnapshots
+	r.RemovedGroups += o.RemovedGroups
+	r.RemovedNamespaces += o.RemovedNamespaces
+	r.Failed = append(r.Failed, o.Failed...)
+	r.Skipped = append(r.Skipped, o.Skipped...)
+	r.Warnings = append(r.Warnings, o.Warnings...)
+}
+
 // Outcome folds the result into ok, skipped or failed.
 func (r *SyncResult) Outcome() error {
 	switch {

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
@@ -91,6 +93,26 @@ type VerifyResult struct {
 	// Resumed counts the snapshots an interrupted run of the job checked.
 	Resumed int           `json:"resumed,omitempty"`
 	Sample  *SampleResult `json:"sample,omitempty"`
+}
+
+// Add adds o's counts and lists to r: the sum of the shards of a job.
+// Seconds, MiBPerSecond and Sample describe a whole run (a sampled run is
+// never sharded) and are left to whoever ran it.
+func (r *VerifyResult) Add(o *VerifyResult) {
+	r.Snapshots += o.Snapshots
+	r.OK += o.OK
+	r.Failed = append(r.Failed, o.Failed...)
+	r.Skipped = append(r.Skipped, o.Skipped...)
+	r.Unfinished = append(r.Unfinished, o.Unfinished...)
+	r.AlreadyVerified += o.AlreadyVerified
+	r.Chunks += o.Chunks
+	r.ChunksCorrupt += o.ChunksCorrupt
+	r.ChunksMissing += o.ChunksMissing
+	r.ChunksEncrypted += o.ChunksEncrypted
+	r.RenamedBad = append(r.RenamedBad, o.RenamedBad...)
+	r.Bytes += o.Bytes
+	r.NotReached += o.NotReached
+	r.Resumed += o.Resumed
 }
 
 // Outcome folds the result into ok, skipped or failed.
@@ -443,39 +465,10 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 		return nil, err
 	}
 
-	jobs := make(chan chunkRef)
-	var wg sync.WaitGroup
-	var firstErr error
-	var errOnce sync.Once
-	for w := 0; w < min(v.workers, max(len(todo), 1)); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := v.checker()
-			defer v.putChecker(c)
-			for r := range jobs {
-				st, n, err := v.checkChunk(ctx, r, c)
-				if st == 0 {
-					errOnce.Do(func() { firstErr = err })
-					continue
-				}
-				var why string
-				if err != nil {
-					why = err.Error()
-				}
-				if st == chunkCorrupt && !v.req.ReadOnly {
-					if p, err := v.s.RenameCorruptChunk(ctx, r.digest); err != nil {
-						why += "; could not rename: " + err.Error()
-					} else {
-						v.mu.Lock()
-						v.res.RenamedBad = append(v.res.RenamedBad, p)
-						v.mu.Unlock()
-					}
-				}
-				v.record(r, st, why, n)
-			}
-		}()
-	}
+	// A read error fails the task, but does not stop the other checks: the
+	// chunks handed out are all checked, and the first error is returned.
+	checks := new(errgroup.Group)
+	checks.SetLimit(max(v.workers, 1))
 	stopped := false
 	for _, r := range todo {
 		if ctx.Err() != nil {
@@ -484,10 +477,9 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 		if stopped = v.plan.timeUp(); stopped {
 			break
 		}
-		jobs <- r
+		checks.Go(func() error { return v.checkOne(ctx, r) })
 	}
-	close(jobs)
-	wg.Wait()
+	firstErr := checks.Wait()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -516,6 +508,33 @@ func (v *verifier) chunks(ctx context.Context, refs []chunkRef) ([]string, error
 		}
 	}
 	return reasons, nil
+}
+
+// checkOne checks a chunk, renames it when corrupt (unless read-only) and
+// records the verdict; an I/O error that is not the chunk's fault is
+// returned instead.
+func (v *verifier) checkOne(ctx context.Context, r chunkRef) error {
+	c := v.checker()
+	defer v.putChecker(c)
+	st, n, err := v.checkChunk(ctx, r, c)
+	if st == 0 {
+		return err
+	}
+	var why string
+	if err != nil {
+		why = err.Error()
+	}
+	if st == chunkCorrupt && !v.req.ReadOnly {
+		if p, err := v.s.RenameCorruptChunk(ctx, r.digest); err != nil {
+			why += "; could not rename: " + err.Error()
+		} else {
+			v.mu.Lock()
+			v.res.RenamedBad = append(v.res.RenamedBad, p)
+			v.mu.Unlock()
+		}
+	}
+	v.record(r, st, why, n)
+	return nil
 }
 
 func (v *verifier) record(r chunkRef, st chunkState, why string, size int64) {

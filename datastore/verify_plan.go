@@ -191,13 +191,36 @@ func (l *chunkList) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
-// rotationRecord is where a scope's sampled rotation stands.
-type rotationRecord struct {
-	Version int    `json:"version"`
-	Scope   string `json:"scope"`
-	// Started is when the rotation's first run started.
+// recordHeader is what both verify records hold: the format version, the
+// scope they are of, and when their first run started and the last one
+// wrote them.
+type recordHeader struct {
+	Version int       `json:"version"`
+	Scope   string    `json:"scope"`
 	Started time.Time `json:"started"`
 	Updated time.Time `json:"updated"`
+}
+
+func newRecordHeader(scope string, started, updated time.Time) recordHeader {
+	return recordHeader{Version: verifyRecordVersion, Scope: scope, Started: started, Updated: updated}
+}
+
+func (h *recordHeader) validate(scope string) error {
+	switch {
+	case h.Version != verifyRecordVersion:
+		return fmt.Errorf("version %d", h.Version)
+	case h.Scope != scope:
+		return fmt.Errorf("scope %q, not %q", h.Scope, scope)
+	case h.Started.IsZero() || h.Updated.IsZero():
+		return errors.New("no start or update time")
+	}
+	return nil
+}
+
+// rotationRecord is where a scope's sampled rotation stands; Started is
+// when the rotation's first run started.
+type rotationRecord struct {
+	recordHeader
 	// Next is the first bucket of the next run's window.
 	Next int `json:"next"`
 	// Covered is how many buckets the rotation's finished runs covered;
@@ -212,15 +235,11 @@ type rotationRecord struct {
 }
 
 func (r *rotationRecord) validate(scope string) error {
-	switch {
-	case r.Version != verifyRecordVersion:
-		return fmt.Errorf("version %d", r.Version)
-	case r.Scope != scope:
-		return fmt.Errorf("scope %q, not %q", r.Scope, scope)
-	case r.Next < 0 || r.Next >= sampleBuckets || r.Covered < 0 || r.Covered > sampleBuckets:
+	if err := r.recordHeader.validate(scope); err != nil {
+		return err
+	}
+	if r.Next < 0 || r.Next >= sampleBuckets || r.Covered < 0 || r.Covered > sampleBuckets {
 		return fmt.Errorf("next %d, covered %d: out of range", r.Next, r.Covered)
-	case r.Started.IsZero() || r.Updated.IsZero():
-		return errors.New("no start or update time")
 	}
 	return nil
 }
@@ -228,26 +247,19 @@ func (r *rotationRecord) validate(scope string) error {
 // resumeRecord is what a time-boxed run finished, for the next run of the
 // same scope and mode.
 type resumeRecord struct {
-	Version int    `json:"version"`
-	Scope   string `json:"scope"`
+	recordHeader
 	// Mode is "full" or the sample window ("sample <from>+<width>").
-	Mode    string    `json:"mode"`
-	Started time.Time `json:"started"`
-	Updated time.Time `json:"updated"`
-	Passed  hashList  `json:"passed"`
-	Failed  hashList  `json:"failed"`
-	Chunks  chunkList `json:"chunks"`
+	Mode   string    `json:"mode"`
+	Passed hashList  `json:"passed"`
+	Failed hashList  `json:"failed"`
+	Chunks chunkList `json:"chunks"`
 }
 
 func (r *resumeRecord) validate(scope string) error {
-	switch {
-	case r.Version != verifyRecordVersion:
-		return fmt.Errorf("version %d", r.Version)
-	case r.Scope != scope:
-		return fmt.Errorf("scope %q, not %q", r.Scope, scope)
-	case r.Started.IsZero() || r.Updated.IsZero():
-		return errors.New("no start or update time")
-	case len(r.Mode) > 64:
+	if err := r.recordHeader.validate(scope); err != nil {
+		return err
+	}
+	if len(r.Mode) > 64 {
 		return errors.New("mode too long")
 	}
 	return nil
@@ -375,7 +387,7 @@ func (s *Store) newVerifyPlan(ctx context.Context, req VerifyRequest, start time
 			if ok {
 				next = p.rot.Next // a completed rotation: the next one goes on from there
 			}
-			p.rot = rotationRecord{Version: verifyRecordVersion, Scope: p.scope, Started: start.UTC(), Next: next, Members: hashList{}}
+			p.rot = rotationRecord{recordHeader: newRecordHeader(p.scope, start.UTC(), time.Time{}), Next: next, Members: hashList{}}
 		}
 		p.from = p.rot.Next
 		p.complete = p.rot.Covered+p.width >= sampleBuckets
@@ -494,7 +506,7 @@ func (s *Store) finishVerifyPlan(ctx context.Context, req VerifyRequest, p *veri
 	}
 	resumePath := verifyRecordPath(verifyResumeDir, req.Scope)
 	if p.stopped {
-		rec := resumeRecord{Version: verifyRecordVersion, Scope: p.scope, Mode: p.mode(), Started: now.UTC(), Updated: now.UTC(),
+		rec := resumeRecord{recordHeader: newRecordHeader(p.scope, now.UTC(), now.UTC()), Mode: p.mode(),
 			Passed: passed, Failed: failed, Chunks: chunkList{}}
 		if p.resumed {
 			rec.Started = p.resume.Started

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
+	"github.com/pbsq/pbsq/internal/tick"
 )
 
 // The active-writer registry tells garbage collection how far back it must
@@ -76,7 +77,7 @@ func (s *Store) registerWriter(ctx context.Context) (done func(), err error) {
 	// The heartbeat outlives a cancelled ctx until done is called: the entry
 	// must stay fresh for as long as the writer may still insert chunks.
 	bg := context.WithoutCancel(ctx)
-	stopBeat := heartbeat(writerHeartbeat, func() bool {
+	stopBeat := tick.Start(bg, writerHeartbeat, func() bool {
 		e.Heartbeat = time.Now().UTC()
 		if err := s.writeWriterEntry(bg, &e); err != nil {
 			s.log.Warn("writer heartbeat failed; a garbage collection may not see this writer", "writer", e.ID, "err", err)
@@ -144,32 +145,4 @@ func (s *Store) activeWriters(ctx context.Context) (live []writerEntry, stale []
 		live = append(live, e)
 	}
 	return live, stale, nil
-}
-
-// heartbeat calls beat every interval until beat returns false or the
-// returned stop is called; stop waits for a running beat to finish. The GC
-// lease and the writer registry both stay fresh this way.
-func heartbeat(every time.Duration, beat func() bool) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if !beat() {
-					return
-				}
-			}
-		}
-	}()
-	return func() {
-		close(done)
-		wg.Wait()
-	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore/name"
+	"github.com/pbsq/pbsq/internal/tick"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -291,16 +292,10 @@ func (w *Worker) settleAll(ctx context.Context) {
 
 // chainLoop settles held dependents every interval.
 func (w *Worker) chainLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick.Loop(ctx, every, func() bool {
 		w.settleAll(ctx)
-	}
+		return true
+	})
 }
 
 // endedBefore finishes a re-run of a task whose earlier run already wrote

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore"
+	"github.com/pbsq/pbsq/internal/tick"
 )
 
 // The chunk ledger of a sharded job (docs/DESIGN.md §13): one Redis hash
@@ -197,24 +198,12 @@ func heartbeat(ctx context.Context, rdb redis.UniversalClient, job, id string) (
 		_ = rdb.Set(bctx, key, 1, heartbeatTTL).Err()
 	}
 	beat()
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(heartbeatTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				beat()
-			}
-		}
-	}()
+	stopBeat := tick.Start(context.WithoutCancel(ctx), heartbeatTTL/3, func() bool {
+		beat()
+		return true
+	})
 	return func() {
-		cancel()
-		<-done
+		stopBeat()
 		bctx, c2 := bookkeeping(context.Background())
 		defer c2()
 		_ = rdb.Del(bctx, key).Err()

@@ -145,25 +145,14 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 	if n, err := rdb.Exists(ctx, jobKey(id)).Result(); err == nil && n > 0 {
 		return cancelJob(ctx, rdb, ins, id)
 	}
-	mark := func() error {
-		if err := rdb.Set(ctx, cancelKey(id), time.Now().Unix(), cancelTTL).Err(); err != nil {
-			return fmt.Errorf("cancel task %s: %w", id, err)
-		}
-		return nil
-	}
 	for attempt := 0; ; attempt++ {
-		info, err := FindTask(ins, id)
-		if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-			return 0, fmt.Errorf("task %q: %w", id, ErrTaskNotFound)
-		}
+		info, err := liveTask(ins, id)
 		if err != nil {
-			return 0, fmt.Errorf("cancel task %s: %w", id, err)
+			return taskState(info), err
 		}
 		switch info.State {
-		case asynq.TaskStateCompleted, asynq.TaskStateArchived:
-			return info.State, fmt.Errorf("task %s is %s: %w", id, info.State, ErrFinished)
 		case asynq.TaskStateActive:
-			if err := mark(); err != nil {
+			if err := markCancelled(ctx, rdb, id); err != nil {
 				return info.State, err
 			}
 			if err := ins.CancelProcessing(id); err != nil {
@@ -172,7 +161,7 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 			return info.State, archiveWhenStopped(ctx, ins, info.Queue, id)
 		default:
 			// Mark first: a worker dequeuing it meanwhile sees the mark.
-			if err := mark(); err != nil {
+			if err := markCancelled(ctx, rdb, id); err != nil {
 				return info.State, err
 			}
 			err := ins.DeleteTask(info.Queue, id)
@@ -185,6 +174,41 @@ func Cancel(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector
 			// Most likely a worker took it just now: look again.
 		}
 	}
+}
+
+// liveTask finds task id for Cancel: ErrTaskNotFound when no queue holds
+// it, ErrFinished (with the task's info) when it has completed or been
+// archived, so that nothing is left to stop.
+func liveTask(ins *asynq.Inspector, id string) (*asynq.TaskInfo, error) {
+	info, err := FindTask(ins, id)
+	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
+		return nil, fmt.Errorf("task %q: %w", id, ErrTaskNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cancel task %s: %w", id, err)
+	}
+	switch info.State {
+	case asynq.TaskStateCompleted, asynq.TaskStateArchived:
+		return info, fmt.Errorf("task %s is %s: %w", id, info.State, ErrFinished)
+	}
+	return info, nil
+}
+
+// taskState is info's state, or 0 when there is no info.
+func taskState(info *asynq.TaskInfo) asynq.TaskState {
+	if info == nil {
+		return 0
+	}
+	return info.State
+}
+
+// markCancelled sets the mark that a handler (or a shard about to start)
+// checks to stop task id.
+func markCancelled(ctx context.Context, rdb redis.UniversalClient, id string) error {
+	if err := rdb.Set(ctx, cancelKey(id), time.Now().Unix(), cancelTTL).Err(); err != nil {
+		return fmt.Errorf("cancel task %s: %w", id, err)
+	}
+	return nil
 }
 
 // archiveWhenStopped waits for asynq to move a cancelled task out of the

@@ -555,9 +555,9 @@ func (w *Worker) aggregate(ctx context.Context, job, typ string) (Outcome, error
 		}
 		var err error
 		if typ == tasks.TypeVerify {
-			err = addVerify(vr, e.Result)
+			err = addResult(vr, e.Result)
 		} else {
-			err = addSync(sr, e.Result)
+			err = addResult(sr, e.Result)
 		}
 		if err != nil {
 			info.ShardErrors = append(info.ShardErrors, fmt.Sprintf("shard %s: result: %v", e.ID, err))
@@ -581,65 +581,29 @@ func (w *Worker) aggregate(ctx context.Context, job, typ string) (Outcome, error
 	return &JobSyncResult{SyncResult: sr, Job: info}, nil
 }
 
-func addVerify(t *datastore.VerifyResult, b []byte) error {
-	var r datastore.VerifyResult
+// addResult adds a shard's JSON result to t.
+func addResult[R any, P interface {
+	*R
+	Add(*R)
+}](t P, b []byte) error {
+	var r R
 	if err := json.Unmarshal(b, &r); err != nil {
 		return err
 	}
-	t.Snapshots += r.Snapshots
-	t.OK += r.OK
-	t.Failed = append(t.Failed, r.Failed...)
-	t.Skipped = append(t.Skipped, r.Skipped...)
-	t.Unfinished = append(t.Unfinished, r.Unfinished...)
-	t.AlreadyVerified += r.AlreadyVerified
-	t.Chunks += r.Chunks
-	t.ChunksCorrupt += r.ChunksCorrupt
-	t.ChunksMissing += r.ChunksMissing
-	t.ChunksEncrypted += r.ChunksEncrypted
-	t.RenamedBad = append(t.RenamedBad, r.RenamedBad...)
-	t.Bytes += r.Bytes
-	return nil
-}
-
-func addSync(t *datastore.SyncResult, b []byte) error {
-	var r datastore.SyncResult
-	if err := json.Unmarshal(b, &r); err != nil {
-		return err
-	}
-	t.Groups += r.Groups
-	t.GroupsCreated += r.GroupsCreated
-	t.NamespacesCreated += r.NamespacesCreated
-	t.Snapshots += r.Snapshots
-	t.SnapshotsPresent += r.SnapshotsPresent
-	t.Chunks += r.Chunks
-	t.ChunksPresent += r.ChunksPresent
-	t.ChunksTouched += r.ChunksTouched
-	t.ChunksRenamed += r.ChunksRenamed
-	t.Bytes += r.Bytes
-	t.FilesWritten += r.FilesWritten
-	t.Failed = append(t.Failed, r.Failed...)
-	t.Skipped = append(t.Skipped, r.Skipped...)
-	t.Warnings = append(t.Warnings, r.Warnings...)
+	t.Add(&r)
 	return nil
 }
 
 // cancelJob cancels a sharded job: every shard, then the job's task,
 // which keeps its record (archived, outcome cancelled).
 func cancelJob(ctx context.Context, rdb redis.UniversalClient, ins *asynq.Inspector, id string) (asynq.TaskState, error) {
-	info, err := FindTask(ins, id)
-	if errors.Is(err, asynq.ErrTaskNotFound) || errors.Is(err, asynq.ErrQueueNotFound) {
-		return 0, fmt.Errorf("task %q: %w", id, ErrTaskNotFound)
-	}
+	info, err := liveTask(ins, id)
 	if err != nil {
-		return 0, fmt.Errorf("cancel task %s: %w", id, err)
-	}
-	switch info.State {
-	case asynq.TaskStateCompleted, asynq.TaskStateArchived:
-		return info.State, fmt.Errorf("task %s is %s: %w", id, info.State, ErrFinished)
+		return taskState(info), err
 	}
 	// The mark first: a shard starting meanwhile sees it and stops.
-	if err := rdb.Set(ctx, cancelKey(id), time.Now().Unix(), cancelTTL).Err(); err != nil {
-		return info.State, fmt.Errorf("cancel task %s: %w", id, err)
+	if err := markCancelled(ctx, rdb, id); err != nil {
+		return info.State, err
 	}
 	m, err := rdb.HGetAll(ctx, jobKey(id)).Result()
 	if err != nil {

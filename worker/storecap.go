@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/pbsq/pbsq/datastore/lock"
+	"github.com/pbsq/pbsq/internal/tick"
 )
 
 // Per-store job caps (datastores.<name>.max-jobs): at most N tasks of a
@@ -133,15 +134,9 @@ func (w *Worker) takeSlots(ctx context.Context, stores []string, id string, log 
 		return nil, e
 	}
 	log.Info("job slot taken", "stores", capped)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.keepSlots(ctx, keys, member, stop, log, lost)
-	}()
+	stopKeep := w.keepSlots(ctx, keys, member, log, lost)
 	return func() {
-		close(stop)
-		<-done
+		stopKeep()
 		rctx, cancel := bookkeeping(ctx)
 		defer cancel()
 		if _, err := w.rdb.Pipelined(rctx, func(p redis.Pipeliner) error {
@@ -155,32 +150,27 @@ func (w *Worker) takeSlots(ctx context.Context, stores []string, id string, log 
 	}, nil
 }
 
-// keepSlots refreshes the slots every third of the lease; when a refresh
-// cannot succeed before the lease would run out, the slot is lost.
-func (w *Worker) keepSlots(ctx context.Context, keys []string, member string, stop <-chan struct{}, log *slog.Logger, lost func(error)) {
+// keepSlots refreshes the slots every third of the lease until stop (it
+// outlives a cancelled ctx); when a refresh cannot succeed before the
+// lease would run out, the slot is lost.
+func (w *Worker) keepSlots(ctx context.Context, keys []string, member string, log *slog.Logger, lost func(error)) (stop func()) {
 	lastOK := time.Now()
-	tick := time.NewTicker(slotLease / 3)
-	defer tick.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-tick.C:
-		}
+	return tick.Start(context.WithoutCancel(ctx), slotLease/3, func() bool {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), slotLease/3)
 		n, err := slotRefresh.Run(rctx, w.rdb, keys, slotLease.Milliseconds(), member).Int64()
 		cancel()
 		switch {
 		case err == nil && n == 1:
 			lastOK = time.Now()
-			continue
+			return true
 		case err == nil:
 			err = errors.New("slot taken over after its lease ran out")
 		}
 		log.Warn("job slot refresh failed", "err", err)
 		if time.Since(lastOK) > slotLease*2/3 {
 			lost(fmt.Errorf("job slot lost: %w", err))
-			return
+			return false
 		}
-	}
+		return true
+	})
 }

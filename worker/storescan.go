@@ -13,6 +13,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore"
 	"github.com/pbsq/pbsq/internal/promreg"
+	"github.com/pbsq/pbsq/internal/tick"
 	"github.com/pbsq/pbsq/tasks"
 )
 
@@ -152,16 +153,11 @@ type usager interface {
 // scanLoop scans the stores at once and every interval.
 func (w *Worker) scanLoop(ctx context.Context, o ScanOptions) {
 	every := cmpOr(o.Interval, DefaultScanInterval)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
+	w.ScanStores(ctx, o)
+	tick.Loop(ctx, every, func() bool {
 		w.ScanStores(ctx, o)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+		return true
+	})
 }
 
 // ScanStores updates the datastore, snapshot, group, job and GC gauges.

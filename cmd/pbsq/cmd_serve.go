@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
+	"github.com/pbsq/pbsq/internal/tick"
 	"github.com/spf13/cobra"
 )
 
@@ -295,20 +297,10 @@ func orNone(s string) string {
 // tickMiniredis lets keys with a TTL expire: miniredis only ages them when
 // told to.
 func tickMiniredis(mr *miniredis.Miniredis) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				mr.FastForward(time.Second)
-			case <-done:
-				return
-			}
-		}
-	}()
-	return func() { close(done) }
+	return tick.Start(context.Background(), time.Second, func() bool {
+		mr.FastForward(time.Second)
+		return true
+	})
 }
 
 var indexPage = template.Must(template.New("index").Parse(`<!doctype html>

@@ -488,18 +488,38 @@ func notExistOK(err error) error {
 	return err
 }
 
+// removalParent opens the parent of dir for RemoveAll and RemoveDir: the
+// datastore base is refused, and a missing parent is ok=false with no
+// error (nothing to remove). The caller closes dfd when ok.
+func (f *FS) removalParent(dir string) (dfd int, base string, ok bool, err error) {
+	if dir == "" {
+		return -1, "", false, fmt.Errorf("%w: refusing to remove the datastore base", backend.ErrInvalidPath)
+	}
+	if err := check(dir); err != nil {
+		return -1, "", false, err
+	}
+	dfd, base, err = f.parent(dir)
+	if err != nil {
+		return -1, "", false, notExistOK(err)
+	}
+	return dfd, base, true, nil
+}
+
+// unlinkFile removes a non-directory base of dfd (at rel); gone already
+// is fine.
+func (f *FS) unlinkFile(dfd int, base, rel string) error {
+	if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
+		return &os.PathError{Op: "remove", Path: f.root.Join(rel), Err: err}
+	}
+	return nil
+}
+
 // RemoveAll implements backend.Backend. A tree holding a link is refused
 // (backend.ErrSymlink naming it) before anything is removed.
 func (f *FS) RemoveAll(ctx context.Context, dir string) error {
-	if dir == "" {
-		return fmt.Errorf("%w: refusing to remove the datastore base", backend.ErrInvalidPath)
-	}
-	if err := check(dir); err != nil {
+	dfd, base, ok, err := f.removalParent(dir)
+	if !ok {
 		return err
-	}
-	dfd, base, err := f.parent(dir)
-	if err != nil {
-		return notExistOK(err)
 	}
 	defer unix.Close(dfd)
 	var st unix.Stat_t
@@ -511,10 +531,7 @@ func (f *FS) RemoveAll(ctx context.Context, dir string) error {
 		return confine.Link(f.root.Join(dir))
 	case unix.S_IFDIR:
 	default:
-		if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
-			return &os.PathError{Op: "remove", Path: f.root.Join(dir), Err: err}
-		}
-		return nil
+		return f.unlinkFile(dfd, base, dir)
 	}
 	if err := f.removeTree(ctx, dfd, base, dir, true); err != nil {
 		return err
@@ -545,10 +562,7 @@ func (f *FS) removeTree(ctx context.Context, dfd int, base, rel string, scan boo
 		if scan {
 			return nil
 		}
-		if err := unix.Unlinkat(cfd, n, 0); err != nil && err != unix.ENOENT {
-			return &os.PathError{Op: "remove", Path: f.root.Join(sub), Err: err}
-		}
-		return nil
+		return f.unlinkFile(cfd, n, sub)
 	}) // closes cfd
 	if err != nil || scan {
 		return err
@@ -573,15 +587,9 @@ func (f *FS) Mkdir(ctx context.Context, dir string) error {
 
 // RemoveDir implements backend.Backend.
 func (f *FS) RemoveDir(ctx context.Context, dir string) error {
-	if dir == "" {
-		return fmt.Errorf("%w: refusing to remove the datastore base", backend.ErrInvalidPath)
-	}
-	if err := check(dir); err != nil {
+	dfd, base, ok, err := f.removalParent(dir)
+	if !ok {
 		return err
-	}
-	dfd, base, err := f.parent(dir)
-	if err != nil {
-		return notExistOK(err)
 	}
 	defer unix.Close(dfd)
 	err = unix.Unlinkat(dfd, base, unix.AT_REMOVEDIR)
@@ -596,10 +604,7 @@ func (f *FS) RemoveDir(ctx context.Context, dir string) error {
 			return confine.Link(f.root.Join(dir))
 		}
 		// A file, as os.Remove would.
-		if err := unix.Unlinkat(dfd, base, 0); err != nil && err != unix.ENOENT {
-			return &os.PathError{Op: "remove", Path: f.root.Join(dir), Err: err}
-		}
-		return nil
+		return f.unlinkFile(dfd, base, dir)
 	}
 	return &os.PathError{Op: "rmdir", Path: f.root.Join(dir), Err: err}
 }
