@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/pbsq/pbsq/datastore/backend"
 )
 
@@ -184,8 +182,8 @@ type gcRun struct {
 	// after the touch workers are done.
 	marked *digestSet
 
-	// touches touches newly marked chunks (nil in a dry run).
-	touches *errgroup.Group
+	touchq  chan Digest
+	touchWG sync.WaitGroup
 
 	mu         sync.Mutex // guards the fields below and res during the sweep
 	missing    map[Digest]struct{}

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -24,7 +22,7 @@ func (g *gcRun) mark(ctx context.Context) error {
 	}
 	g.rep.phase("mark", int64(total))
 	if !g.req.DryRun {
-		g.startTouchers()
+		g.startTouchers(ctx)
 	}
 	err = g.markTree(ctx)
 	if err == nil {
@@ -34,7 +32,8 @@ func (g *gcRun) mark(ctx context.Context) error {
 		err = g.markJournal(ctx)
 	}
 	if !g.req.DryRun {
-		_ = g.touches.Wait() // a failed touch cancels ctx, reported below
+		close(g.touchq)
+		g.touchWG.Wait()
 	}
 	if err != nil {
 		return err
@@ -239,10 +238,15 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 	// Streamed in bounded pieces: a huge (or sparse) index costs GC time,
 	// not memory.
 	info, err := scanIndexFile(ctx, g.s.b, p, func(_ int, d [32]byte, _, _ uint64) error {
-		if !g.marked.add(d) || g.touches == nil {
+		if !g.marked.add(d) || g.touchq == nil {
 			return nil
 		}
-		return g.startTouch(ctx, d)
+		select {
+		case g.touchq <- d:
+			return nil
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
 	})
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -262,33 +266,27 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 	return nil
 }
 
-// startTouchers sets up the touching of newly marked chunks: on all
-// cores, or as many at a time as an object store keeps in flight.
-func (g *gcRun) startTouchers() {
+// startTouchers starts the goroutines that touch newly marked chunks.
+func (g *gcRun) startTouchers(ctx context.Context) {
 	n := runtime.GOMAXPROCS(0)
 	if g.objectStore {
 		n = g.s.b.Features().InFlight
 	}
-	g.touches = new(errgroup.Group)
-	g.touches.SetLimit(n)
-}
-
-// startTouch touches d in the background, waiting for a free toucher; a
-// failed touch cancels the GC.
-func (g *gcRun) startTouch(ctx context.Context, d Digest) error {
-	if err := context.Cause(ctx); err != nil {
-		return err
+	g.touchq = make(chan Digest, 4096)
+	for range n {
+		g.touchWG.Add(1)
+		go func() {
+			defer g.touchWG.Done()
+			for d := range g.touchq {
+				if ctx.Err() != nil {
+					continue // drain, so the sender never blocks
+				}
+				if err := g.touch(ctx, d); err != nil {
+					g.cancel(fmt.Errorf("gc: touch chunk %s: %w", d, err))
+				}
+			}
+		}()
 	}
-	g.touches.Go(func() error {
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err := g.touch(ctx, d); err != nil {
-			g.cancel(fmt.Errorf("gc: touch chunk %s: %w", d, err))
-		}
-		return nil
-	})
-	return nil
 }
 
 // touch refreshes a referenced chunk's access time; a missing chunk's .bad
