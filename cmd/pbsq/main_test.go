@@ -424,6 +424,12 @@ func TestLockCommand(t *testing.T) {
 func TestServeEmbedded(t *testing.T) {
 	e := newEnv(t, false)
 	e.backups()
+	// A second store: its tasks go to a queue of their own, and the
+	// dashboard and tasks ls show both.
+	if err := os.MkdirAll(filepath.Join(e.dir, "store2", ".chunks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.mustRun("datastore", "add", "other", "--path", filepath.Join(e.dir, "store2"))
 	serve := e.start("serve")
 	statePath := e.statePath()
 	var st serveState
@@ -437,8 +443,16 @@ func TestServeEmbedded(t *testing.T) {
 
 	// The CLI finds the embedded Redis through the state file.
 	e.expect(0, "enqueue", "verify", "--store", "demo", "--wait")
-	if out := e.mustRun("tasks", "ls"); !strings.Contains(out, "completed") {
-		t.Errorf("tasks ls:\n%s", out)
+	e.expect(0, "enqueue", "gc", "--store", "other", "--dry-run", "--wait")
+	out := e.mustRun("tasks", "ls")
+	seen := map[string]bool{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) >= 4 && f[1] == "completed" {
+			seen[f[2]+" "+f[3]] = true
+		}
+	}
+	if !seen["verify demo"] || !seen["gc other"] {
+		t.Errorf("tasks ls does not show both stores' tasks:\n%s", out)
 	}
 	// A second serve for the same config is refused.
 	e.expect(2, "serve")
@@ -458,7 +472,7 @@ func TestServeEmbedded(t *testing.T) {
 	}
 	metrics := get(st.Metrics)
 	for _, want := range []string{`pbsq_tasks_total{outcome="ok",type="datastore:verify"} 1`, "pbsq_verify_chunks_total", "pbsq_lock_acquire_total",
-		`asynq_queue_size{queue="pbsq:demo"}`, `pbsq_queue_consumers{queue="pbsq:demo"} 1`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
+		`asynq_queue_size{queue="pbsq:demo"}`, `pbsq_queue_consumers{queue="pbsq:demo"} 1`, `pbsq_queue_consumers{queue="pbsq:other"} 1`, "pbsq_task_duration_seconds_bucket", "go_goroutines"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -476,8 +490,8 @@ func TestServeEmbedded(t *testing.T) {
 	if page := get(st.Dashboard); !strings.Contains(page, "/monitoring/") {
 		t.Errorf("dashboard page does not use its root path:\n%.300s", page)
 	}
-	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq:demo"`) {
-		t.Errorf("dashboard API: %s", api)
+	if api := get(strings.TrimSuffix(st.Dashboard, "/") + "/api/queues"); !strings.Contains(api, `"queue":"pbsq:demo"`) || !strings.Contains(api, `"queue":"pbsq:other"`) {
+		t.Errorf("dashboard API does not list both stores' queues: %s", api)
 	}
 
 	// SIGTERM: clean exit, state file gone.
