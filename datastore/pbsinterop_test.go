@@ -94,6 +94,10 @@ func ptChild(t *testing.T, mode, path string) (line string, pid int, stop func()
 	for sc.Scan() {
 		if l := sc.Text(); l == "LOCKED" || l == "OK" || l == "BUSY" {
 			go func() { _, _ = io.Copy(io.Discard, out) }()
+			if l != "LOCKED" {
+				// A try: its lock, if it got one, goes with the process.
+				stop()
+			}
 			return l, cmd.Process.Pid, stop
 		}
 	}
@@ -214,8 +218,9 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	}
 }
 
-// TestPbsqWriterRefusesPBSGC: a "PBS GC" cannot start while a pbsq backup
-// runs, nor while a pbsq GC runs; it can once they are done. pbsq's own
+// TestPbsqWriterRefusesPBSGC: a "PBS GC" cannot start while a pbsq backup,
+// sync into the store, move-group or move-namespace runs, nor while a pbsq
+// GC runs; it can once they are done. pbsq's own
 // backup and GC still run side by side (the writer registry covers them).
 func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	ctx := context.Background()
@@ -257,6 +262,47 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	}
 	if after, _, _ := ptChild(t, "try-write", lockPath); after != "OK" {
 		t.Errorf("PBS GC after pbsq finished: %s, want OK", after)
+	}
+
+	// The other writers: sync into the store, move-group, move-namespace.
+	src := ptSource(t)
+	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "c.img", 100<<10, 0))
+	for _, ns := range []string{"x", "y"} {
+		if err := s.CreateNamespace(ctx, name.MustNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range []struct {
+		what string
+		run  func(ProgressFunc) error
+	}{
+		{"sync", func(p ProgressFunc) error { _, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, p); return err }},
+		{"move-group", func(p ProgressFunc) error {
+			_, err := s.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("x")}, p)
+			return err
+		}},
+		{"move-namespace", func(p ProgressFunc) error {
+			_, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("x"), TargetNS: name.MustNamespace("y/z"), MaxDepth: -1}, p)
+			return err
+		}},
+	} {
+		got := "no progress reported"
+		var once sync.Once
+		// A mover reports its "check" phase once before it locks anything;
+		// "move" is reported under every lock.
+		if err := w.run(func(p Progress) {
+			if w.what == "sync" || p.Phase == "move" {
+				once.Do(func() { got, _, _ = ptChild(t, "try-write", lockPath) })
+			}
+		}); err != nil {
+			t.Fatalf("%s: %v", w.what, err)
+		}
+		if got != "BUSY" {
+			t.Errorf("PBS GC during a pbsq %s: %s, want BUSY", w.what, got)
+		}
+	}
+	if after, _, _ := ptChild(t, "try-write", lockPath); after != "OK" {
+		t.Errorf("PBS GC after the pbsq writers finished: %s, want OK", after)
 	}
 }
 
