@@ -33,8 +33,8 @@ import (
 
 // TestHelperPBS is the child process that plays a PBS process. Modes:
 // hold-read / hold-write take the record lock on PBS_PATH and keep it
-// until stdin closes; try-write attempts PBS GC's exclusive lock once and
-// prints OK or BUSY.
+// until stdin closes; try-write attempts PBS GC's exclusive lock once,
+// try-read a PBS writer's shared one, and prints OK or BUSY.
 func TestHelperPBS(t *testing.T) {
 	mode := os.Getenv("PBSQ_PBS_HELPER")
 	if mode == "" {
@@ -45,11 +45,11 @@ func TestHelperPBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	lk := &unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: 0, Len: 0}
-	if mode != "hold-read" {
+	if mode != "hold-read" && mode != "try-read" {
 		lk.Type = unix.F_WRLCK
 	}
 	err = unix.FcntlFlock(f.Fd(), unix.F_SETLK, lk)
-	if mode == "try-write" {
+	if mode == "try-write" || mode == "try-read" {
 		if err != nil {
 			fmt.Println("BUSY")
 		} else {
@@ -220,7 +220,8 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 
 // TestPbsqWriterRefusesPBSGC: a "PBS GC" cannot start while a pbsq backup,
 // sync into the store, move-group or move-namespace runs, nor while a pbsq
-// GC runs; it can once they are done. pbsq's own
+// GC runs; it can once they are done. Nor can a "PBS backup" while a pbsq
+// GC runs. pbsq's own
 // backup and GC still run side by side (the writer registry covers them).
 func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	ctx := context.Background()
@@ -252,16 +253,26 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 		t.Errorf("PBS GC during a pbsq GC (beside a pbsq backup): %s, want BUSY", gcInBackup)
 	}
 	var onceAlone sync.Once
+	var writerDuringGC string
 	if _, err := s.GC(ctx, GCRequest{}, func(Progress) {
-		onceAlone.Do(func() { duringGC, _, _ = ptChild(t, "try-write", lockPath) })
+		onceAlone.Do(func() {
+			duringGC, _, _ = ptChild(t, "try-write", lockPath)
+			writerDuringGC, _, _ = ptChild(t, "try-read", lockPath)
+		})
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if duringGC != "BUSY" {
 		t.Errorf("PBS GC during a pbsq GC: %s, want BUSY", duringGC)
 	}
+	if writerDuringGC != "BUSY" {
+		t.Errorf("PBS backup during a pbsq GC: %s, want BUSY", writerDuringGC)
+	}
 	if after, _, _ := ptChild(t, "try-write", lockPath); after != "OK" {
 		t.Errorf("PBS GC after pbsq finished: %s, want OK", after)
+	}
+	if after, _, _ := ptChild(t, "try-read", lockPath); after != "OK" {
+		t.Errorf("PBS backup after pbsq finished: %s, want OK", after)
 	}
 
 	// The other writers: sync into the store, move-group, move-namespace.
