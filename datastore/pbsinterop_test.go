@@ -473,6 +473,23 @@ func TestJournalCandidates(t *testing.T) {
 	}
 }
 
+// FuzzJournalCandidates: PBS's journal is a file anyone with write access
+// to the locks dir can fill; whatever a line holds, it maps only to
+// relative index paths of the store's layout, never outside it.
+func FuzzJournalCandidates(f *testing.F) {
+	f.Add("/srv/store/ns/a/vm/100/2024-01-01T00:00:00Z/x.fidx")
+	f.Add("/mnt/ns/ns/a/vm/1/2024-01-01T00:00:00Z/x.fidx")
+	f.Add("/srv/store/../etc/vm/1/2024-01-01T00:00:00Z/x.didx")
+	f.Add("relative/vm/1/2024-01-01T00:00:00Z/x.fidx")
+	f.Fuzz(func(t *testing.T, line string) {
+		for _, rel := range journalCandidates([]string{"/srv/store", "/real/store"}, line) {
+			if !inLayout(rel) || strings.HasPrefix(rel, "/") || strings.Contains("/"+rel+"/", "/../") || strings.Contains("/"+rel+"/", "/./") {
+				t.Fatalf("%q maps to %q, outside the store's layout", line, rel)
+			}
+		}
+	})
+}
+
 // ptFlockHolder holds path's flock with util-linux flock(1), as PBS holds
 // a manifest lock, until the returned func is called.
 func ptFlockHolder(t *testing.T, path string) func() {
