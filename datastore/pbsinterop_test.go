@@ -517,7 +517,8 @@ func ptFlockHolder(t *testing.T, path string) func() {
 
 // TestManifestLockSkips: with PBS holding a snapshot's manifest lock
 // (flock(1) on PBS's path), verify, prune and sync skip the snapshot and
-// report it (exit 4), and its manifest stays byte for byte as it was.
+// report it (exit 4), and its manifest stays byte for byte as it was; sync
+// writes no manifest for a new snapshot whose lock is held either.
 func TestManifestLockSkips(t *testing.T) {
 	old := manifestLockWait
 	manifestLockWait = 200 * time.Millisecond
@@ -553,6 +554,11 @@ func TestManifestLockSkips(t *testing.T) {
 		stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", sn.Snapshot))))
 	}
 
+	// A snapshot new to the target whose manifest lock PBS holds: sync
+	// writes nothing of it either.
+	fresh := ftBackup(t, src, "", "vm", "101", gtT0, ftFile(t, "a.img", 50<<10, 0)).SnapshotName()
+	stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", fresh))))
+
 	vres, err := s.Verify(ctx, VerifyRequest{Scope: Scope{MaxDepth: -1}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -560,13 +566,17 @@ func TestManifestLockSkips(t *testing.T) {
 	if !errors.Is(vres.Outcome(), ErrSkipped) || len(vres.Skipped) != 2 || !strings.Contains(vres.Skipped[0].Reason, "manifest lock") {
 		t.Errorf("verify: outcome %v, skipped %+v; want both snapshots skipped", vres.Outcome(), vres.Skipped)
 	}
-	// Sync re-syncs the newest snapshot, whose source manifest changed.
+	// Sync re-syncs the newest synced snapshot, whose source manifest
+	// changed, and the fresh one (another group, so that it is tried).
 	yres, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(yres.Outcome(), ErrSkipped) || len(yres.Skipped) != 1 || yres.Snapshots != 0 {
-		t.Errorf("sync: outcome %v, %d synced, skipped %+v; want the locked snapshot skipped", yres.Outcome(), yres.Snapshots, yres.Skipped)
+	if !errors.Is(yres.Outcome(), ErrSkipped) || len(yres.Skipped) != 2 || yres.Snapshots != 0 {
+		t.Errorf("sync: outcome %v, %d synced, skipped %+v; want both locked snapshots skipped", yres.Outcome(), yres.Snapshots, yres.Skipped)
+	}
+	if gtExists(t, dir, fresh.File(ManifestName)) {
+		t.Errorf("sync wrote the manifest of %s under PBS's manifest lock", fresh)
 	}
 	pres, err := s.Prune(ctx, PruneRequest{Scope: Scope{MaxDepth: -1}, Keep: prune.Options{KeepLast: 1}}, nil)
 	if err != nil {
