@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need, idempotently, with pinned
-# versions: Debian packages (redis-server, prometheus/promtool, rclone) and Go
-# tools (staticcheck, versitygw). Safe to run repeatedly; fast when done.
+# versions: Debian packages (redis-server, prometheus/promtool, rclone,
+# zstd, util-linux) and Go tools (staticcheck, versitygw). Safe to run
+# repeatedly; fast when done.
 set -euo pipefail
 
 STATICCHECK_VERSION=v0.8.2 # 2026.2.2
@@ -19,6 +20,9 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v rclone >/dev/null || need_apt+=(rclone)
 command -v zstd >/dev/null || need_apt+=(zstd)
+# flock(1) holds PBS's manifest lock in the beside-PBS tests (essential on
+# Debian, but not on every minimal image).
+command -v flock >/dev/null || need_apt+=(util-linux)
 if ((${#need_apt[@]})); then
 	sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"

@@ -33,8 +33,8 @@ import (
 
 // TestHelperPBS is the child process that plays a PBS process. Modes:
 // hold-read / hold-write take the record lock on PBS_PATH and keep it
-// until stdin closes; try-write attempts PBS GC's exclusive lock once and
-// prints OK or BUSY.
+// until stdin closes; try-write attempts PBS GC's exclusive lock once,
+// try-read a PBS writer's shared one, and prints OK or BUSY.
 func TestHelperPBS(t *testing.T) {
 	mode := os.Getenv("PBSQ_PBS_HELPER")
 	if mode == "" {
@@ -45,11 +45,11 @@ func TestHelperPBS(t *testing.T) {
 		t.Fatal(err)
 	}
 	lk := &unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: 0, Len: 0}
-	if mode != "hold-read" {
+	if mode != "hold-read" && mode != "try-read" {
 		lk.Type = unix.F_WRLCK
 	}
 	err = unix.FcntlFlock(f.Fd(), unix.F_SETLK, lk)
-	if mode == "try-write" {
+	if mode == "try-write" || mode == "try-read" {
 		if err != nil {
 			fmt.Println("BUSY")
 		} else {
@@ -94,6 +94,10 @@ func ptChild(t *testing.T, mode, path string) (line string, pid int, stop func()
 	for sc.Scan() {
 		if l := sc.Text(); l == "LOCKED" || l == "OK" || l == "BUSY" {
 			go func() { _, _ = io.Copy(io.Discard, out) }()
+			if l != "LOCKED" {
+				// A try: its lock, if it got one, goes with the process.
+				stop()
+			}
 			return l, cmd.Process.Pid, stop
 		}
 	}
@@ -214,8 +218,10 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	}
 }
 
-// TestPbsqWriterRefusesPBSGC: a "PBS GC" cannot start while a pbsq backup
-// runs, nor while a pbsq GC runs; it can once they are done. pbsq's own
+// TestPbsqWriterRefusesPBSGC: a "PBS GC" cannot start while a pbsq backup,
+// sync into the store, move-group or move-namespace runs, nor while a pbsq
+// GC runs; it can once they are done. Nor can a "PBS backup" while a pbsq
+// GC runs. pbsq's own
 // backup and GC still run side by side (the writer registry covers them).
 func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	ctx := context.Background()
@@ -247,16 +253,67 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 		t.Errorf("PBS GC during a pbsq GC (beside a pbsq backup): %s, want BUSY", gcInBackup)
 	}
 	var onceAlone sync.Once
+	var writerDuringGC string
 	if _, err := s.GC(ctx, GCRequest{}, func(Progress) {
-		onceAlone.Do(func() { duringGC, _, _ = ptChild(t, "try-write", lockPath) })
+		onceAlone.Do(func() {
+			duringGC, _, _ = ptChild(t, "try-write", lockPath)
+			writerDuringGC, _, _ = ptChild(t, "try-read", lockPath)
+		})
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if duringGC != "BUSY" {
 		t.Errorf("PBS GC during a pbsq GC: %s, want BUSY", duringGC)
 	}
+	if writerDuringGC != "BUSY" {
+		t.Errorf("PBS backup during a pbsq GC: %s, want BUSY", writerDuringGC)
+	}
 	if after, _, _ := ptChild(t, "try-write", lockPath); after != "OK" {
 		t.Errorf("PBS GC after pbsq finished: %s, want OK", after)
+	}
+	if after, _, _ := ptChild(t, "try-read", lockPath); after != "OK" {
+		t.Errorf("PBS backup after pbsq finished: %s, want OK", after)
+	}
+
+	// The other writers: sync into the store, move-group, move-namespace.
+	src := ptSource(t)
+	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "c.img", 100<<10, 0))
+	for _, ns := range []string{"x", "y"} {
+		if err := s.CreateNamespace(ctx, name.MustNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, w := range []struct {
+		what string
+		run  func(ProgressFunc) error
+	}{
+		{"sync", func(p ProgressFunc) error { _, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, p); return err }},
+		{"move-group", func(p ProgressFunc) error {
+			_, err := s.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("x")}, p)
+			return err
+		}},
+		{"move-namespace", func(p ProgressFunc) error {
+			_, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("x"), TargetNS: name.MustNamespace("y/z"), MaxDepth: -1}, p)
+			return err
+		}},
+	} {
+		got := "no progress reported"
+		var once sync.Once
+		// A mover reports its "check" phase once before it locks anything;
+		// "move" is reported under every lock.
+		if err := w.run(func(p Progress) {
+			if w.what == "sync" || p.Phase == "move" {
+				once.Do(func() { got, _, _ = ptChild(t, "try-write", lockPath) })
+			}
+		}); err != nil {
+			t.Fatalf("%s: %v", w.what, err)
+		}
+		if got != "BUSY" {
+			t.Errorf("PBS GC during a pbsq %s: %s, want BUSY", w.what, got)
+		}
+	}
+	if after, _, _ := ptChild(t, "try-write", lockPath); after != "OK" {
+		t.Errorf("PBS GC after the pbsq writers finished: %s, want OK", after)
 	}
 }
 
@@ -416,6 +473,23 @@ func TestJournalCandidates(t *testing.T) {
 	}
 }
 
+// FuzzJournalCandidates: PBS's journal is a file anyone with write access
+// to the locks dir can fill; whatever a line holds, it maps only to
+// relative index paths of the store's layout, never outside it.
+func FuzzJournalCandidates(f *testing.F) {
+	f.Add("/srv/store/ns/a/vm/100/2024-01-01T00:00:00Z/x.fidx")
+	f.Add("/mnt/ns/ns/a/vm/1/2024-01-01T00:00:00Z/x.fidx")
+	f.Add("/srv/store/../etc/vm/1/2024-01-01T00:00:00Z/x.didx")
+	f.Add("relative/vm/1/2024-01-01T00:00:00Z/x.fidx")
+	f.Fuzz(func(t *testing.T, line string) {
+		for _, rel := range journalCandidates([]string{"/srv/store", "/real/store"}, line) {
+			if !inLayout(rel) || strings.HasPrefix(rel, "/") || strings.Contains("/"+rel+"/", "/../") || strings.Contains("/"+rel+"/", "/./") {
+				t.Fatalf("%q maps to %q, outside the store's layout", line, rel)
+			}
+		}
+	})
+}
+
 // ptFlockHolder holds path's flock with util-linux flock(1), as PBS holds
 // a manifest lock, until the returned func is called.
 func ptFlockHolder(t *testing.T, path string) func() {
@@ -443,7 +517,8 @@ func ptFlockHolder(t *testing.T, path string) func() {
 
 // TestManifestLockSkips: with PBS holding a snapshot's manifest lock
 // (flock(1) on PBS's path), verify, prune and sync skip the snapshot and
-// report it (exit 4), and its manifest stays byte for byte as it was.
+// report it (exit 4), and its manifest stays byte for byte as it was; sync
+// writes no manifest for a new snapshot whose lock is held either.
 func TestManifestLockSkips(t *testing.T) {
 	old := manifestLockWait
 	manifestLockWait = 200 * time.Millisecond
@@ -479,6 +554,11 @@ func TestManifestLockSkips(t *testing.T) {
 		stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", sn.Snapshot))))
 	}
 
+	// A snapshot new to the target whose manifest lock PBS holds: sync
+	// writes nothing of it either.
+	fresh := ftBackup(t, src, "", "vm", "101", gtT0, ftFile(t, "a.img", 50<<10, 0)).SnapshotName()
+	stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", fresh))))
+
 	var logMu sync.Mutex
 	var logged []string
 	obs := &Observer{Log: func(l string) { logMu.Lock(); logged = append(logged, l); logMu.Unlock() }}
@@ -500,13 +580,17 @@ func TestManifestLockSkips(t *testing.T) {
 			t.Errorf("no log line %q in:\n%s", want, strings.Join(logged, "\n"))
 		}
 	}
-	// Sync re-syncs the newest snapshot, whose source manifest changed.
+	// Sync re-syncs the newest synced snapshot, whose source manifest
+	// changed, and the fresh one (another group, so that it is tried).
 	yres, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !errors.Is(yres.Outcome(), ErrSkipped) || len(yres.Skipped) != 1 || yres.Snapshots != 0 {
-		t.Errorf("sync: outcome %v, %d synced, skipped %+v; want the locked snapshot skipped", yres.Outcome(), yres.Snapshots, yres.Skipped)
+	if !errors.Is(yres.Outcome(), ErrSkipped) || len(yres.Skipped) != 2 || yres.Snapshots != 0 {
+		t.Errorf("sync: outcome %v, %d synced, skipped %+v; want both locked snapshots skipped", yres.Outcome(), yres.Snapshots, yres.Skipped)
+	}
+	if gtExists(t, dir, fresh.File(ManifestName)) {
+		t.Errorf("sync wrote the manifest of %s under PBS's manifest lock", fresh)
 	}
 	pres, err := s.Prune(ctx, PruneRequest{Scope: Scope{MaxDepth: -1}, Keep: prune.Options{KeepLast: 1}}, nil)
 	if err != nil {

@@ -829,12 +829,13 @@ func (y *syncer) checkSourceFiles(ctx context.Context, ssn name.Snapshot, m *for
 }
 
 // writeSnapshot writes the files that differ and the manifest last. A
-// finished target snapshot that changes is rewritten under PBS's manifest
-// lock, which unlock releases; busy when that lock is held elsewhere.
+// target snapshot that gets anything written (a new one, or a finished one
+// that changes) is written under PBS's manifest lock, as every manifest
+// write is, which unlock releases; busy when that lock is held elsewhere.
 func (y *syncer) writeSnapshot(ctx context.Context, ssn, tsn name.Snapshot, files []syncFile, srcRaw []byte, dstFinished, sameManifest, inserted bool) (unlock func(), busy, err error) {
 	unlock = func() {}
 	changed := slices.IndexFunc(files, func(f syncFile) bool { return !f.same }) >= 0
-	if dstFinished && (changed || !sameManifest) {
+	if !dstFinished || changed || !sameManifest {
 		// Taken before anything of the snapshot changes. Busy: the
 		// snapshot is retried, then skipped, unchanged.
 		u, err := y.dst.lockManifest(ctx, tsn)

@@ -114,6 +114,7 @@ func runChaosChild(raw string) int {
 		}
 	} else {
 		stores.newLocks = func() (lock.Backend, error) { return flock.New(flock.Options{Dir: cfg.LocksDir}) }
+		stores.locksDir = cfg.LocksDir
 	}
 	f, err := os.OpenFile(cfg.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -168,6 +169,9 @@ type chaosStores struct {
 	slow     time.Duration
 	wait     time.Duration
 	newLocks func() (lock.Backend, error)
+	// locksDir is the flock backend's dir: stores get it as the CLI gives
+	// it (manifest locks, PBS's move journal); "" with Redis locks.
+	locksDir string
 	audit    func(lock.AuditEvent)
 	log      *slog.Logger
 
@@ -196,7 +200,7 @@ func (s *chaosStores) Open(ctx context.Context, store, taskID string, wait *task
 			fb, err = local.New(spec.Dir)
 			b = fb
 			if err == nil && s.slow > 0 {
-				b = slowBackend{Backend: fb, d: s.slow}
+				b = slowFS{slowBackend{Backend: fb, d: s.slow}, fb.Base()}
 			}
 		}
 		if err != nil {
@@ -220,7 +224,7 @@ func (s *chaosStores) Open(ctx context.Context, store, taskID string, wait *task
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return datastore.Open(store, b, datastore.Options{Locker: l, Logger: log})
+	return datastore.Open(store, b, datastore.Options{Locker: l, Logger: log, LocksDir: s.locksDir})
 }
 
 // locker is a Locker on the process's lock backend, for writers.
@@ -247,6 +251,16 @@ func (s *chaosStores) close() {
 		_ = s.locks.Close()
 	}
 }
+
+// slowFS is a slow filesystem store that still tells its directory, so
+// that the store takes .lock and writes PBS's move journal as on a plain
+// one.
+type slowFS struct {
+	slowBackend
+	base string
+}
+
+func (s slowFS) Base() string { return s.base }
 
 // slowBackend delays every change, like a slow disk, and passes the
 // optional interfaces through.
@@ -929,6 +943,7 @@ func runStorm(t *testing.T, opts stormOptions, open func(store string) (*datasto
 		}
 	} else {
 		parent.newLocks = func() (lock.Backend, error) { return flock.New(flock.Options{Dir: cfg.LocksDir}) }
+		parent.locksDir = cfg.LocksDir
 	}
 	t.Cleanup(parent.close)
 	w.locker = parent.locker
@@ -1071,6 +1086,16 @@ func runStorm(t *testing.T, opts stormOptions, open func(store string) (*datasto
 	}
 	t.Logf("result: %d tasks %v (retried %d times in all; %d finished moves re-run and refused), %d kills mid-task by type [%s], %d leases aged, settled in %s",
 		len(q.tasks()), byState, retried, knownRerun, f.kills, strings.Join(hits, ", "), f.aged, settled.Round(time.Millisecond))
+
+	if cfg.LocksDir != "" {
+		// The storm ran with PBS's files in place: moves appended to PBS's
+		// move journal, writers and GC locked the chunk store's .lock.
+		for _, p := range []string{filepath.Join(cfg.LocksDir, "main", "move-journal"), filepath.Join(w.specs["main"].Dir, ".lock")} {
+			if _, err := os.Stat(p); err != nil {
+				t.Errorf("the storm ran without PBS's files: %v", err)
+			}
+		}
+	}
 
 	// What must hold of the data.
 	w.finalExpect()
@@ -1382,10 +1407,12 @@ func runStress(t *testing.T, kind string, d time.Duration) string {
 		lastMove: map[string]string{}, mnsAt: name.MustNamespace("mns/a")}
 	r.clock.Store(time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC).Unix())
 	var newLocks func() (lock.Backend, error)
+	var locksDir string
 	switch kind {
 	case "fs":
 		locks := filepath.Join(t.TempDir(), "locks")
 		newLocks = func() (lock.Backend, error) { return flock.New(flock.Options{Dir: locks}) }
+		locksDir = locks
 		for _, st := range []string{"main", "copy"} {
 			s, dir := newFSStore(t, st)
 			r.stores[st], r.specs[st] = s, chaosStoreSpec{Dir: dir}
@@ -1422,14 +1449,14 @@ func runStress(t *testing.T, kind string, d time.Duration) string {
 
 	// Two workers, each with its own lock backend, as two processes have.
 	for i := 0; i < 2; i++ {
-		stores := &chaosStores{specs: r.specs, newLocks: newLocks, audit: r.audit.Add, wait: 2 * time.Second}
+		stores := &chaosStores{specs: r.specs, newLocks: newLocks, locksDir: locksDir, audit: r.audit.Add, wait: 2 * time.Second}
 		t.Cleanup(stores.close)
 		opts := fastOptions(t, rs.Addr(), stores, nil)
 		opts.Logger = slog.New(slog.DiscardHandler)
 		opts.BusyDelay = func() time.Duration { return 100*time.Millisecond + rand.N(200*time.Millisecond) }
 		startWorker(t, opts)
 	}
-	writers := &chaosStores{specs: r.specs, newLocks: newLocks, audit: r.audit.Add, wait: 2 * time.Second}
+	writers := &chaosStores{specs: r.specs, newLocks: newLocks, locksDir: locksDir, audit: r.audit.Add, wait: 2 * time.Second}
 	t.Cleanup(writers.close)
 
 	start := time.Now()

@@ -78,7 +78,9 @@ func (s *testStores) Open(ctx context.Context, store, taskID string, wait *tasks
 		}
 		_ = g.Release()
 	}
-	return datastore.Open(store, b, datastore.Options{Locker: l})
+	// As the CLI opens a store with flock locks: manifest locks and PBS's
+	// move journal in the same dir.
+	return datastore.Open(store, b, datastore.Options{Locker: l, LocksDir: s.locksDir})
 }
 
 // fixture is a datastore with a few snapshots and what tests need around it.

@@ -27,6 +27,9 @@ import (
 var pbsqBin string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(recordLockHelperEnv); mode != "" {
+		os.Exit(recordLockHelper(mode)) // pbs_cli_test.go
+	}
 	dir, err := os.MkdirTemp("", "pbsq-cli-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -31,7 +32,8 @@ func needRootAndBackup(t *testing.T) {
 
 // TestCreateGivesStoreToBackup: `datastore create` as root makes the store
 // backup's, with PBS's 0750 chunk dirs, and what pbsq then writes there as
-// root stays backup's.
+// root (backup, namespace create, sync into it, move, verify, prune, gc)
+// stays backup's.
 func TestCreateGivesStoreToBackup(t *testing.T) {
 	needRootAndBackup(t)
 	e := newFTEnv(t)
@@ -52,15 +54,54 @@ func TestCreateGivesStoreToBackup(t *testing.T) {
 	if err := os.WriteFile(file, []byte("x=1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A root-owned source store to sync from, with two snapshots of vm/2.
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.MkdirAll(filepath.Join(src, ".chunks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := e.run("datastore", "add", "src", "--path", src); code != 0 {
+		t.Fatalf("add src: %s", stderr)
+	}
+	for _, tm := range []string{"2024-03-01T10:00:00Z", "2024-03-02T10:00:00Z"} {
+		if _, stderr, code := e.run("backup", "--store", "src", "--type", "vm", "--id", "2", "--time", tm, file); code != 0 {
+			t.Fatalf("backup into src: %s", stderr)
+		}
+	}
+	var verified string
 	for _, args := range [][]string{
 		{"backup", "--store", "main", "--type", "vm", "--id", "1", file},
 		{"ns", "create", "--store", "main", "--ns", "a/b"},
+		{"run", "sync", "--store", "main", "--source-store", "src"},
+		{"run", "move-group", "--store", "main", "--backup-type", "vm", "--backup-id", "1", "--target-ns", "a/b"},
+		{"run", "verify", "--store", "main"},
+		{"run", "prune", "--store", "main", "--backup-type", "vm", "--backup-id", "2", "--keep-last", "1"},
+		{"run", "gc", "--store", "main"},
 	} {
-		if _, stderr, code := e.run(args...); code != 0 {
+		out, stderr, code := e.run(args...)
+		if code != 0 {
 			t.Fatalf("%v: %s", args, stderr)
+		}
+		if args[1] == "verify" {
+			verified = out
 		}
 	}
 	treetest.OwnedBy(t, store, backupUID, backupGID)
+	// The operations did what they say, so the ownership check saw their files.
+	for _, p := range []string{"ns/a/ns/b/vm/1", "vm/2/2024-03-02T10:00:00Z/index.json.blob"} {
+		if _, err := os.Stat(filepath.Join(store, p)); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	for _, p := range []string{"vm/1", "vm/2/2024-03-01T10:00:00Z"} {
+		if _, err := os.Stat(filepath.Join(store, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s still there after move/prune: %v", p, err)
+		}
+	}
+	// Verify recorded its state in all three manifests.
+	var vres struct{ OK int }
+	if err := json.Unmarshal([]byte(verified), &vres); err != nil || vres.OK != 3 {
+		t.Errorf("verify: %v, %s; want 3 snapshots verified", err, verified)
+	}
 }
 
 // TestNonOwnerRefusedAtStart: pbsq running as a user that cannot give

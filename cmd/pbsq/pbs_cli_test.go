@@ -2,43 +2,70 @@ package main
 
 import (
 	"bufio"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // pbsRecordLock holds a classic POSIX record lock over the whole file, as
-// PBS's ProcessLocker does (Python's fcntl.lockf is F_SETLK, l_len 0), until
-// the returned func is called; it returns the holder's pid.
+// PBS's ProcessLocker does (F_SETLK, l_start 0, l_len 0), in a child
+// process (this test binary, see recordLockHelper) until the returned func
+// is called; it returns the holder's pid.
 func pbsRecordLock(t *testing.T, path string, exclusive bool) (int, func()) {
 	t.Helper()
-	if _, err := exec.LookPath("python3"); err != nil {
-		t.Skip("python3 not installed")
-	}
-	how := "fcntl.LOCK_SH"
+	mode := "shared"
 	if exclusive {
-		how = "fcntl.LOCK_EX"
+		mode = "exclusive"
 	}
-	cmd := exec.Command("python3", "-c", `import fcntl, sys
-f = open(sys.argv[1], "r+")
-fcntl.lockf(f, `+how+` | fcntl.LOCK_NB)
-print("LOCKED", flush=True)
-sys.stdin.read()`, path)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), recordLockHelperEnv+"="+mode, "PBSQ_RECORD_LOCK_PATH="+path)
 	stdin, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	stop := func() { stdin.Close(); _ = cmd.Wait() }
+	var once sync.Once
+	stop := func() { once.Do(func() { stdin.Close(); _ = cmd.Wait() }) }
 	t.Cleanup(stop)
 	if l, err := bufio.NewReader(out).ReadString('\n'); err != nil || l != "LOCKED\n" {
 		t.Fatalf("record lock holder: %q %v", l, err)
 	}
 	return cmd.Process.Pid, stop
+}
+
+// recordLockHelperEnv makes the test binary (TestMain) play a PBS process
+// holding .lock: recordLockHelper runs instead of the tests.
+const recordLockHelperEnv = "PBSQ_RECORD_LOCK_HELPER"
+
+// recordLockHelper takes the record lock ("shared" or "exclusive") on
+// $PBSQ_RECORD_LOCK_PATH without waiting, prints LOCKED and holds it until
+// stdin closes. It returns the exit code.
+func recordLockHelper(mode string) int {
+	f, err := os.OpenFile(os.Getenv("PBSQ_RECORD_LOCK_PATH"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart, Start: 0, Len: 0}
+	if mode == "exclusive" {
+		lk.Type = unix.F_WRLCK
+	}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLK, &lk); err != nil {
+		fmt.Fprintf(os.Stderr, "%s record lock: %v\n", mode, err)
+		return 1
+	}
+	fmt.Println("LOCKED")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 // TestCLIBesidePBSGC: with a "PBS GC" holding .lock exclusively, `pbsq
