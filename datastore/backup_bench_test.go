@@ -106,7 +106,7 @@ func rawHashCompress(b *testing.B, path string) time.Duration {
 // it is on disk like a real datastore, syncfs included.
 func benchStore(b *testing.B) *Store {
 	if os.Getenv("PBSQ_BENCH_STORE") != "mem" {
-		s, _ := ftStore(b)
+		s := TestStore(b, TestFlock(-1))
 		return s
 	}
 	dir, err := os.MkdirTemp("/dev/shm", "pbsq-bench")

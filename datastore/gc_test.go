@@ -248,7 +248,8 @@ type gtScene struct {
 
 func gtSetup(t *testing.T) *gtScene {
 	t.Helper()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	sc := &gtScene{s: s, dir: dir}
 	disk := ftFile(t, "disk.img", 200<<10, 1<<20)
 	ftBackup(t, s, "", "vm", "100", gtT0, disk, ftFile(t, "root.pxar", 1500<<10, 0))
@@ -434,7 +435,8 @@ func TestGCDryRun(t *testing.T) {
 // as a writer GC cannot see would be.
 func gtWriterDuringGC(t *testing.T, hideWriter bool) (*GCResult, *Store, string, Digest) {
 	ctx := context.Background()
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	shared := gtRandom(2 * FixedChunkSize)
 	ftBackup(t, s0, "", "vm", "100", gtT0, ftFile(t, "keep.img", 300<<10, 0))
 	oldImg := filepath.Join(t.TempDir(), "disk.img")
@@ -574,7 +576,8 @@ func gtMoveScenario(t *testing.T, s *Store) (mv, dst name.Snapshot, moved []Dige
 // recording the move in the journal unless journal is false.
 func gtMoveDuringMark(t *testing.T, journal bool) (*GCResult, []Digest, string, *Store) {
 	ctx := context.Background()
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	mv, dst, moved := gtMoveScenario(t, s0)
 	s, gb := gtWrapped(t, s0)
 	var once sync.Once
@@ -663,7 +666,8 @@ func TestGCMoveWithoutJournalLosesChunks(t *testing.T) {
 // good copy is back or nothing references the chunk.
 func TestGCBadChunks(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	data := map[string][]byte{}
 	dig := map[string]Digest{}
 	for _, k := range []string{"A", "B", "C", "D", "E"} {
@@ -965,7 +969,8 @@ func TestGCUnreadableIndexStops(t *testing.T) {
 // TestGCStrayIndexFiles: index files in directories the datastore layout
 // does not recognise still protect their chunks, with a warning.
 func TestGCStrayIndexFiles(t *testing.T) {
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	var ds []Digest
 	strays := []string{
 		"vm/bad name/2024-01-01T00:00:00Z/root.pxar.didx",
@@ -1001,7 +1006,8 @@ func TestGCStrayIndexFiles(t *testing.T) {
 // (referencing an old chunk its client reused without upload) and the
 // previously newest snapshot is pruned before GC reads it.
 func TestGCRelistsGroupWhenNewestVanishes(t *testing.T) {
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	g := ptGroup(t, "", "vm", "1")
 	kept := gtChunk(t, s0, gtRandom(1000))
 	reused := gtChunk(t, s0, gtRandom(1000))
@@ -1068,7 +1074,7 @@ func TestGCDigestSet(t *testing.T) {
 }
 
 func TestGCRejectsTinyCutoff(t *testing.T) {
-	s, _, _ := ftStoreLocks(t)
+	s := TestStore(t, TestFlock(-1))
 	if _, err := s.GC(context.Background(), GCRequest{Cutoff: 30 * time.Second}, nil); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("cutoff 30s: %v, want name.ErrInvalid", err)
 	}

@@ -68,7 +68,7 @@ func mcOpen(t testing.TB, kind, dir, endpoint, bucket, prefix, lockDir string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Open("test", b, Options{Locker: mtLocker(t, lockDir, time.Second)})
+	s, err := Open("test", b, Options{Locker: TestFlockLocker(t, lockDir, time.Second)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,5 +482,5 @@ func mcCheck(t *testing.T, s *Store, want map[string]string) {
 			}
 		}
 	}
-	mtVerifyAll(t, s)
+	TestVerifyAll(t, s, -1, 0)
 }

@@ -115,7 +115,7 @@ func ptStore(t *testing.T, wait time.Duration) (*Store, string, string) {
 		t.Fatal(err)
 	}
 	lockDir := filepath.Join(t.TempDir(), "locks")
-	s, err := Open("test", b, Options{Locker: mtLocker(t, lockDir, wait), LocksDir: lockDir})
+	s, err := Open("test", b, Options{Locker: TestFlockLocker(t, lockDir, wait), LocksDir: lockDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func ptStore(t *testing.T, wait time.Duration) (*Store, string, string) {
 // ptSource is another store ("src") to sync from.
 func ptSource(t *testing.T) *Store {
 	t.Helper()
-	s0, _ := ftStore(t)
+	s0 := TestStore(t, TestFlock(-1))
 	s, err := Open("src", s0.Backend(), Options{Locker: s0.Locker()})
 	if err != nil {
 		t.Fatal(err)
@@ -151,29 +151,15 @@ func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 func TestPBSWriterRefusesPbsqGC(t *testing.T) {
 	s, dir, _ := ptStore(t, 300*time.Millisecond)
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-read", filepath.Join(dir, ".lock"))
 	_, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil)
 	ptWantProcessBusy(t, "GC beside a PBS writer", err, pid)
-	if after := ftTree(t, dir); !mapsEqual(before, after) {
-		t.Error("the refused GC changed the store")
-	}
+	TestSameTree(t, "the refused GC", before, TestDirTree(t, dir))
 	stop()
 	if _, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil); err != nil {
 		t.Fatalf("GC after the PBS writer ended: %v", err)
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPBSGCRefusesPbsqWriters: while a "PBS GC" holds the exclusive record
@@ -188,7 +174,7 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	}
 	src := ptSource(t)
 	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 100<<10, 0))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-write", filepath.Join(dir, ".lock"))
 
 	g, _ := name.NewGroup(name.Root, "vm", "100")
@@ -201,9 +187,7 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	ptWantProcessBusy(t, "move-group", err, pid)
 	_, err = s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("other"), TargetNS: name.MustNamespace("moved"), MaxDepth: -1}, nil)
 	ptWantProcessBusy(t, "move-namespace", err, pid)
-	if after := ftTree(t, dir); !mapsEqual(before, after) {
-		t.Error("a refused writer changed the store")
-	}
+	TestSameTree(t, "a refused writer", before, TestDirTree(t, dir))
 	// PBS's GC also keeps a pbsq GC out.
 	_, err = s.GC(ctx, GCRequest{Now: gtLater}, nil)
 	ptWantProcessBusy(t, "GC beside a PBS GC", err, pid)

@@ -87,13 +87,13 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 	prefix := srv.UniquePrefix("inuse")
 	lockDir := filepath.Join(t.TempDir(), "locks")
 	open := func(override string) *Store {
-		s, err := Open("test", srv.New(t, prefix), Options{Locker: mtLocker(t, lockDir, -1), LocksDir: lockDir, PBSInUseOverride: override})
+		s, err := Open("test", srv.New(t, prefix), Options{Locker: TestFlockLocker(t, lockDir, -1), LocksDir: lockDir, PBSInUseOverride: override})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
-	s, err := Create(ctx, "test", srv.New(t, prefix), Options{Locker: mtLocker(t, lockDir, -1)})
+	s, err := Create(ctx, "test", srv.New(t, prefix), Options{Locker: TestFlockLocker(t, lockDir, -1)})
 	if err != nil {
 		t.Fatal(err)
 	}

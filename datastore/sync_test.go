@@ -657,12 +657,12 @@ func TestSyncNamespaceMapping(t *testing.T) {
 
 	deep := "d1/d2/d3/d4/d5/d6/d7"
 	stSmall(t, src, deep, "vm/9", 0)
-	before := ftTree(t, dstDir)
+	before := TestDirTree(t, dstDir)
 	_, err := Sync(ctx, src, dst, SyncRequest{NS: name.MustNamespace("z"), MaxDepth: -1}, nil)
 	if !errors.Is(err, name.ErrInvalid) || !strings.Contains(err.Error(), deep) {
 		t.Fatalf("too deep: %v, want name.ErrInvalid naming %s", err, deep)
 	}
-	ftSameTree(t, before, ftTree(t, dstDir))
+	TestSameTree(t, "the refused sync", before, TestDirTree(t, dstDir))
 
 	if _, err := Sync(ctx, src, src, SyncRequest{SourceNS: name.MustNamespace("a"), NS: name.MustNamespace("a/b")}, nil); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("overlapping namespaces in one store: %v, want name.ErrInvalid", err)

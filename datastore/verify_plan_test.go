@@ -122,7 +122,7 @@ func vpAll() Scope { return Scope{NS: name.Root, MaxDepth: -1} }
 
 func vpStores(t *testing.T) map[string]func(t *testing.T) *Store {
 	return map[string]func(t *testing.T) *Store{
-		"fs": func(t *testing.T) *Store { s, _ := ftStore(t); return s },
+		"fs": func(t *testing.T) *Store { return TestStore(t, TestFlock(-1)) },
 		"s3": func(t *testing.T) *Store {
 			srv := s3test.StartVersity(t)
 			s, err := Create(context.Background(), "test", srv.New(t, srv.UniquePrefix("sample")), Options{})
@@ -318,7 +318,7 @@ func vpTimeBoxResume(t *testing.T, base *Store) {
 // rotation; its resumption finishes the same window.
 func TestVerifyTimeBoxSampled(t *testing.T) {
 	ctx := context.Background()
-	base, _ := ftStore(t)
+	base := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, base, 2, 3, 8)
 	clock, obs := vpStopAfter()
 	s := base.WithObserver(obs)
@@ -357,7 +357,7 @@ func TestVerifyTimeBoxSampled(t *testing.T) {
 // run goes on as if there were none) and bad requests change nothing.
 func TestVerifySampleRecordsBad(t *testing.T) {
 	ctx := context.Background()
-	s, _ := ftStore(t)
+	s := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, s, 1, 2, 4)
 	for _, junk := range []string{"{", `{"version":2}`, `{"version":1,"scope":"ns=x depth=-1","started":"2024-01-01T00:00:00Z","updated":"2024-01-01T00:00:00Z","next":0,"covered":0,"runs":0,"members":""}`,
 		`{"version":1,"scope":"ns= depth=-1","started":"2024-01-01T00:00:00Z","updated":"2024-01-01T00:00:00Z","next":7,"covered":0,"runs":0,"members":"AAAAAAAAAAEAAAAAAAAAAA=="}`} {
@@ -423,7 +423,7 @@ func TestVerifyTimeBoxMidSnapshot(t *testing.T) {
 	// Two checkers, so at most two chunks are in flight when it stops.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	ctx := context.Background()
-	base, _ := ftStore(t)
+	base := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, base, 1, 2, 24)
 	// The clock advances one minute with every chunk checked.
 	var mu sync.Mutex

@@ -19,7 +19,8 @@ import (
 
 // vtSetup writes n snapshots, each with its own data plus one shared file.
 func vtSetup(t *testing.T, n int) (*Store, string, []*BackupResult, string) {
-	s, dir, lockDir := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
 	vtLockDirs[s] = lockDir
 	shared := ftFile(t, "shared.img", 1<<20, 0)
 	var res []*BackupResult
