@@ -13,7 +13,9 @@ import (
 // binary does not link the S3 test servers; it cannot be named
 // TestBackends there, as go test would take it for a test.
 func eachBackend(t *testing.T, fn func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv)) {
-	t.Run("fs", func(t *testing.T) { fn(t, func(t testing.TB, opts ...TestStoreOption) *TestEnv { return NewTestEnv(t, opts...) }) })
+	t.Run("fs", func(t *testing.T) {
+		fn(t, func(t testing.TB, opts ...TestStoreOption) *TestEnv { return NewTestEnv(t, opts...) })
+	})
 	s3 := func(kind string, srv *s3test.Server) func(t testing.TB, opts ...TestStoreOption) *TestEnv {
 		return func(t testing.TB, opts ...TestStoreOption) *TestEnv {
 			t.Helper()
