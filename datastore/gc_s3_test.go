@@ -138,7 +138,7 @@ func TestGCS3Batches(t *testing.T) {
 			t.Errorf("referenced chunk %s gone (%v)", d, err)
 		}
 	}
-	gtVerifyAll(t, sc.s0)
+	TestVerifyAll(t, sc.s0, 1, 0)
 }
 
 // BenchmarkGCS3Requests counts the S3 requests GC sends per 1,000 removed

@@ -154,18 +154,6 @@ func gtMissing(t testing.TB, s *Store, dir string) []string {
 	return out
 }
 
-// gtVerifyAll verifies every snapshot and fails on any failure.
-func gtVerifyAll(t testing.TB, s *Store) {
-	t.Helper()
-	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{MaxDepth: -1}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Failed) > 0 || res.Snapshots == 0 {
-		t.Errorf("verify after GC: %d verified, failed %+v", res.Snapshots, res.Failed)
-	}
-}
-
 // gtBackend wraps a backend with hooks run before the wrapped calls. Hooks
 // are set before the store is used and never changed afterwards.
 type gtBackend struct {
@@ -350,7 +338,7 @@ func TestGCSweepsOldUnreferenced(t *testing.T) {
 	if gtExists(t, sc.dir, gcLeasePath) {
 		t.Error("GC lease left behind")
 	}
-	gtVerifyAll(t, sc.s)
+	TestVerifyAll(t, sc.s, 3, 1)
 }
 
 // gtListing describes the tree without reading files (which would move
@@ -528,7 +516,7 @@ func TestGCWriterRunningDuringGC(t *testing.T) {
 	if missing := gtMissing(t, s, dir); len(missing) > 0 {
 		t.Errorf("GC removed chunks of finished snapshots:\n%s", strings.Join(missing, "\n"))
 	}
-	gtVerifyAll(t, s)
+	TestVerifyAll(t, s, 2, 0)
 	if gtExists(t, dir, ChunkPath(orphan)) {
 		t.Error("an old orphan chunk nobody revived survived: the sweep did not run")
 	}
@@ -643,7 +631,7 @@ func TestGCMoveJournal(t *testing.T) {
 	if ents, _ := os.ReadDir(gtPath(dir, journalDir)); len(ents) != 0 {
 		t.Errorf("journal not drained: %d entries", len(ents))
 	}
-	gtVerifyAll(t, s)
+	TestVerifyAll(t, s, 2, 0)
 }
 
 // TestGCMoveWithoutJournalLosesChunks is the control: without the journal
@@ -1119,5 +1107,5 @@ func TestGCObjectStore(t *testing.T) {
 			t.Errorf("referenced chunk %s gone (%v)", d, err)
 		}
 	}
-	gtVerifyAll(t, s0)
+	TestVerifyAll(t, s0, 2, 0)
 }

@@ -107,7 +107,8 @@ func TestSyncWrongSizeCondemnsIndex(t *testing.T) {
 	snaps := []name.Snapshot{res[0].SnapshotName(), res[1].SnapshotName(), res[2].SnapshotName()}
 	d := vtDigests(t, src, snaps[0], "shared.img.fidx")[0]
 	wrongSizeShared(t, src, dir, snaps[0], -10) // checked first
-	dst, ddir := stFS(t, "dst", false)
+	ddir := t.TempDir()
+	dst := TestStore(t, TestName("dst"), TestAt(ddir))
 	r, err := Sync(context.Background(), src, dst, SyncRequest{MaxDepth: -1}, nil)
 	if err != nil {
 		t.Fatal(err)

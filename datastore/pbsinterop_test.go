@@ -337,7 +337,7 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 			if fi, err := os.Stat(jpath); err != nil || fi.Size() != 0 {
 				t.Errorf("PBS's journal not truncated after the drain: %v %v", fi, err)
 			}
-			gtVerifyAll(t, s0)
+			TestVerifyAll(t, s0, 2, 0)
 		})
 	}
 }
