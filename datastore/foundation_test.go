@@ -221,8 +221,7 @@ func TestBackupRefusals(t *testing.T) {
 func TestListsIndependentStore(t *testing.T) {
 	dir := t.TempDir()
 	want := pbsfmt(t, "write", dir)
-	b, _ := local.New(dir)
-	s, _ := Open("indep", b, Options{})
+	s := TestStore(t, TestName("indep"), TestAt(dir))
 	ctx := context.Background()
 	type entry struct {
 		NS         string  `json:"ns"`

@@ -1074,10 +1074,7 @@ func TestGCRejectsTinyCutoff(t *testing.T) {
 func TestGCObjectStore(t *testing.T) {
 	ctx := context.Background()
 	srv := s3test.StartFake(t)
-	s0, err := Create(ctx, "test", srv.New(t, srv.UniquePrefix("gc")), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s0 := TestStore(t, TestOn("gofakes3", srv.New(t, srv.UniquePrefix("gc"))))
 	ftBackup(t, s0, "", "vm", "1", gtT0, ftFile(t, "disk.img", 100<<10, 0), ftFile(t, "root.pxar", 200<<10, 0))
 	ftBackup(t, s0, "x", "ct", "2", gtT0, ftFile(t, "root.pxar", 100<<10, 0))
 	orphan := gtChunk(t, s0, gtRandom(3000))

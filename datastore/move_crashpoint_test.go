@@ -127,10 +127,7 @@ func TestMoveCrashPoints(t *testing.T) {
 		}
 		locks := filepath.Join(t.TempDir(), "locks")
 		real := srv.New(t, srv.UniquePrefix("crashpoint"))
-		s, err := Create(ctx, "test", real, Options{Locker: TestFlockLocker(t, locks, 0)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := TestStore(t, TestOn("gofakes3", real), TestFlockAt(locks, 0))
 		want := cpBuild(t, s)
 		crash := &crashAfter{S3: real}
 		crash.left.Store(int64(k))

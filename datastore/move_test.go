@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
@@ -929,14 +928,7 @@ func mtBenchMoveFS(b *testing.B, snapshots, perGroup int) {
 			}
 		}
 	}
-	fsb, err := local.New(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Open("bench", fsb, Options{Locker: TestFlockLocker(b, filepath.Join(b.TempDir(), "locks"), 0)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := TestStore(b, TestName("bench"), TestAt(dir), TestFlock(0))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		from, to := name.MustNamespace("src"), name.MustNamespace("dst")
@@ -997,10 +989,7 @@ func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, p
 		b.StopTimer()
 		prefix := srv.UniquePrefix("bench")
 		bk := srv.New(b, prefix)
-		s, err := Create(ctx, "bench", bk, Options{Locker: TestFlockLocker(b, filepath.Join(b.TempDir(), "locks"), 0)})
-		if err != nil {
-			b.Fatal(err)
-		}
+		s := TestStore(b, TestName("bench"), TestOn("s3", bk), TestFlock(0))
 		mtNS(b, s, "src")
 		snaps := mtBenchGroups(b, "src", snapshots, perGroup)
 		type put struct {

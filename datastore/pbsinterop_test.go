@@ -19,7 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -102,37 +101,6 @@ func ptChild(t *testing.T, mode, path string) (line string, pid int, stop func()
 	return "", 0, nil
 }
 
-// ptStore is a filesystem store with flock locks (retry window wait) and
-// the PBS interop files in the same locks dir.
-func ptStore(t *testing.T, wait time.Duration) (*Store, string, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lockDir := filepath.Join(t.TempDir(), "locks")
-	s, err := Open("test", b, Options{Locker: TestFlockLocker(t, lockDir, wait), LocksDir: lockDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir, lockDir
-}
-
-// ptSource is another store ("src") to sync from.
-func ptSource(t *testing.T) *Store {
-	t.Helper()
-	s0 := TestStore(t, TestFlock(-1))
-	s, err := Open("src", s0.Backend(), Options{Locker: s0.Locker()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 	t.Helper()
 	var pe *ProcessLockBusyError
@@ -149,7 +117,8 @@ func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 // error naming the lock and the holder, having written nothing; once the
 // writer is gone it runs.
 func TestPBSWriterRefusesPbsqGC(t *testing.T) {
-	s, dir, _ := ptStore(t, 300*time.Millisecond)
+	env := NewTestEnv(t, TestFlock(300*time.Millisecond), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-read", filepath.Join(dir, ".lock"))
@@ -167,12 +136,13 @@ func TestPBSWriterRefusesPbsqGC(t *testing.T) {
 // naming the lock and PBS's pid) and write nothing.
 func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ptStore(t, 200*time.Millisecond)
+	env := NewTestEnv(t, TestFlock(200*time.Millisecond), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("other")); err != nil {
 		t.Fatal(err)
 	}
-	src := ptSource(t)
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 100<<10, 0))
 	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-write", filepath.Join(dir, ".lock"))
@@ -203,7 +173,8 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 // backup and GC still run side by side (the writer registry covers them).
 func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ptStore(t, -1)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	lockPath := filepath.Join(dir, ".lock")
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	g, _ := name.NewGroup(name.Root, "vm", "100")
@@ -262,7 +233,8 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 	for _, journal := range []bool{true, false} {
 		t.Run(fmt.Sprint("journal=", journal), func(t *testing.T) {
 			ctx := context.Background()
-			s0, dir, lockDir := ptStore(t, -1)
+			env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+			s0, dir, lockDir := env.Store, env.Dir, env.LockDir
 			mv, dst, moved := gtMoveScenario(t, s0)
 			jpath := filepath.Join(lockDir, "test", "move-journal")
 			gb := &gtBackend{Backend: s0.Backend()}
@@ -347,7 +319,8 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 // line, as PBS's own move does; pbsq's GC drains it.
 func TestPbsqMoveWritesPBSJournal(t *testing.T) {
 	ctx := context.Background()
-	s, dir, lockDir := ptStore(t, -1)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
 	res := ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0), ftFile(t, "b.pxar", 10<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("x")); err != nil {
 		t.Fatal(err)
@@ -434,8 +407,10 @@ func TestManifestLockSkips(t *testing.T) {
 	t.Cleanup(func() { manifestLockWait = old })
 	ctx := context.Background()
 
-	s, dir, lockDir := ptStore(t, -1)
-	src := ptSource(t)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	for h := 0; h < 2; h++ {
 		ftBackup(t, src, "", "vm", "100", gtT0.Add(time.Duration(h)*time.Hour), ftFile(t, "a.img", 50<<10, 0))
 	}
@@ -559,7 +534,8 @@ func TestUPIDDottedHostname(t *testing.T) {
 func TestProcessLockFileRefused(t *testing.T) {
 	for _, kind := range []string{"symlink", "fifo", "dir"} {
 		t.Run(kind, func(t *testing.T) {
-			s, dir, _ := ptStore(t, -1)
+			env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+			s, dir := env.Store, env.Dir
 			p := filepath.Join(dir, ".lock")
 			target := filepath.Join(t.TempDir(), "elsewhere")
 			if err := os.WriteFile(target, nil, 0o644); err != nil {

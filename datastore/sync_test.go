@@ -1127,10 +1127,7 @@ func TestSyncKill9(t *testing.T) {
 			return target{s, dir, []string{stKillEnvSrc + "=" + srcDir, stKillEnvDst + "=" + dir}}
 		}
 		prefix := fake.UniquePrefix("kill")
-		s, err := Create(ctx, "dst", fake.New(t, prefix), Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := TestStore(t, TestName("dst"), TestOn("gofakes3", fake.New(t, prefix)))
 		return target{s, "", []string{stKillEnvSrc + "=" + srcDir, stKillEnvS3 + "=" + fake.Endpoint(), stKillEnvPrefix + "=" + prefix}}
 	}
 	// Calibrate: how long a whole sync takes in a child.

@@ -125,11 +125,7 @@ func vpStores(t *testing.T) map[string]func(t *testing.T) *Store {
 		"fs": func(t *testing.T) *Store { return TestStore(t, TestFlock(-1)) },
 		"s3": func(t *testing.T) *Store {
 			srv := s3test.StartVersity(t)
-			s, err := Create(context.Background(), "test", srv.New(t, srv.UniquePrefix("sample")), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
+			return TestStore(t, TestOn("versitygw", srv.New(t, srv.UniquePrefix("sample"))))
 		},
 	}
 }
