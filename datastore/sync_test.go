@@ -319,8 +319,7 @@ func TestSyncBackends(t *testing.T) {
 	fake := s3test.StartFake(t)
 	open := func(t *testing.T, kind, storeName string) *Store {
 		if kind == "fs" {
-			s := TestStore(t, TestName(storeName))
-			return s
+			return TestStore(t, TestName(storeName))
 		}
 		return TestStore(t, TestName(storeName), TestOn("s3", fake.New(t, fake.UniquePrefix(storeName))))
 	}
