@@ -163,7 +163,7 @@ func (e iotestErr) Read([]byte) (int, error) { return 0, e.err }
 // TestVerifyReadErrors: a read cut off midway is retried; one that keeps
 // failing fails the task and never blames (renames) the chunk.
 func TestVerifyReadErrors(t *testing.T) {
-	dir := NewTestEnv(t, TestFlock(-1)).Dir
+	dir := NewTestEnv(t).Dir
 	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -132,10 +132,7 @@ func TestGCSkipsNonCanonicalS3Key(t *testing.T) {
 	srv := s3test.StartFake(t)
 	prefix := srv.UniquePrefix("noncanon")
 	b := srv.New(t, prefix)
-	s, err := Open("noncanon", b, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := TestStore(t, TestName("noncanon"), TestOn("gofakes3", b))
 	ctx := context.Background()
 	data := []byte("an orphan chunk nobody references")
 	blob, err := format.EncodeBlob(data)
