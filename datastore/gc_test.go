@@ -345,32 +345,18 @@ func TestGCSweepsOldUnreferenced(t *testing.T) {
 // atimes): size and mtime of everything, atime of chunk files.
 func gtListing(t testing.TB, dir string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			out[rel+"/"] = ""
-			return nil
-		}
-		at, mt, _ := gtStat(t, dir, filepath.ToSlash(rel))
+	return TestDirTreeBy(t, dir, func(rel, p string) (string, error) {
+		at, mt, _ := gtStat(t, dir, rel)
 		v := mt.String()
 		if strings.HasPrefix(rel, ".chunks/") {
 			v += " atime " + at.String()
 		}
 		st, err := os.Lstat(p)
 		if err != nil {
-			return err
+			return "", err
 		}
-		out[rel] = v + " size " + strconv.FormatInt(st.Size(), 10)
-		return nil
+		return v + " size " + strconv.FormatInt(st.Size(), 10), nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // TestGCDryRun: a dry run changes nothing (not even atimes or the move

@@ -553,33 +553,14 @@ func TestProcessLockFileRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before := ptNames(t, dir)
+			before := TestDirTree(t, dir)
 			g, _ := name.NewGroup(name.Root, "vm", "100")
 			_, err = s.Backup(context.Background(), BackupRequest{Group: g, Time: gtT0, Owner: "root@pam",
 				Sources: []BackupSource{{Path: ftFile(t, "a.img", 1000, 0)}}}, nil)
 			if err == nil || !strings.Contains(err.Error(), ".lock") || errors.Is(err, lock.ErrBusy) {
 				t.Fatalf("backup with a %s .lock: %v; want a refusal naming .lock", kind, err)
 			}
-			if after := ptNames(t, dir); before != after {
-				t.Errorf("the refused backup changed the store:\n%s\n→\n%s", before, after)
-			}
+			TestSameTree(t, "the refused backup", before, TestDirTree(t, dir))
 		})
 	}
-}
-
-// ptNames lists the paths below dir (without reading files: one is a FIFO).
-func ptNames(t *testing.T, dir string) string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		out = append(out, p+" "+d.Type().String())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Join(out, "\n")
 }

@@ -194,10 +194,23 @@ func TestTree(t TestingT, s *Store) map[string]string {
 	return out
 }
 
-// TestDirTree is every file below dir with its content and every
-// directory (as "dir/", "./" for dir itself), so that a refusal that only
-// creates an empty directory shows too.
+// TestDirTree is every entry below dir: each directory as "dir/" ("./"
+// for dir itself), so that a refusal that only creates an empty directory
+// shows too; each regular file with its content; anything else (link,
+// FIFO, device) with its type and a link's target, never followed or
+// opened.
 func TestDirTree(t TestingT, dir string) map[string]string {
+	t.Helper()
+	return TestDirTreeBy(t, dir, func(_, p string) (string, error) {
+		data, err := os.ReadFile(p)
+		return string(data), err
+	})
+}
+
+// TestDirTreeBy is TestDirTree with each regular file described by
+// file(rel, path) instead of its content, e.g. by stat only where reading
+// would move access times.
+func TestDirTreeBy(t TestingT, dir string, file func(rel, path string) (string, error)) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -206,12 +219,15 @@ func TestDirTree(t TestingT, dir string) map[string]string {
 		}
 		rel, _ := filepath.Rel(dir, p)
 		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
+		switch {
+		case d.IsDir():
 			out[rel+"/"] = ""
-			return nil
+		case d.Type().IsRegular():
+			out[rel], err = file(rel, p)
+		default:
+			target, _ := os.Readlink(p)
+			out[rel] = "\x00" + d.Type().String() + " " + target
 		}
-		data, err := os.ReadFile(p)
-		out[rel] = string(data)
 		return err
 	})
 	if err != nil {
