@@ -49,12 +49,10 @@ type testConfig struct {
 	kind     string
 	b        backend.Backend // object storage; nil: filesystem
 	dir      string
-	skeleton bool
 	flock    bool
 	lockDir  string
 	wait     time.Duration
 	pbsLocks bool
-	opts     Options
 }
 
 // TestName names the store (default "test").
@@ -66,13 +64,6 @@ func TestName(storeName string) TestStoreOption {
 // may already hold a store).
 func TestAt(dir string) TestStoreOption {
 	return func(c *testConfig) { c.dir = dir }
-}
-
-// TestSkeleton creates the 65536 chunk prefix directories (Create), as a
-// real target has. Without it only .chunks is made: writes create prefix
-// directories on demand, and tests stay fast.
-func TestSkeleton() TestStoreOption {
-	return func(c *testConfig) { c.skeleton = true }
 }
 
 // TestOn puts the store on object storage b (Create writes the marker);
@@ -100,12 +91,6 @@ func TestPBSLocks() TestStoreOption {
 	return func(c *testConfig) { c.pbsLocks = true }
 }
 
-// TestOptions sets the other Options of the store (Locker, Observer,
-// Logger, PBSInUseOverride); a flock option replaces the Locker.
-func TestOptions(o Options) TestStoreOption {
-	return func(c *testConfig) { c.opts = o }
-}
-
 // TestStore is NewTestEnv's store: by default an unlocked filesystem store
 // named "test" in a temp dir.
 func TestStore(t TestingT, opts ...TestStoreOption) *Store {
@@ -121,7 +106,7 @@ func NewTestEnv(t TestingT, opts ...TestStoreOption) *TestEnv {
 		o(&c)
 	}
 	env := &TestEnv{Kind: c.kind}
-	so := c.opts
+	var so Options
 	if c.flock || c.pbsLocks {
 		env.LockDir = c.lockDir
 		if env.LockDir == "" {
@@ -132,33 +117,34 @@ func NewTestEnv(t TestingT, opts ...TestStoreOption) *TestEnv {
 			so.LocksDir = env.LockDir
 		}
 	}
-	ctx := context.Background()
 	var err error
-	switch {
-	case c.b != nil:
-		env.Store, err = Create(ctx, c.name, c.b, so)
-	default:
+	if c.b != nil {
+		env.Store, err = Create(context.Background(), c.name, c.b, so)
+	} else {
 		env.Dir = c.dir
 		if env.Dir == "" {
 			env.Dir = t.TempDir()
 		}
-		var b *local.FS
-		if b, err = local.New(env.Dir); err != nil {
-			break
-		}
-		if c.skeleton {
-			env.Store, err = Create(ctx, c.name, b, so)
-			break
-		}
-		if err = os.MkdirAll(filepath.Join(env.Dir, ".chunks"), 0o755); err != nil {
-			break
-		}
-		env.Store, err = Open(c.name, b, so)
+		env.Store, err = testFSStore(c.name, env.Dir, so)
 	}
 	if err != nil {
 		t.Fatalf("test store %s on %s: %v", c.name, c.kind, err)
 	}
 	return env
+}
+
+// testFSStore opens a filesystem store at dir with only .chunks made:
+// writes create the chunk prefix directories on demand, much faster than
+// Create's 65536 (TestCreateMakesChunkDirs covers those).
+func testFSStore(storeName, dir string, opts Options) (*Store, error) {
+	b, err := local.New(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, ".chunks"), 0o755); err != nil {
+		return nil, err
+	}
+	return Open(storeName, b, opts)
 }
 
 // TestFlockLocker is a flock locker on lockDir with retry window wait,

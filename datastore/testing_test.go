@@ -78,7 +78,7 @@ func TestFixtureStores(t *testing.T) {
 		t.Fatal(err)
 	}
 	if ents, _ := os.ReadDir(filepath.Join(env.Dir, ".chunks")); len(ents) != 0 {
-		t.Errorf("%d chunk dirs without TestSkeleton", len(ents))
+		t.Errorf("%d chunk dirs: want them made on demand", len(ents))
 	}
 	srv := s3test.StartFake(t)
 	s3env := NewTestEnv(t, TestOn("gofakes3", srv.New(t, srv.UniquePrefix("fx"))))
