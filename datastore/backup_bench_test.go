@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -106,24 +105,14 @@ func rawHashCompress(b *testing.B, path string) time.Duration {
 // it is on disk like a real datastore, syncfs included.
 func benchStore(b *testing.B) *Store {
 	if os.Getenv("PBSQ_BENCH_STORE") != "mem" {
-		s, _ := ftStore(b)
-		return s
+		return TestStore(b, TestFlock(-1))
 	}
 	dir, err := os.MkdirTemp("/dev/shm", "pbsq-bench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = os.RemoveAll(dir) })
-	_ = os.Mkdir(filepath.Join(dir, ".chunks"), 0o755)
-	fb, err := local.New(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Open("bench", fb, Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return s
+	return TestStore(b, TestName("bench"), TestAt(dir))
 }
 
 func benchIngest(b *testing.B, archive string) {

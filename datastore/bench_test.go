@@ -86,7 +86,8 @@ func BenchmarkPrune100k(b *testing.B) {
 	total := btEnvInt(b, "PBSQ_BENCH_SNAPSHOTS", 100_000)
 	nGroups := min(1000, max(1, total/10))
 	perGroup := max(1, total/nGroups)
-	s, dir, _ := ftStoreLocks(b)
+	env := NewTestEnv(b, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	groups := make([]name.Group, nGroups)
 	var specs []ptSpec
 	for i := range perGroup {
@@ -192,7 +193,8 @@ func btWriteChunks(b *testing.B, dir string, n int, want func(int) bool) {
 // so the other half is garbage: a dry run first, then for real.
 func BenchmarkGC1M(b *testing.B) {
 	n := btEnvInt(b, "PBSQ_BENCH_CHUNKS", 1_000_000)
-	s, dir, _ := ftStoreLocks(b)
+	env := NewTestEnv(b, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	start := time.Now()
 	for i := range 1 << 16 {
 		if err := os.Mkdir(filepath.Join(dir, filepath.FromSlash(chunkDir(uint16(i)))), 0o755); err != nil {

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
@@ -136,7 +135,7 @@ func runS3Faults(t *testing.T, srv *s3test.Server, seed int64, rounds int) {
 	step("move-namespace")
 
 	// 4. A filesystem store synced onto S3 (ns fromfs).
-	local, _ := newFSStore(t, "local")
+	local := datastore.TestStore(t, datastore.TestName("local"))
 	var localSnaps []name.Snapshot
 	for i := 0; i < 3*rounds; i++ {
 		n++
@@ -178,7 +177,8 @@ func runS3Faults(t *testing.T, srv *s3test.Server, seed int64, rounds int) {
 	step("gc")
 
 	// 6. Everything back onto a filesystem store.
-	back, backDir := newFSStore(t, "back")
+	backDir := t.TempDir()
+	back := datastore.TestStore(t, datastore.TestName("back"), datastore.TestAt(backDir))
 	bres, err := datastore.Sync(ctx, off, back, datastore.SyncRequest{SourceNS: name.Root, NS: name.Root, MaxDepth: -1}, nil)
 	if err != nil {
 		t.Fatalf("sync s3→fs through faults: %v", err)
@@ -237,26 +237,6 @@ func faultSeed(t *testing.T) int64 {
 		return s
 	}
 	return 1
-}
-
-// newFSStore is a filesystem store in a temp dir. An empty chunk store is
-// enough (chunk dirs are made on demand) and much cheaper than Create's
-// 65536 directories.
-func newFSStore(t testing.TB, storeName string) (*datastore.Store, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := datastore.Open(storeName, b, datastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir
 }
 
 // sources writes backup input files: a disk image of a few 4 MiB blocks,

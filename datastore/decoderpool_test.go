@@ -117,7 +117,7 @@ func putRawChunk(t *testing.T, s *Store, data, payload []byte) chunkRef {
 // needs a larger window than the first verifies (the check is redone with
 // a large decoder); a frame declaring more than any chunk needs is corrupt.
 func TestVerifyChunkWindows(t *testing.T) {
-	s, _ := ftStore(t)
+	s := TestStore(t, TestFlock(-1))
 	v := &verifier{s: s, decoders: newDecoderPool(verifyDecodeBudget)}
 	defer v.decoders.close()
 	c := v.checker()
@@ -163,7 +163,7 @@ func (e iotestErr) Read([]byte) (int, error) { return 0, e.err }
 // TestVerifyReadErrors: a read cut off midway is retried; one that keeps
 // failing fails the task and never blames (renames) the chunk.
 func TestVerifyReadErrors(t *testing.T) {
-	_, dir := ftStore(t)
+	dir := NewTestEnv(t).Dir
 	b, err := local.New(dir)
 	if err != nil {
 		t.Fatal(err)

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -95,18 +94,7 @@ func newSmallStore(t *testing.T, storeName, size string) *smallStore {
 	}
 	// Registered after TempDir's own cleanup, so it runs before it.
 	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := datastore.Open(storeName, b, datastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &smallStore{s: s, dir: dir}
+	return &smallStore{s: datastore.TestStore(t, datastore.TestName(storeName), datastore.TestAt(dir)), dir: dir}
 }
 
 func (ss *smallStore) grow(t *testing.T, size string) {
@@ -244,7 +232,8 @@ func rerunBackupWithSpace(t *testing.T, ss *smallStore, req datastore.BackupRequ
 
 func testDiskFullSync(t *testing.T) {
 	ctx := context.Background()
-	src, srcDir := newFSStore(t, "source")
+	srcDir := t.TempDir()
+	src := datastore.TestStore(t, datastore.TestName("source"), datastore.TestAt(srcDir))
 	var snaps []name.Snapshot
 	for i := 0; i < 3; i++ {
 		g, _ := name.NewGroup(name.Root, "vm", fmt.Sprint(200+i%2))

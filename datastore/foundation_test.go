@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,43 +15,8 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend/local"
-	"github.com/pbsq/pbsq/datastore/lock"
-	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
-
-// ftStore opens a fresh filesystem store with flock locks in temp dirs. It
-// skips the 65536 prefix directories (created on demand by writes) to keep
-// tests fast; TestCreateMakesChunkDirs covers Create.
-func ftStore(t testing.TB) (*Store, string) {
-	t.Helper()
-	s, dir, _ := ftStoreLocks(t)
-	return s, dir
-}
-
-// ftStoreLocks is ftStore that also returns the flock directory, so a
-// test can take locks as another process would.
-func ftStoreLocks(t testing.TB) (*Store, string, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lockDir := filepath.Join(t.TempDir(), "locks")
-	lb, err := flock.New(flock.Options{Dir: lockDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open("test", b, Options{Locker: lock.New(lb, lock.Options{Wait: -1})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir, lockDir
-}
 
 // ftFile writes a temp file: n random bytes, then z zero bytes.
 func ftFile(t testing.TB, base string, n, z int) string {
@@ -99,44 +63,6 @@ func allSnapshots(t testing.TB, s *Store) []SnapshotInfo {
 	return snaps
 }
 
-// ftTree returns every file below dir with its content, to show that a
-// refused operation changed nothing.
-func ftTree(t testing.TB, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			out[rel+"/"] = ""
-			return nil
-		}
-		data, err := os.ReadFile(p)
-		out[rel] = string(data)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func ftSameTree(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for k, v := range before {
-		if w, ok := after[k]; !ok || w != v {
-			t.Errorf("changed or removed: %s", k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			t.Errorf("added: %s", k)
-		}
-	}
-}
-
 // pbsfmt runs the independent Python writer/checker.
 func pbsfmt(t testing.TB, args ...string) string {
 	t.Helper()
@@ -174,7 +100,8 @@ func TestCreateMakesChunkDirs(t *testing.T) {
 }
 
 func TestNamespaces(t *testing.T) {
-	s, dir := ftStore(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	ctx := context.Background()
 	if err := s.CreateNamespace(ctx, name.MustNamespace("a/b/c")); err != nil {
 		t.Fatal(err)
@@ -207,11 +134,11 @@ func TestNamespaces(t *testing.T) {
 		t.Fatalf("removed a namespace with children: %v", err)
 	}
 	ftBackup(t, s, "a/x", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "f.conf", 10, 0))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	if err := s.RemoveNamespace(ctx, name.MustNamespace("a/x")); err == nil {
 		t.Fatal("removed a namespace with a group")
 	}
-	ftSameTree(t, before, ftTree(t, dir))
+	TestSameTree(t, "removing a namespace with a group", before, TestDirTree(t, dir))
 	if err := s.RemoveNamespaceLocked(ctx, name.MustNamespace("a/b/c")); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +160,8 @@ func fmtErr(err error) string {
 // TestBackupPassesIndependentChecker writes a snapshot with every archive
 // kind and checks it with the Python checker written from the spec.
 func TestBackupPassesIndependentChecker(t *testing.T) {
-	s, dir := ftStore(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	img := ftFile(t, "disk.img", 9<<20+123, 9<<20) // random, then zero chunks, short tail
 	tar := ftFile(t, "data.tar", 11<<20, 0)
 	conf := filepath.Join(t.TempDir(), "vm.conf")
@@ -262,10 +190,11 @@ func TestBackupPassesIndependentChecker(t *testing.T) {
 }
 
 func TestBackupRefusals(t *testing.T) {
-	s, dir := ftStore(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	f := ftFile(t, "x.bin", 1000, 0)
 	ftBackup(t, s, "", "vm", "1", time.Unix(1700000000, 0), f)
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	ctx := context.Background()
 	g, _ := name.NewGroup(name.Root, "vm", "1")
 	cases := map[string]BackupRequest{
@@ -284,7 +213,7 @@ func TestBackupRefusals(t *testing.T) {
 			t.Errorf("%s: err = %v, want name.ErrInvalid/ErrNotFound", what, err)
 		}
 	}
-	ftSameTree(t, before, ftTree(t, dir))
+	TestSameTree(t, "the refused backups", before, TestDirTree(t, dir))
 }
 
 // TestListsIndependentStore reads a store written by the Python program
@@ -292,8 +221,7 @@ func TestBackupRefusals(t *testing.T) {
 func TestListsIndependentStore(t *testing.T) {
 	dir := t.TempDir()
 	want := pbsfmt(t, "write", dir)
-	b, _ := local.New(dir)
-	s, _ := Open("indep", b, Options{})
+	s := TestStore(t, TestName("indep"), TestAt(dir))
 	ctx := context.Background()
 	type entry struct {
 		NS         string  `json:"ns"`

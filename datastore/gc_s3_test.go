@@ -27,10 +27,7 @@ func gbSetup(t testing.TB, srv *s3test.Server) *gbScene {
 	t.Helper()
 	ctx := context.Background()
 	prefix := srv.UniquePrefix("gcbatch")
-	s0, err := Create(ctx, "test", srv.New(t, prefix), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s0 := TestStore(t, TestOn("s3", srv.New(t, prefix)))
 	ftBackup(t, s0, "", "vm", "1", gtT0, ftFile(t, "root.pxar", 2<<20, 0))
 	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
 	if err != nil {
@@ -138,7 +135,7 @@ func TestGCS3Batches(t *testing.T) {
 			t.Errorf("referenced chunk %s gone (%v)", d, err)
 		}
 	}
-	gtVerifyAll(t, sc.s0)
+	TestVerifyAll(t, sc.s0, 1, 0)
 }
 
 // BenchmarkGCS3Requests counts the S3 requests GC sends per 1,000 removed

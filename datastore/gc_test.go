@@ -154,18 +154,6 @@ func gtMissing(t testing.TB, s *Store, dir string) []string {
 	return out
 }
 
-// gtVerifyAll verifies every snapshot and fails on any failure.
-func gtVerifyAll(t testing.TB, s *Store) {
-	t.Helper()
-	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{MaxDepth: -1}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Failed) > 0 || res.Snapshots == 0 {
-		t.Errorf("verify after GC: %d verified, failed %+v", res.Snapshots, res.Failed)
-	}
-}
-
 // gtBackend wraps a backend with hooks run before the wrapped calls. Hooks
 // are set before the store is used and never changed afterwards.
 type gtBackend struct {
@@ -248,7 +236,8 @@ type gtScene struct {
 
 func gtSetup(t *testing.T) *gtScene {
 	t.Helper()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	sc := &gtScene{s: s, dir: dir}
 	disk := ftFile(t, "disk.img", 200<<10, 1<<20)
 	ftBackup(t, s, "", "vm", "100", gtT0, disk, ftFile(t, "root.pxar", 1500<<10, 0))
@@ -349,39 +338,25 @@ func TestGCSweepsOldUnreferenced(t *testing.T) {
 	if gtExists(t, sc.dir, gcLeasePath) {
 		t.Error("GC lease left behind")
 	}
-	gtVerifyAll(t, sc.s)
+	TestVerifyAll(t, sc.s, 3, 1)
 }
 
 // gtListing describes the tree without reading files (which would move
 // atimes): size and mtime of everything, atime of chunk files.
 func gtListing(t testing.TB, dir string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			out[rel+"/"] = ""
-			return nil
-		}
-		at, mt, _ := gtStat(t, dir, filepath.ToSlash(rel))
+	return TestDirTreeBy(t, dir, func(rel, p string) (string, error) {
+		at, mt, _ := gtStat(t, dir, rel)
 		v := mt.String()
 		if strings.HasPrefix(rel, ".chunks/") {
 			v += " atime " + at.String()
 		}
 		st, err := os.Lstat(p)
 		if err != nil {
-			return err
+			return "", err
 		}
-		out[rel] = v + " size " + strconv.FormatInt(st.Size(), 10)
-		return nil
+		return v + " size " + strconv.FormatInt(st.Size(), 10), nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // TestGCDryRun: a dry run changes nothing (not even atimes or the move
@@ -434,7 +409,8 @@ func TestGCDryRun(t *testing.T) {
 // as a writer GC cannot see would be.
 func gtWriterDuringGC(t *testing.T, hideWriter bool) (*GCResult, *Store, string, Digest) {
 	ctx := context.Background()
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	shared := gtRandom(2 * FixedChunkSize)
 	ftBackup(t, s0, "", "vm", "100", gtT0, ftFile(t, "keep.img", 300<<10, 0))
 	oldImg := filepath.Join(t.TempDir(), "disk.img")
@@ -526,7 +502,7 @@ func TestGCWriterRunningDuringGC(t *testing.T) {
 	if missing := gtMissing(t, s, dir); len(missing) > 0 {
 		t.Errorf("GC removed chunks of finished snapshots:\n%s", strings.Join(missing, "\n"))
 	}
-	gtVerifyAll(t, s)
+	TestVerifyAll(t, s, 2, 0)
 	if gtExists(t, dir, ChunkPath(orphan)) {
 		t.Error("an old orphan chunk nobody revived survived: the sweep did not run")
 	}
@@ -574,7 +550,8 @@ func gtMoveScenario(t *testing.T, s *Store) (mv, dst name.Snapshot, moved []Dige
 // recording the move in the journal unless journal is false.
 func gtMoveDuringMark(t *testing.T, journal bool) (*GCResult, []Digest, string, *Store) {
 	ctx := context.Background()
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	mv, dst, moved := gtMoveScenario(t, s0)
 	s, gb := gtWrapped(t, s0)
 	var once sync.Once
@@ -640,7 +617,7 @@ func TestGCMoveJournal(t *testing.T) {
 	if ents, _ := os.ReadDir(gtPath(dir, journalDir)); len(ents) != 0 {
 		t.Errorf("journal not drained: %d entries", len(ents))
 	}
-	gtVerifyAll(t, s)
+	TestVerifyAll(t, s, 2, 0)
 }
 
 // TestGCMoveWithoutJournalLosesChunks is the control: without the journal
@@ -663,7 +640,8 @@ func TestGCMoveWithoutJournalLosesChunks(t *testing.T) {
 // good copy is back or nothing references the chunk.
 func TestGCBadChunks(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	data := map[string][]byte{}
 	dig := map[string]Digest{}
 	for _, k := range []string{"A", "B", "C", "D", "E"} {
@@ -965,7 +943,8 @@ func TestGCUnreadableIndexStops(t *testing.T) {
 // TestGCStrayIndexFiles: index files in directories the datastore layout
 // does not recognise still protect their chunks, with a warning.
 func TestGCStrayIndexFiles(t *testing.T) {
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	var ds []Digest
 	strays := []string{
 		"vm/bad name/2024-01-01T00:00:00Z/root.pxar.didx",
@@ -1001,7 +980,8 @@ func TestGCStrayIndexFiles(t *testing.T) {
 // (referencing an old chunk its client reused without upload) and the
 // previously newest snapshot is pruned before GC reads it.
 func TestGCRelistsGroupWhenNewestVanishes(t *testing.T) {
-	s0, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s0, dir := env.Store, env.Dir
 	g := ptGroup(t, "", "vm", "1")
 	kept := gtChunk(t, s0, gtRandom(1000))
 	reused := gtChunk(t, s0, gtRandom(1000))
@@ -1068,7 +1048,7 @@ func TestGCDigestSet(t *testing.T) {
 }
 
 func TestGCRejectsTinyCutoff(t *testing.T) {
-	s, _, _ := ftStoreLocks(t)
+	s := TestStore(t, TestFlock(-1))
 	if _, err := s.GC(context.Background(), GCRequest{Cutoff: 30 * time.Second}, nil); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("cutoff 30s: %v, want name.ErrInvalid", err)
 	}
@@ -1080,10 +1060,7 @@ func TestGCRejectsTinyCutoff(t *testing.T) {
 func TestGCObjectStore(t *testing.T) {
 	ctx := context.Background()
 	srv := s3test.StartFake(t)
-	s0, err := Create(ctx, "test", srv.New(t, srv.UniquePrefix("gc")), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s0 := TestStore(t, TestOn("gofakes3", srv.New(t, srv.UniquePrefix("gc"))))
 	ftBackup(t, s0, "", "vm", "1", gtT0, ftFile(t, "disk.img", 100<<10, 0), ftFile(t, "root.pxar", 200<<10, 0))
 	ftBackup(t, s0, "x", "ct", "2", gtT0, ftFile(t, "root.pxar", 100<<10, 0))
 	orphan := gtChunk(t, s0, gtRandom(3000))
@@ -1113,5 +1090,5 @@ func TestGCObjectStore(t *testing.T) {
 			t.Errorf("referenced chunk %s gone (%v)", d, err)
 		}
 	}
-	gtVerifyAll(t, s0)
+	TestVerifyAll(t, s0, 2, 0)
 }

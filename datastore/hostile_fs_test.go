@@ -47,9 +47,9 @@ func htTemplate(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	a := stFSAt(t, "sta", filepath.Join(tmpl, "a"), false)
-	b := stFSAt(t, "stb", filepath.Join(tmpl, "b"), false)
-	c := stFSAt(t, "stc", filepath.Join(tmpl, "c"), false)
+	a := TestStore(t, TestName("sta"), TestAt(filepath.Join(tmpl, "a")))
+	b := TestStore(t, TestName("stb"), TestAt(filepath.Join(tmpl, "b")))
+	c := TestStore(t, TestName("stc"), TestAt(filepath.Join(tmpl, "c")))
 	// b's snapshots share their chunks with a's "x" namespace (same seeds).
 	stSmall(t, b, "x", "vm/100", 1)
 	stSmall(t, b, "x", "vm/100", 2)
@@ -114,9 +114,9 @@ func htSetup(t *testing.T, tmpl string) *htEnv {
 	dir := t.TempDir()
 	htCopy(t, tmpl, dir)
 	e := &htEnv{aDir: filepath.Join(dir, "a"), bDir: filepath.Join(dir, "b"), v: filepath.Join(dir, "v")}
-	e.a = stFSAt(t, "sta", e.aDir, false)
-	e.b = stFSAt(t, "stb", e.bDir, false)
-	e.c = stFSAt(t, "stc", filepath.Join(dir, "c"), false)
+	e.a = TestStore(t, TestName("sta"), TestAt(e.aDir))
+	e.b = TestStore(t, TestName("stb"), TestAt(e.bDir))
+	e.c = TestStore(t, TestName("stc"), TestAt(filepath.Join(dir, "c")))
 	return e
 }
 
@@ -287,7 +287,7 @@ var htOps = []struct {
 		return e.a.Verify(ctx, VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
 	}},
 	{"sync out", func(ctx context.Context, t *testing.T, e *htEnv) (any, error) {
-		dst, _ := stFS(t, "std", false)
+		dst := TestStore(t, TestName("std"))
 		return Sync(ctx, e.a, dst, SyncRequest{SourceNS: name.Root, NS: name.Root, MaxDepth: -1}, nil)
 	}},
 	{"sync into", func(ctx context.Context, t *testing.T, e *htEnv) (any, error) {
@@ -391,8 +391,8 @@ func TestBackupOwnedStoreStaysOwned(t *testing.T) {
 	if err := os.Chown(dir, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	s := stFSAt(t, "owned", dir, false)
-	src, _ := stFS(t, "src", false)
+	s := TestStore(t, TestName("owned"), TestAt(dir))
+	src := TestStore(t, TestName("src"))
 	stSmall(t, src, "in", "vm/500", 1)
 	stSmall(t, src, "in", "vm/500", 2)
 

@@ -107,7 +107,8 @@ func TestSyncWrongSizeCondemnsIndex(t *testing.T) {
 	snaps := []name.Snapshot{res[0].SnapshotName(), res[1].SnapshotName(), res[2].SnapshotName()}
 	d := vtDigests(t, src, snaps[0], "shared.img.fidx")[0]
 	wrongSizeShared(t, src, dir, snaps[0], -10) // checked first
-	dst, ddir := stFS(t, "dst", false)
+	ddir := t.TempDir()
+	dst := TestStore(t, TestName("dst"), TestAt(ddir))
 	r, err := Sync(context.Background(), src, dst, SyncRequest{MaxDepth: -1}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -131,10 +132,7 @@ func TestGCSkipsNonCanonicalS3Key(t *testing.T) {
 	srv := s3test.StartFake(t)
 	prefix := srv.UniquePrefix("noncanon")
 	b := srv.New(t, prefix)
-	s, err := Open("noncanon", b, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := TestStore(t, TestName("noncanon"), TestOn("gofakes3", b))
 	ctx := context.Background()
 	data := []byte("an orphan chunk nobody references")
 	blob, err := format.EncodeBlob(data)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
@@ -55,28 +54,6 @@ func (e mcEnv) environ() []string {
 	return append(env, "PBSQ_MOVE_S3_ENDPOINT="+e.proxy.URL(), "PBSQ_MOVE_S3_BUCKET="+e.srv.Bucket(), "PBSQ_MOVE_S3_PREFIX="+e.prefix)
 }
 
-// mcOpen opens the store described by the PBSQ_MOVE_* variables (child) or
-// by e (parent).
-func mcOpen(t testing.TB, kind, dir, endpoint, bucket, prefix, lockDir string) *Store {
-	t.Helper()
-	var b backend.Backend
-	var err error
-	if kind == "fs" {
-		b, err = local.New(dir)
-	} else {
-		cfg := s3.Config{Endpoint: endpoint, Region: s3test.Region, Bucket: bucket, Prefix: prefix, PathStyle: true, RequestTimeout: 30 * time.Second}
-		b, err = s3.New(context.Background(), cfg)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open("test", b, Options{Locker: mtLocker(t, lockDir, time.Second)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 func mcRequest(merge bool) MoveNamespaceRequest {
 	return MoveNamespaceRequest{NS: name.MustNamespace("src"), TargetNS: name.MustNamespace("dst/moved"), MaxDepth: -1, DeleteSource: true, MergeGroups: merge}
 }
@@ -86,8 +63,18 @@ func TestHelperMove(t *testing.T) {
 	if os.Getenv("PBSQ_MOVE_HELPER") != "1" {
 		t.Skip("child process of TestMoveCrashResume")
 	}
-	s := mcOpen(t, os.Getenv("PBSQ_MOVE_KIND"), os.Getenv("PBSQ_MOVE_DIR"), os.Getenv("PBSQ_MOVE_S3_ENDPOINT"),
-		os.Getenv("PBSQ_MOVE_S3_BUCKET"), os.Getenv("PBSQ_MOVE_S3_PREFIX"), os.Getenv("PBSQ_MOVE_LOCKS"))
+	// The store described by the PBSQ_MOVE_* variables (mcEnv.environ).
+	on := TestAt(os.Getenv("PBSQ_MOVE_DIR"))
+	if os.Getenv("PBSQ_MOVE_KIND") != "fs" {
+		cfg := s3.Config{Endpoint: os.Getenv("PBSQ_MOVE_S3_ENDPOINT"), Region: s3test.Region, Bucket: os.Getenv("PBSQ_MOVE_S3_BUCKET"),
+			Prefix: os.Getenv("PBSQ_MOVE_S3_PREFIX"), PathStyle: true, RequestTimeout: 30 * time.Second}
+		b, err := s3.New(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		on = TestOn("s3", b)
+	}
+	s := TestStore(t, on, TestFlockAt(os.Getenv("PBSQ_MOVE_LOCKS"), time.Second))
 	fmt.Println("MOVING")
 	phase := ""
 	res, err := s.MoveNamespace(context.Background(), mcRequest(os.Getenv("PBSQ_MOVE_MERGE") == "true"), func(p Progress) {
@@ -270,13 +257,11 @@ func mcTrials(t *testing.T, trials, lanes int, newEnv func(t *testing.T, merge b
 func mcTrial(t *testing.T, newEnv func(t *testing.T, merge bool) mcEnv, seed int, kill bool, delay time.Duration) (mcTiming, int) {
 	merge := seed%2 == 0
 	e := newEnv(t, merge)
+	on := TestAt(e.dir)
 	if e.kind == "s3" {
-		b := e.srv.New(t, e.prefix)
-		if _, err := Create(context.Background(), "test", b, Options{}); err != nil {
-			t.Fatal(err)
-		}
+		on = TestOn("versitygw", e.srv.New(t, e.prefix))
 	}
-	parent := mcOpen(t, e.kind, e.dir, endpointOf(e), bucketOf(e), e.prefix, e.lockDir)
+	parent := TestStore(t, on, TestFlockAt(e.lockDir, time.Second))
 	want := mcBuild(t, parent, merge)
 	took, movePhase, killed := mcChild(t, e, kill, delay)
 	if killed && e.proxy != nil {
@@ -338,20 +323,6 @@ func mcManifests(t testing.TB, s *Store, dir string) int {
 		t.Fatal(err)
 	}
 	return n
-}
-
-func endpointOf(e mcEnv) string {
-	if e.srv == nil {
-		return ""
-	}
-	return e.srv.Endpoint()
-}
-
-func bucketOf(e mcEnv) string {
-	if e.srv == nil {
-		return ""
-	}
-	return e.srv.Bucket()
 }
 
 func mtExistsQuiet(s *Store, ns string) bool {
@@ -494,5 +465,5 @@ func mcCheck(t *testing.T, s *Store, want map[string]string) {
 			}
 		}
 	}
-	mtVerifyAll(t, s)
+	TestVerifyAll(t, s, -1, 0)
 }

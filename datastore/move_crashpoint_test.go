@@ -127,14 +127,11 @@ func TestMoveCrashPoints(t *testing.T) {
 		}
 		locks := filepath.Join(t.TempDir(), "locks")
 		real := srv.New(t, srv.UniquePrefix("crashpoint"))
-		s, err := Create(ctx, "test", real, Options{Locker: mtLocker(t, locks, 0)})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := TestStore(t, TestOn("gofakes3", real), TestFlockAt(locks, 0))
 		want := cpBuild(t, s)
 		crash := &crashAfter{S3: real}
 		crash.left.Store(int64(k))
-		cs, err := Open("test", crash, Options{Locker: mtLocker(t, locks, 0)})
+		cs, err := Open("test", crash, Options{Locker: TestFlockLocker(t, locks, 0)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -260,5 +257,5 @@ func cpCheck(t *testing.T, k int, s *Store, want map[string]string) {
 			t.Errorf("k=%d: owner of %s:%s: %q %v", k, g.ns, g.group, o, err)
 		}
 	}
-	mtVerifyAll(t, s)
+	TestVerifyAll(t, s, -1, 0)
 }

@@ -19,31 +19,14 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
-	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// ---- environment: one store on a filesystem or an S3 server, flock locks
-
-type mtEnv struct {
-	kind    string // fs, gofakes3, versitygw
-	s       *Store
-	dir     string // filesystem base; "" on S3
-	lockDir string
-}
-
-func mtLocker(t testing.TB, lockDir string, wait time.Duration) *lock.Locker {
-	t.Helper()
-	lb, err := flock.New(flock.Options{Dir: lockDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return lock.New(lb, lock.Options{Wait: wait})
-}
+// ---- environment: stores come from NewTestEnv (testing.go), one per
+// backend kind from eachBackend, with flock locks (single try).
 
 // benchLocksDir is a locks dir on tmpfs where there is one, as in
 // production: pbsq's default /run/pbsq/locks and PBS's
@@ -56,49 +39,6 @@ func benchLocksDir(b *testing.B) string {
 	}
 	b.Cleanup(func() { _ = os.RemoveAll(dir) })
 	return dir
-}
-
-func mtFS(t testing.TB) *mtEnv {
-	t.Helper()
-	dir := t.TempDir()
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lockDir := filepath.Join(t.TempDir(), "locks")
-	s, err := Open("test", b, Options{Locker: mtLocker(t, lockDir, -1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &mtEnv{kind: "fs", s: s, dir: dir, lockDir: lockDir}
-}
-
-func mtS3(t testing.TB, srv *s3test.Server, kind string) *mtEnv {
-	t.Helper()
-	b := srv.New(t, srv.UniquePrefix("move"))
-	lockDir := filepath.Join(t.TempDir(), "locks")
-	s, err := Create(context.Background(), "test", b, Options{Locker: mtLocker(t, lockDir, -1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &mtEnv{kind: kind, s: s, lockDir: lockDir}
-}
-
-// mtBackends runs fn on a filesystem store and on stores on gofakes3 and
-// versitygw (a real S3 server). Each subtest gets a fresh store.
-func mtBackends(t *testing.T, fn func(t *testing.T, env func(t *testing.T) *mtEnv)) {
-	t.Run("fs", func(t *testing.T) { fn(t, func(t *testing.T) *mtEnv { return mtFS(t) }) })
-	t.Run("gofakes3", func(t *testing.T) {
-		srv := s3test.StartFake(t)
-		fn(t, func(t *testing.T) *mtEnv { return mtS3(t, srv, "gofakes3") })
-	})
-	t.Run("versitygw", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("versitygw in -short mode")
-		}
-		srv := s3test.StartVersity(t)
-		fn(t, func(t *testing.T) *mtEnv { return mtS3(t, srv, "versitygw") })
-	})
 }
 
 // ---- data
@@ -198,75 +138,6 @@ func mtPutSnapshot(ctx context.Context, b backend.Backend, snap name.Snapshot, o
 
 // ---- observation
 
-// mtDump is every file of the store with its content; on a filesystem also
-// every directory (as "dir/"), so a refusal that only creates an empty
-// directory shows too.
-func mtDump(t testing.TB, env *mtEnv) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	if env.dir != "" {
-		err := filepath.WalkDir(env.dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(env.dir, p)
-			if d.IsDir() {
-				out[filepath.ToSlash(rel)+"/"] = ""
-				return nil
-			}
-			data, err := os.ReadFile(p)
-			out[filepath.ToSlash(rel)] = string(data)
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	ctx := context.Background()
-	err := env.s.b.Walk(ctx, "", func(fi backend.FileInfo) error {
-		data, err := env.s.b.ReadFile(ctx, fi.Name)
-		out[fi.Name] = string(data)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func mtSameDump(t *testing.T, what string, before, after map[string]string) {
-	t.Helper()
-	var diffs []string
-	for k, v := range before {
-		if w, ok := after[k]; !ok {
-			diffs = append(diffs, "removed "+k)
-		} else if w != v {
-			diffs = append(diffs, "changed "+k)
-		}
-	}
-	for k := range after {
-		if _, ok := before[k]; !ok {
-			diffs = append(diffs, "added "+k)
-		}
-	}
-	if len(diffs) > 0 {
-		sort.Strings(diffs)
-		t.Errorf("%s changed the store: %s", what, strings.Join(diffs[:min(len(diffs), 10)], ", "))
-	}
-}
-
-// mtUnder returns the entries of dump below prefix, keyed by the rest.
-func mtUnder(dump map[string]string, prefix string) map[string]string {
-	out := map[string]string{}
-	for k, v := range dump {
-		if rest, ok := strings.CutPrefix(k, prefix); ok && rest != "" && !strings.HasSuffix(rest, "/") {
-			out[rest] = v
-		}
-	}
-	return out
-}
-
 // mtWhereWalk is mtWhere from one flat listing (a request per 1000 keys
 // on S3 instead of one per snapshot); snapshot directories without a
 // manifest are errors.
@@ -315,19 +186,6 @@ func mtWhere(t testing.TB, s *Store) map[string][]string {
 		out[sn.Snapshot.String()] = append(out[sn.Snapshot.String()], sn.NS.String())
 	}
 	return out
-}
-
-// mtVerifyAll verifies the whole store; everything must be ok.
-func mtVerifyAll(t testing.TB, s *Store) *VerifyResult {
-	t.Helper()
-	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
-	if err != nil {
-		t.Fatalf("verify: %v", err)
-	}
-	if len(res.Failed) > 0 || len(res.Skipped) > 0 || len(res.Unfinished) > 0 || res.OK != res.Snapshots {
-		t.Fatalf("verify after move: %d ok of %d, failed %v, skipped %v, unfinished %v", res.OK, res.Snapshots, res.Failed, res.Skipped, res.Unfinished)
-	}
-	return res
 }
 
 // mtJournal maps each journalled target index path to its source.
@@ -379,9 +237,9 @@ func mtMustComplete(t *testing.T, res *MoveResult, err error) {
 // TestMoveGroup moves vm/10 next to vm/100 and a namespace "ab" next to
 // "a": prefixes that match as strings must stay untouched.
 func TestMoveGroup(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
-		env := newEnv(t)
-		s, ctx := env.s, context.Background()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
 		mtNS(t, s, "a", "ab", "b")
 		for h := 0; h < 3; h++ {
 			mtBackup(t, s, "a", "vm/10", h, "alice@pbs")
@@ -396,7 +254,7 @@ func TestMoveGroup(t *testing.T) {
 		if err := s.SetProtected(ctx, name.NewSnapshot(src, mtAt(1)), true); err != nil {
 			t.Fatal(err)
 		}
-		before := mtDump(t, env)
+		before := TestTree(t, env.Store)
 
 		var phases []string
 		res, err := s.MoveGroup(ctx, MoveGroupRequest{Group: src, TargetNS: name.MustNamespace("b"), MergeGroup: true},
@@ -405,7 +263,7 @@ func TestMoveGroup(t *testing.T) {
 		if res.Groups != 1 || res.GroupsTotal != 1 || res.Snapshots != 3 || len(res.MergedGroups) != 0 {
 			t.Errorf("result %+v", res)
 		}
-		if env.kind == "fs" {
+		if env.Kind == "fs" {
 			if res.Backend != "fs" || res.ObjectsCopied != 0 {
 				t.Errorf("fs result %+v", res)
 			}
@@ -416,14 +274,14 @@ func TestMoveGroup(t *testing.T) {
 			t.Error("no progress reported")
 		}
 
-		after := mtDump(t, env)
+		after := TestTree(t, env.Store)
 		// Everything outside the moved group is byte-for-byte unchanged.
 		for _, prefix := range []string{"ns/a/vm/100/", "ns/ab/", ".chunks/"} {
-			mtSameDump(t, "move-group ("+prefix+")", mtUnder(before, prefix), mtUnder(after, prefix))
+			TestSameTree(t, "move-group ("+prefix+")", TestTreeUnder(before, prefix), TestTreeUnder(after, prefix))
 		}
 		// The moved group is byte-for-byte the old one, in its new place.
-		mtSameDump(t, "move-group (moved files)", mtUnder(before, "ns/a/vm/10/"), mtUnder(after, "ns/b/vm/10/"))
-		if n := len(mtUnder(after, "ns/a/vm/10/")); n != 0 {
+		TestSameTree(t, "move-group (moved files)", TestTreeUnder(before, "ns/a/vm/10/"), TestTreeUnder(after, "ns/b/vm/10/"))
+		if n := len(TestTreeUnder(after, "ns/a/vm/10/")); n != 0 {
 			t.Errorf("%d files left at the source group", n)
 		}
 		if ok, _ := s.GroupExists(ctx, src); ok {
@@ -453,16 +311,16 @@ func TestMoveGroup(t *testing.T) {
 				t.Errorf("journal entry %s left open", e.ID)
 			}
 		}
-		mtVerifyAll(t, s)
+		TestVerifyAll(t, s, -1, 0)
 	})
 }
 
 // TestMoveGroupMerge merges into an existing group: same owner and older
 // target snapshots.
 func TestMoveGroupMerge(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
-		env := newEnv(t)
-		s, ctx := env.s, context.Background()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
 		mtNS(t, s, "a", "b")
 		mtBackup(t, s, "b", "vm/1", 0, "alice@pbs")
 		mtBackup(t, s, "b", "vm/1", 1, "alice@pbs")
@@ -482,16 +340,16 @@ func TestMoveGroupMerge(t *testing.T) {
 				t.Errorf("%s in %v", sn, nss)
 			}
 		}
-		mtVerifyAll(t, s)
+		TestVerifyAll(t, s, -1, 0)
 	})
 }
 
 // TestMoveRefusals: every failed precondition is an ErrInvalid or
 // ErrNotFound naming the values, and changes nothing at all.
 func TestMoveRefusals(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
-		env := newEnv(t)
-		s, ctx := env.s, context.Background()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
 		mtNS(t, s, "a/b/c", "b", "t", "t2", "deep/1/2/3/4/5", "own/b/c", "p/q/q")
 		mtBackup(t, s, "a", "vm/1", 10, "alice@pbs")
 		mtBackup(t, s, "a", "vm/1", 11, "alice@pbs")
@@ -503,7 +361,7 @@ func TestMoveRefusals(t *testing.T) {
 		mtBackup(t, s, "own/b/c", "ct/3", 1, "bob@pbs") // the last group of a, owner differs
 		mtBackup(t, s, "p/q", "vm/9", 1, "alice@pbs")   //
 		mtBackup(t, s, "p/q/q", "vm/8", 1, "alice@pbs") //
-		before := mtDump(t, env)
+		before := TestTree(t, env.Store)
 		// A busy-free locker with a window, so lock trouble cannot pose as
 		// a refusal.
 		ns := name.MustNamespace
@@ -550,7 +408,7 @@ func TestMoveRefusals(t *testing.T) {
 			res, err := s.MoveNamespace(ctx, c.req, nil)
 			mtRefused(t, "move-namespace: "+c.what, res, err, c.want, c.text)
 		}
-		mtSameDump(t, "refusals", before, mtDump(t, env))
+		TestSameTree(t, "refusals", before, TestTree(t, env.Store))
 	})
 }
 
@@ -590,11 +448,11 @@ func mtTree(t testing.TB, s *Store) {
 }
 
 func TestMoveNamespace(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
-		env := newEnv(t)
-		s, ctx := env.s, context.Background()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
 		mtTree(t, s)
-		before := mtDump(t, env)
+		before := TestTree(t, env.Store)
 		res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("a"), TargetNS: name.MustNamespace("x/y"),
 			MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
 		mtMustComplete(t, res, err)
@@ -607,15 +465,15 @@ func TestMoveNamespace(t *testing.T) {
 		if got := strings.Join(res.NamespacesRemoved, " "); got != "a/b/c a/e a/b a" {
 			t.Errorf("removed %q (deepest first)", got)
 		}
-		after := mtDump(t, env)
-		mtSameDump(t, "move-namespace (ab)", mtUnder(before, "ns/ab/"), mtUnder(after, "ns/ab/"))
+		after := TestTree(t, env.Store)
+		TestSameTree(t, "move-namespace (ab)", TestTreeUnder(before, "ns/ab/"), TestTreeUnder(after, "ns/ab/"))
 		// Moved files are byte-for-byte the old ones.
 		for _, g := range []string{"vm/1/", "ns/b/vm/2/", "ns/b/ct/2/", "ns/b/ns/c/host/3/"} {
-			old := mtUnder(before, "ns/a/"+g)
+			old := TestTreeUnder(before, "ns/a/"+g)
 			if len(old) == 0 {
 				t.Fatalf("no files below ns/a/%s", g)
 			}
-			mtSameDump(t, "move-namespace ("+g+")", old, mtUnder(after, "ns/x/ns/y/"+g))
+			TestSameTree(t, "move-namespace ("+g+")", old, TestTreeUnder(after, "ns/x/ns/y/"+g))
 		}
 		if mtExists(t, s, "a") || !mtExists(t, s, "ab") || !mtExists(t, s, "x/y/e") {
 			t.Error("namespaces wrong after the move")
@@ -636,18 +494,18 @@ func TestMoveNamespace(t *testing.T) {
 		if len(mtJournal(t, s)) != 6 {
 			t.Errorf("journal: %v", mtJournal(t, s))
 		}
-		mtVerifyAll(t, s)
+		TestVerifyAll(t, s, -1, 0)
 	})
 }
 
 // TestMoveNamespaceOptions covers max-depth, delete-source=false, merging
 // into an existing namespace, moving up into an ancestor and to the root.
 func TestMoveNamespaceOptions(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
 		ns := name.MustNamespace
 		t.Run("max-depth", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtTree(t, s)
 			res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("x/y"), MaxDepth: 1, DeleteSource: true, MergeGroups: true}, nil)
 			mtMustComplete(t, res, err)
@@ -664,11 +522,11 @@ func TestMoveNamespaceOptions(t *testing.T) {
 			if nss := where["host/3/"+mtAt(0).Format(name.TimeLayout)]; len(nss) != 1 || nss[0] != "a/b/c" {
 				t.Errorf("deeper group moved: %v", nss)
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 		t.Run("keep-source", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtTree(t, s)
 			res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("x/y"), MaxDepth: -1, DeleteSource: false, MergeGroups: true}, nil)
 			mtMustComplete(t, res, err)
@@ -678,11 +536,11 @@ func TestMoveNamespaceOptions(t *testing.T) {
 			if gs, _ := s.ListGroups(ctx, ns("a/b")); len(gs) != 0 {
 				t.Errorf("groups left: %v", gs)
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 		t.Run("merge", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtNS(t, s, "a/b", "x/b")
 			mtBackup(t, s, "x/b", "vm/2", 0, "alice@pbs")
 			mtBackup(t, s, "a/b", "vm/2", 1, "alice@pbs")
@@ -695,11 +553,11 @@ func TestMoveNamespaceOptions(t *testing.T) {
 			if snaps, _ := s.ListSnapshots(ctx, mtGroup(t, "x/b", "vm/2")); len(snaps) != 2 {
 				t.Errorf("merged group has %d snapshots", len(snaps))
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 		t.Run("into-ancestor", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtTree(t, s)
 			res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: ns("a/b"), TargetNS: ns("a"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
 			mtMustComplete(t, res, err)
@@ -709,11 +567,11 @@ func TestMoveNamespaceOptions(t *testing.T) {
 			if gs, _ := s.ListGroups(ctx, ns("a")); len(gs) != 3 {
 				t.Errorf("groups in a: %v", gs)
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 		t.Run("to-root", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtNS(t, s, "r/s/u")
 			mtBackup(t, s, "r/s", "vm/7", 0, "alice@pbs")
 			mtBackup(t, s, "r/s/u", "vm/8", 0, "alice@pbs")
@@ -725,31 +583,25 @@ func TestMoveNamespaceOptions(t *testing.T) {
 			if ok, _ := s.GroupExists(ctx, mtGroup(t, "", "vm/7")); !ok {
 				t.Error("vm/7 not in root")
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 	})
 }
 
-// mtOther is a second locker on the same flock dir: another process, as
-// far as flock is concerned.
-func mtOther(t testing.TB, env *mtEnv) *lock.Locker {
-	return mtLocker(t, env.lockDir, -1)
-}
-
 func TestMoveLocks(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
 		ns := name.MustNamespace
 		req := MoveNamespaceRequest{NS: ns("a"), TargetNS: ns("x/y"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}
 		t.Run("busy-child-namespace", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtTree(t, s)
-			g, err := mtOther(t, env).Namespace(ctx, "test", ns("a/b/c"), lock.Shared)
+			g, err := TestFlockLocker(t, env.LockDir, -1).Namespace(ctx, "test", ns("a/b/c"), lock.Shared)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer g.Release()
-			before := mtDump(t, env)
+			before := TestTree(t, env.Store)
 			for _, wait := range []time.Duration{0, 150 * time.Millisecond} {
 				start := time.Now()
 				res, err := s.WithLocker(s.Locker().WithWait(wait)).MoveNamespace(ctx, req, nil)
@@ -763,11 +615,11 @@ func TestMoveLocks(t *testing.T) {
 					t.Errorf("busy error does not name the namespace: %v", err)
 				}
 			}
-			mtSameDump(t, "busy move-namespace", before, mtDump(t, env))
+			TestSameTree(t, "busy move-namespace", before, TestTree(t, env.Store))
 			// The same goes for a move-group out of a namespace held
 			// exclusively.
 			_ = g.Release()
-			gx, err := mtOther(t, env).Namespace(ctx, "test", ns("a"), lock.Exclusive)
+			gx, err := TestFlockLocker(t, env.LockDir, -1).Namespace(ctx, "test", ns("a"), lock.Exclusive)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -775,14 +627,14 @@ func TestMoveLocks(t *testing.T) {
 			if _, err := s.MoveGroup(ctx, MoveGroupRequest{Group: mtGroup(t, "a", "vm/1"), TargetNS: ns("x"), MergeGroup: true}, nil); !errors.Is(err, lock.ErrBusy) {
 				t.Fatalf("move-group: %v, want busy", err)
 			}
-			mtSameDump(t, "busy move-group", before, mtDump(t, env))
+			TestSameTree(t, "busy move-group", before, TestTree(t, env.Store))
 		})
 		t.Run("busy-group", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtTree(t, s)
 			busy := mtGroup(t, "a/b", "vm/2")
-			g, err := mtOther(t, env).Group(ctx, "test", busy)
+			g, err := TestFlockLocker(t, env.LockDir, -1).Group(ctx, "test", busy)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -817,17 +669,17 @@ func TestMoveLocks(t *testing.T) {
 					t.Errorf("%s in %v", sn, nss)
 				}
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 		t.Run("busy-snapshot", func(t *testing.T) {
-			env := newEnv(t)
-			s, ctx := env.s, context.Background()
+			env := newEnv(t, TestFlock(-1))
+			s, ctx := env.Store, context.Background()
 			mtNS(t, s, "a", "b")
 			for h := 0; h < 3; h++ {
 				mtBackup(t, s, "a", "vm/1", h, "alice@pbs")
 			}
 			src := mtGroup(t, "a", "vm/1")
-			g, err := mtOther(t, env).Snapshot(ctx, "test", name.NewSnapshot(src, mtAt(1)), lock.Shared)
+			g, err := TestFlockLocker(t, env.LockDir, -1).Snapshot(ctx, "test", name.NewSnapshot(src, mtAt(1)), lock.Shared)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -856,7 +708,7 @@ func TestMoveLocks(t *testing.T) {
 			if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
 				t.Errorf("move records left: %v", recs)
 			}
-			mtVerifyAll(t, s)
+			TestVerifyAll(t, s, -1, 0)
 		})
 	})
 }
@@ -865,7 +717,7 @@ func TestMoveLocks(t *testing.T) {
 // verify in the moving subtree, and two moves on overlapping subtrees.
 // Whatever the interleaving, nothing is lost or duplicated.
 func TestMoveConcurrent(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
 		rounds := 3
 		if !strings.HasSuffix(t.Name(), "fs") {
 			rounds = 1
@@ -873,9 +725,9 @@ func TestMoveConcurrent(t *testing.T) {
 		ns := name.MustNamespace
 		for r := 0; r < rounds; r++ {
 			t.Run(fmt.Sprint("writer-verify-", r), func(t *testing.T) {
-				env := newEnv(t)
+				env := newEnv(t, TestFlock(-1))
 				ctx := context.Background()
-				s := env.s.WithLocker(env.s.Locker().WithWait(3 * time.Second))
+				s := env.Store.WithLocker(env.Store.Locker().WithWait(3 * time.Second))
 				mtTree(t, s)
 				initial := len(mtWhere(t, s))
 				var wg sync.WaitGroup
@@ -884,7 +736,7 @@ func TestMoveConcurrent(t *testing.T) {
 				wg.Add(2)
 				go func() { // backup writer
 					defer wg.Done()
-					w := env.s.WithLocker(env.s.Locker().WithWait(20 * time.Millisecond))
+					w := env.Store.WithLocker(env.Store.Locker().WithWait(20 * time.Millisecond))
 					for i := 0; ; i++ {
 						select {
 						case <-stop:
@@ -908,7 +760,7 @@ func TestMoveConcurrent(t *testing.T) {
 				}()
 				go func() { // verify inside a child namespace
 					defer wg.Done()
-					v := env.s.WithLocker(env.s.Locker().WithWait(20 * time.Millisecond))
+					v := env.Store.WithLocker(env.Store.Locker().WithWait(20 * time.Millisecond))
 					res, err := v.Verify(ctx, VerifyRequest{Scope: Scope{NS: ns("a/b"), MaxDepth: -1}}, nil)
 					if err != nil && !errors.Is(err, ErrNotFound) {
 						t.Errorf("verify: %v", err)
@@ -947,13 +799,13 @@ func TestMoveConcurrent(t *testing.T) {
 					}
 				}
 				t.Logf("%d backups during the move, %d snapshots", len(backedUp), len(where))
-				mtVerifyAll(t, s)
+				TestVerifyAll(t, s, -1, 0)
 			})
 			t.Run(fmt.Sprint("racing-moves-", r), func(t *testing.T) {
-				env := newEnv(t)
+				env := newEnv(t, TestFlock(-1))
 				ctx := context.Background()
-				mtTree(t, env.s)
-				initial := mtWhere(t, env.s)
+				mtTree(t, env.Store)
+				initial := mtWhere(t, env.Store)
 				reqs := []MoveNamespaceRequest{
 					{NS: ns("a"), TargetNS: ns("x/y"), MaxDepth: -1, DeleteSource: true, MergeGroups: true},
 					{NS: ns("a/b"), TargetNS: ns("z"), MaxDepth: -1, DeleteSource: true, MergeGroups: true},
@@ -964,7 +816,7 @@ func TestMoveConcurrent(t *testing.T) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						s := env.s.WithLocker(env.s.Locker().WithWait(time.Duration(r) * 30 * time.Millisecond))
+						s := env.Store.WithLocker(env.Store.Locker().WithWait(time.Duration(r) * 30 * time.Millisecond))
 						var res *MoveResult
 						res, errs[i] = s.MoveNamespace(ctx, req, nil)
 						if errs[i] == nil && res.Outcome() != nil {
@@ -987,7 +839,7 @@ func TestMoveConcurrent(t *testing.T) {
 				if won == 0 {
 					t.Error("no move won")
 				}
-				where := mtWhere(t, env.s)
+				where := mtWhere(t, env.Store)
 				if len(where) != len(initial) {
 					t.Errorf("%d snapshots, want %d", len(where), len(initial))
 				}
@@ -996,7 +848,7 @@ func TestMoveConcurrent(t *testing.T) {
 						t.Errorf("%s in %v", sn, nss)
 					}
 				}
-				mtVerifyAll(t, env.s)
+				TestVerifyAll(t, env.Store, -1, 0)
 			})
 		}
 	})
@@ -1090,14 +942,7 @@ func mtBenchMoveFS(b *testing.B, snapshots, perGroup int) {
 			}
 		}
 	}
-	fsb, err := local.New(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	s, err := Open("bench", fsb, Options{Locker: mtLocker(b, benchLocksDir(b), 0)})
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := TestStore(b, TestName("bench"), TestAt(dir), TestFlockAt(benchLocksDir(b), 0))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		from, to := name.MustNamespace("src"), name.MustNamespace("dst")
@@ -1175,10 +1020,7 @@ func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, p
 		b.StopTimer()
 		prefix := srv.UniquePrefix("bench")
 		bk := srv.New(b, prefix)
-		s, err := Create(ctx, "bench", bk, Options{Locker: mtLocker(b, benchLocksDir(b), 0)})
-		if err != nil {
-			b.Fatal(err)
-		}
+		s := TestStore(b, TestName("bench"), TestOn("s3", bk), TestFlockAt(benchLocksDir(b), 0))
 		mtNS(b, s, "src")
 		snaps := mtBenchGroups(b, "src", snapshots, perGroup)
 		type put struct {

@@ -19,14 +19,14 @@ import (
 // ones still there. The rerun must accept it and finish, as a merge with
 // merging off too (the move's own record is there).
 func TestMoveResumeDeletesOutOfOrder(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
 		for _, merge := range []bool{true, false} {
 			t.Run(fmt.Sprint("merge-", merge), func(t *testing.T) {
-				env := newEnv(t)
-				if env.kind == "fs" {
+				env := newEnv(t, TestFlock(-1))
+				if env.Kind == "fs" {
 					t.Skip("a filesystem renames: no copies to leave behind")
 				}
-				s, ctx := env.s, context.Background()
+				s, ctx := env.Store, context.Background()
 				mtNS(t, s, "a", "b")
 				for h := 0; h < 3; h++ {
 					mtBackup(t, s, "a", "vm/1", h, "alice@pbs")
@@ -69,7 +69,7 @@ func TestMoveResumeDeletesOutOfOrder(t *testing.T) {
 				if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
 					t.Errorf("move records left: %v", recs)
 				}
-				mtVerifyAll(t, s)
+				TestVerifyAll(t, s, -1, 0)
 			})
 		}
 	})
@@ -81,9 +81,9 @@ func TestMoveResumeDeletesOutOfOrder(t *testing.T) {
 // held one and the newer stay, the group is reported busy, the other
 // groups move completely, and a rerun finishes.
 func TestMoveNamespaceBusySnapshot(t *testing.T) {
-	mtBackends(t, func(t *testing.T, newEnv func(t *testing.T) *mtEnv) {
-		env := newEnv(t)
-		s, ctx := env.s, context.Background()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
 		ns := name.MustNamespace
 		mtNS(t, s, "a")
 		for g := 1; g <= 5; g++ {
@@ -92,7 +92,7 @@ func TestMoveNamespaceBusySnapshot(t *testing.T) {
 			}
 		}
 		src := mtGroup(t, "a", "vm/3")
-		held, err := mtOther(t, env).Snapshot(ctx, "test", name.NewSnapshot(src, mtAt(1)), lock.Shared)
+		held, err := TestFlockLocker(t, env.LockDir, -1).Snapshot(ctx, "test", name.NewSnapshot(src, mtAt(1)), lock.Shared)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,6 +126,6 @@ func TestMoveNamespaceBusySnapshot(t *testing.T) {
 		if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
 			t.Errorf("move records left: %v", recs)
 		}
-		mtVerifyAll(t, s)
+		TestVerifyAll(t, s, -1, 0)
 	})
 }

@@ -19,7 +19,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -106,37 +105,6 @@ func ptChild(t *testing.T, mode, path string) (line string, pid int, stop func()
 	return "", 0, nil
 }
 
-// ptStore is a filesystem store with flock locks (retry window wait) and
-// the PBS interop files in the same locks dir.
-func ptStore(t *testing.T, wait time.Duration) (*Store, string, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lockDir := filepath.Join(t.TempDir(), "locks")
-	s, err := Open("test", b, Options{Locker: mtLocker(t, lockDir, wait), LocksDir: lockDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir, lockDir
-}
-
-// ptSource is another store ("src") to sync from.
-func ptSource(t *testing.T) *Store {
-	t.Helper()
-	s0, _ := ftStore(t)
-	s, err := Open("src", s0.Backend(), Options{Locker: s0.Locker()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 	t.Helper()
 	var pe *ProcessLockBusyError
@@ -153,31 +121,18 @@ func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 // error naming the lock and the holder, having written nothing; once the
 // writer is gone it runs.
 func TestPBSWriterRefusesPbsqGC(t *testing.T) {
-	s, dir, _ := ptStore(t, 300*time.Millisecond)
+	env := NewTestEnv(t, TestFlock(300*time.Millisecond), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-read", filepath.Join(dir, ".lock"))
 	_, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil)
 	ptWantProcessBusy(t, "GC beside a PBS writer", err, pid)
-	if after := ftTree(t, dir); !mapsEqual(before, after) {
-		t.Error("the refused GC changed the store")
-	}
+	TestSameTree(t, "the refused GC", before, TestDirTree(t, dir))
 	stop()
 	if _, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil); err != nil {
 		t.Fatalf("GC after the PBS writer ended: %v", err)
 	}
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 // TestPBSGCRefusesPbsqWriters: while a "PBS GC" holds the exclusive record
@@ -185,14 +140,15 @@ func mapsEqual(a, b map[string]string) bool {
 // naming the lock and PBS's pid) and write nothing.
 func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ptStore(t, 200*time.Millisecond)
+	env := NewTestEnv(t, TestFlock(200*time.Millisecond), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("other")); err != nil {
 		t.Fatal(err)
 	}
-	src := ptSource(t)
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 100<<10, 0))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-write", filepath.Join(dir, ".lock"))
 
 	g, _ := name.NewGroup(name.Root, "vm", "100")
@@ -205,9 +161,7 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	ptWantProcessBusy(t, "move-group", err, pid)
 	_, err = s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("other"), TargetNS: name.MustNamespace("moved"), MaxDepth: -1}, nil)
 	ptWantProcessBusy(t, "move-namespace", err, pid)
-	if after := ftTree(t, dir); !mapsEqual(before, after) {
-		t.Error("a refused writer changed the store")
-	}
+	TestSameTree(t, "a refused writer", before, TestDirTree(t, dir))
 	// PBS's GC also keeps a pbsq GC out.
 	_, err = s.GC(ctx, GCRequest{Now: gtLater}, nil)
 	ptWantProcessBusy(t, "GC beside a PBS GC", err, pid)
@@ -225,7 +179,8 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 // backup and GC still run side by side (the writer registry covers them).
 func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ptStore(t, -1)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+	s, dir := env.Store, env.Dir
 	lockPath := filepath.Join(dir, ".lock")
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	g, _ := name.NewGroup(name.Root, "vm", "100")
@@ -276,7 +231,7 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	}
 
 	// The other writers: sync into the store, move-group, move-namespace.
-	src := ptSource(t)
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "c.img", 100<<10, 0))
 	for _, ns := range []string{"x", "y"} {
 		if err := s.CreateNamespace(ctx, name.MustNamespace(ns)); err != nil {
@@ -335,7 +290,8 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 	for _, journal := range []bool{true, false} {
 		t.Run(fmt.Sprint("journal=", journal), func(t *testing.T) {
 			ctx := context.Background()
-			s0, dir, lockDir := ptStore(t, -1)
+			env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+			s0, dir, lockDir := env.Store, env.Dir, env.LockDir
 			mv, dst, moved := gtMoveScenario(t, s0)
 			jpath := filepath.Join(lockDir, "test", "move-journal")
 			gb := &gtBackend{Backend: s0.Backend()}
@@ -410,7 +366,7 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 			if fi, err := os.Stat(jpath); err != nil || fi.Size() != 0 {
 				t.Errorf("PBS's journal not truncated after the drain: %v %v", fi, err)
 			}
-			gtVerifyAll(t, s0)
+			TestVerifyAll(t, s0, 2, 0)
 		})
 	}
 }
@@ -420,7 +376,8 @@ func TestPBSJournalKeepsChunks(t *testing.T) {
 // line, as PBS's own move does; pbsq's GC drains it.
 func TestPbsqMoveWritesPBSJournal(t *testing.T) {
 	ctx := context.Background()
-	s, dir, lockDir := ptStore(t, -1)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
 	res := ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0), ftFile(t, "b.pxar", 10<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("x")); err != nil {
 		t.Fatal(err)
@@ -525,8 +482,10 @@ func TestManifestLockSkips(t *testing.T) {
 	t.Cleanup(func() { manifestLockWait = old })
 	ctx := context.Background()
 
-	s, dir, lockDir := ptStore(t, -1)
-	src := ptSource(t)
+	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	for h := 0; h < 2; h++ {
 		ftBackup(t, src, "", "vm", "100", gtT0.Add(time.Duration(h)*time.Hour), ftFile(t, "a.img", 50<<10, 0))
 	}
@@ -673,7 +632,8 @@ func TestUPIDDottedHostname(t *testing.T) {
 func TestProcessLockFileRefused(t *testing.T) {
 	for _, kind := range []string{"symlink", "fifo", "dir"} {
 		t.Run(kind, func(t *testing.T) {
-			s, dir, _ := ptStore(t, -1)
+			env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
+			s, dir := env.Store, env.Dir
 			p := filepath.Join(dir, ".lock")
 			target := filepath.Join(t.TempDir(), "elsewhere")
 			if err := os.WriteFile(target, nil, 0o644); err != nil {
@@ -691,33 +651,14 @@ func TestProcessLockFileRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before := ptNames(t, dir)
+			before := TestDirTree(t, dir)
 			g, _ := name.NewGroup(name.Root, "vm", "100")
 			_, err = s.Backup(context.Background(), BackupRequest{Group: g, Time: gtT0, Owner: "root@pam",
 				Sources: []BackupSource{{Path: ftFile(t, "a.img", 1000, 0)}}}, nil)
 			if err == nil || !strings.Contains(err.Error(), ".lock") || errors.Is(err, lock.ErrBusy) {
 				t.Fatalf("backup with a %s .lock: %v; want a refusal naming .lock", kind, err)
 			}
-			if after := ptNames(t, dir); before != after {
-				t.Errorf("the refused backup changed the store:\n%s\n→\n%s", before, after)
-			}
+			TestSameTree(t, "the refused backup", before, TestDirTree(t, dir))
 		})
 	}
-}
-
-// ptNames lists the paths below dir (without reading files: one is a FIFO).
-func ptNames(t *testing.T, dir string) string {
-	t.Helper()
-	var out []string
-	err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		out = append(out, p+" "+d.Type().String())
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.Join(out, "\n")
 }

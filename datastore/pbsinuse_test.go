@@ -87,16 +87,13 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 	prefix := srv.UniquePrefix("inuse")
 	lockDir := filepath.Join(t.TempDir(), "locks")
 	open := func(override string) *Store {
-		s, err := Open("test", srv.New(t, prefix), Options{Locker: mtLocker(t, lockDir, -1), LocksDir: lockDir, PBSInUseOverride: override})
+		s, err := Open("test", srv.New(t, prefix), Options{Locker: TestFlockLocker(t, lockDir, -1), LocksDir: lockDir, PBSInUseOverride: override})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s
 	}
-	s, err := Create(ctx, "test", srv.New(t, prefix), Options{Locker: mtLocker(t, lockDir, -1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := TestStore(t, TestOn("versitygw", srv.New(t, prefix)), TestFlockAt(lockDir, -1))
 	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("other")); err != nil {
 		t.Fatal(err)
@@ -106,7 +103,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := piObjects(t, srv, prefix)
-	src := ptSource(t)
+	src := TestStore(t, TestName("src"), TestFlock(-1))
 	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 10<<10, 0))
 
 	g, _ := name.NewGroup(name.Root, "vm", "100")
@@ -124,7 +121,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 	}
 	for _, override := range []string{"", "otherhost"} {
 		s := open(override)
-		_, err = s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: ftFile(t, "c.img", 1000, 0)}}}, nil)
+		_, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: ftFile(t, "c.img", 1000, 0)}}}, nil)
 		refused("backup", err)
 		_, err = Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)
 		refused("sync", err)

@@ -341,7 +341,8 @@ func TestPruneOpPBSExamples(t *testing.T) {
 	ctx := context.Background()
 	for _, loc := range ptLocs(t) {
 		t.Run(loc.String(), func(t *testing.T) {
-			s, dir, _ := ftStoreLocks(t)
+			env := NewTestEnv(t, TestFlock(-1))
+			s, dir := env.Store, env.Dir
 			for i, c := range cases {
 				g := ptGroup(t, "", "host", fmt.Sprintf("elsa%d", i))
 				specs := ptFinished(t, c.list...)
@@ -425,7 +426,8 @@ func TestPruneOpRandomTimelines(t *testing.T) {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, loc), func(t *testing.T) {
 				r := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
 				opt := ptRandomOptions(r)
-				s, dir, _ := ftStoreLocks(t)
+				env := NewTestEnv(t, TestFlock(-1))
+				s, dir := env.Store, env.Dir
 				groups := []name.Group{
 					ptGroup(t, "", "vm", "100"),
 					ptGroup(t, "a", "ct", "200"),
@@ -466,7 +468,8 @@ func TestPruneOpRandomTimelines(t *testing.T) {
 func TestPruneOpDryRun(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(42, 7))
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	groups := []name.Group{ptGroup(t, "", "vm", "1"), ptGroup(t, "x", "ct", "2"), ptGroup(t, "x/y", "host", "h")}
 	specs := make([][]ptSpec, len(groups))
 	total := 0
@@ -477,12 +480,12 @@ func TestPruneOpDryRun(t *testing.T) {
 		ptBuild(t, s, dir, g, specs[i])
 	}
 	opt := prune.Options{KeepLast: 2, KeepDaily: 3, KeepWeekly: 2}
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	res, err := s.Prune(ctx, PruneRequest{Scope: Scope{MaxDepth: -1}, Keep: opt, DryRun: true, Location: time.UTC}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ftSameTree(t, before, ftTree(t, dir))
+	TestSameTree(t, "a dry run", before, TestDirTree(t, dir))
 	if !res.DryRun || res.Removed != 0 {
 		t.Errorf("dry run result: dry-run=%v removed=%d", res.DryRun, res.Removed)
 	}
@@ -515,10 +518,11 @@ func TestPruneOpDryRun(t *testing.T) {
 // prune.Options.Set; here 0 means unset and negatives must fail).
 func TestPruneOpRejectsBadKeep(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	g := ptGroup(t, "", "vm", "1")
 	ptBuild(t, s, dir, g, ptFinished(t, "2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z", "2024-01-03T00:00:00Z"))
-	before := ftTree(t, dir)
+	before := TestDirTree(t, dir)
 	for i, opt := range []string{"keep-last", "keep-hourly", "keep-daily", "keep-weekly", "keep-monthly", "keep-yearly"} {
 		var keep prune.Options
 		if i != 0 {
@@ -540,7 +544,7 @@ func TestPruneOpRejectsBadKeep(t *testing.T) {
 	if _, err := s.Prune(ctx, PruneRequest{Scope: Scope{Group: &g, Snapshot: &sn}, Keep: prune.Options{KeepLast: 1}}, nil); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("prune of one snapshot: %v, want name.ErrInvalid", err)
 	}
-	ftSameTree(t, before, ftTree(t, dir))
+	TestSameTree(t, "the refused prunes", before, TestDirTree(t, dir))
 }
 
 // ptRecorder wraps a backend, records removals in order and can run a
@@ -597,7 +601,8 @@ func ptRecorded(t testing.TB, s *Store) (*Store, *ptRecorder) {
 // they become protected after the marks were computed.
 func TestPruneOpProtected(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	g := ptGroup(t, "", "vm", "1")
 	var specs []ptSpec
 	for d := 1; d <= 10; d++ {
@@ -649,7 +654,8 @@ func TestPruneOpProtected(t *testing.T) {
 // cover them. Without any option everything stays, with a warning.
 func TestPruneOpUnfinished(t *testing.T) {
 	ctx := context.Background()
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	at := func(d int) time.Time { return time.Date(2024, 6, d, 12, 0, 0, 0, time.UTC) }
 	cases := []struct {
 		g     name.Group
@@ -719,7 +725,8 @@ func TestPruneOpScope(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			s, dir, _ := ftStoreLocks(t)
+			env := NewTestEnv(t, TestFlock(-1))
+			s, dir := env.Store, env.Dir
 			for _, g := range layout {
 				ptDaily(t, s, dir, g, 5)
 			}
@@ -744,7 +751,7 @@ func TestPruneOpScope(t *testing.T) {
 			}
 		})
 	}
-	s, _, _ := ftStoreLocks(t)
+	s := TestStore(t, TestFlock(-1))
 	missing := ptGroup(t, "", "vm", "404")
 	if _, err := s.Prune(ctx, PruneRequest{Scope: Scope{Group: &missing}, Keep: prune.Options{KeepLast: 1}}, nil); !errors.Is(err, ErrNotFound) {
 		t.Errorf("prune of a missing group: %v, want ErrNotFound", err)
@@ -769,7 +776,8 @@ func TestPruneOpBusyGroup(t *testing.T) {
 	ctx := context.Background()
 	for _, freed := range []bool{false, true} {
 		t.Run(fmt.Sprintf("freed=%v", freed), func(t *testing.T) {
-			s, dir, lockDir := ftStoreLocks(t)
+			env := NewTestEnv(t, TestFlock(-1))
+			s, dir, lockDir := env.Store, env.Dir, env.LockDir
 			busy, other := ptGroup(t, "n", "vm", "1"), ptGroup(t, "n", "vm", "2")
 			ptDaily(t, s, dir, busy, 4)
 			ptDaily(t, s, dir, other, 4)
@@ -817,7 +825,8 @@ func TestPruneOpBusyGroup(t *testing.T) {
 // verified) stays and is reported skipped; the rest is removed.
 func TestPruneOpBusySnapshot(t *testing.T) {
 	ctx := context.Background()
-	s, dir, lockDir := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir, lockDir := env.Store, env.Dir, env.LockDir
 	g := ptGroup(t, "", "ct", "7")
 	specs := ptDaily(t, s, dir, g, 6)
 	held := name.NewSnapshot(g, specs[2].at)
@@ -847,7 +856,8 @@ func TestPruneOpBusySnapshot(t *testing.T) {
 func TestPruneOpRemovalOrder(t *testing.T) {
 	ctx := context.Background()
 	r := rand.New(rand.NewPCG(3, 4))
-	s, dir, _ := ftStoreLocks(t)
+	env := NewTestEnv(t, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	groups := []name.Group{ptGroup(t, "", "vm", "1"), ptGroup(t, "", "vm", "2")}
 	for _, g := range groups {
 		specs := ptTimeline(r)

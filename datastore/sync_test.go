@@ -21,12 +21,10 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
-	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
@@ -36,47 +34,6 @@ var stT0 = time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
 
 // stAt is the fixtures' snapshot time h hours after stT0.
 func stAt(h int) time.Time { return stT0.Add(time.Duration(h) * time.Hour) }
-
-// stFS opens a filesystem store in a temp dir; skeleton creates the 65536
-// chunk prefix directories (Create), as a real target has.
-func stFS(t testing.TB, storeName string, skeleton bool) (*Store, string) {
-	t.Helper()
-	dir := t.TempDir()
-	return stFSAt(t, storeName, dir, skeleton), dir
-}
-
-func stFSAt(t testing.TB, storeName, dir string, skeleton bool) *Store {
-	t.Helper()
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if skeleton {
-		s, err := Create(context.Background(), storeName, b, Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	if err := os.MkdirAll(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	s, err := Open(storeName, b, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// stS3 creates a store at a fresh prefix on srv.
-func stS3(t testing.TB, srv *s3test.Server, storeName string) *Store {
-	t.Helper()
-	s, err := Create(context.Background(), storeName, srv.New(t, srv.UniquePrefix(storeName)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
 
 // stCounter records every call that changes a backend.
 type stCounter struct {
@@ -322,18 +279,6 @@ func stJSON(v any) string {
 	return string(b)
 }
 
-// stVerify verifies every snapshot of s and wants them all ok.
-func stVerify(t testing.TB, s *Store, wantSnapshots int) {
-	t.Helper()
-	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
-	if err != nil {
-		t.Fatalf("verify: %v", err)
-	}
-	if len(res.Failed) > 0 || (wantSnapshots >= 0 && res.Snapshots != wantSnapshots) {
-		t.Fatalf("verify of the target: want %d snapshots ok, got %s", wantSnapshots, stJSON(res))
-	}
-}
-
 // stPBSFmt runs the independent Python checker/writer.
 func stPBSFmt(t testing.TB, args ...string) (string, error) {
 	t.Helper()
@@ -374,10 +319,9 @@ func TestSyncBackends(t *testing.T) {
 	fake := s3test.StartFake(t)
 	open := func(t *testing.T, kind, storeName string) *Store {
 		if kind == "fs" {
-			s, _ := stFS(t, storeName, false)
-			return s
+			return TestStore(t, TestName(storeName))
 		}
-		return stS3(t, fake, storeName)
+		return TestStore(t, TestName(storeName), TestOn("s3", fake.New(t, fake.UniquePrefix(storeName))))
 	}
 	for _, c := range [][2]string{{"fs", "fs"}, {"fs", "s3"}, {"s3", "fs"}, {"s3", "s3"}} {
 		t.Run(c[0]+"-to-"+c[1], func(t *testing.T) {
@@ -447,7 +391,7 @@ func TestSyncBackends(t *testing.T) {
 				}
 			}
 			stSameListing(t, src, dst)
-			stVerify(t, dst, fx.finished+1)
+			TestVerifyAll(t, dst, fx.finished+1, 0)
 		})
 	}
 }
@@ -474,7 +418,7 @@ func TestSyncIndependentStore(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &expected); err != nil {
 		t.Fatalf("pbsfmt listing: %v\n%s", err, out)
 	}
-	src := stFSAt(t, "pbsfmt", srcDir, false)
+	src := TestStore(t, TestName("pbsfmt"), TestAt(srcDir))
 	check := func(t *testing.T, dst *Store, dir string) {
 		stPBSCheck(t, dir)
 		stSameListing(t, src, dst)
@@ -509,7 +453,8 @@ func TestSyncIndependentStore(t *testing.T) {
 		}
 	}
 	t.Run("fs-to-fs", func(t *testing.T) {
-		dst, dir := stFS(t, "dst", false)
+		dir := t.TempDir()
+		dst := TestStore(t, TestName("dst"), TestAt(dir))
 		res := stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 		if res.Outcome() != nil || res.Snapshots != 5 {
 			t.Fatalf("%s", stJSON(res))
@@ -522,13 +467,14 @@ func TestSyncIndependentStore(t *testing.T) {
 	})
 	t.Run("fs-to-versitygw-to-fs", func(t *testing.T) {
 		srv := s3test.StartVersity(t)
-		mid := stS3(t, srv, "mid")
+		mid := TestStore(t, TestName("mid"), TestOn("s3", srv.New(t, srv.UniquePrefix("mid"))))
 		res := stSync(t, src, mid, SyncRequest{MaxDepth: -1})
 		if res.Outcome() != nil || res.Snapshots != 5 {
 			t.Fatalf("fs→s3: %s", stJSON(res))
 		}
 		stSameListing(t, src, mid)
-		dst, dir := stFS(t, "dst", false)
+		dir := t.TempDir()
+		dst := TestStore(t, TestName("dst"), TestAt(dir))
 		res = stSync(t, mid, dst, SyncRequest{MaxDepth: -1})
 		if res.Outcome() != nil || res.Snapshots != 5 {
 			t.Fatalf("s3→fs: %s", stJSON(res))
@@ -559,12 +505,6 @@ func stFilterSource(t testing.TB, src *Store) *Store {
 	return src
 }
 
-func stFSOnly(t testing.TB, storeName string) *Store {
-	t.Helper()
-	s, _ := stFS(t, storeName, false)
-	return s
-}
-
 // TestSyncFiltersTransferLast: exclude:type:vm with transfer-last 1 copies
 // exactly the newest finished snapshot of each non-vm group; group: and
 // regex: filters include, exclude: wins.
@@ -572,11 +512,11 @@ func TestSyncFiltersTransferLast(t *testing.T) {
 	fake := s3test.StartFake(t)
 	t.Run("s3-to-s3", func(t *testing.T) {
 		// Object storage lists snapshots lazily: the same selection.
-		src := stFilterSource(t, stS3(t, fake, "src"))
-		dst := stS3(t, fake, "dst")
+		src := stFilterSource(t, TestStore(t, TestName("src"), TestOn("s3", fake.New(t, fake.UniquePrefix("src")))))
+		dst := TestStore(t, TestName("dst"), TestOn("s3", fake.New(t, fake.UniquePrefix("dst"))))
 		stSync(t, src, dst, SyncRequest{MaxDepth: -1, Filters: stFilters(t, "exclude:type:vm"), TransferLast: 1})
-		fsDst, _ := stFS(t, "dst", false)
-		stSync(t, stFilterSource(t, stFSOnly(t, "src")), fsDst, SyncRequest{MaxDepth: -1, Filters: stFilters(t, "exclude:type:vm"), TransferLast: 1})
+		fsDst := TestStore(t, TestName("dst"))
+		stSync(t, stFilterSource(t, TestStore(t, TestName("src"))), fsDst, SyncRequest{MaxDepth: -1, Filters: stFilters(t, "exclude:type:vm"), TransferLast: 1})
 		if a, b := stListing(t, dst), stListing(t, fsDst); !slices.Equal(a, b) {
 			t.Fatalf("s3:\n  %s\nfs:\n  %s", strings.Join(a, "\n  "), strings.Join(b, "\n  "))
 		}
@@ -585,8 +525,8 @@ func TestSyncFiltersTransferLast(t *testing.T) {
 			t.Errorf("second run: %s", stJSON(res))
 		}
 	})
-	src := stFilterSource(t, stFSOnly(t, "src"))
-	dst, _ := stFS(t, "dst", false)
+	src := stFilterSource(t, TestStore(t, TestName("src")))
+	dst := TestStore(t, TestName("dst"))
 	res := stSync(t, src, dst, SyncRequest{MaxDepth: -1, Filters: stFilters(t, "exclude:type:vm"), TransferLast: 1})
 	want := []string{
 		"ns ",
@@ -620,7 +560,7 @@ func TestSyncFiltersTransferLast(t *testing.T) {
 		{[]string{"regex:^(ct|vm)/[0-9]+$", "exclude:regex:^ct/2"}, []string{":vm/100", ":vm/101", "x:ct/300", "x:vm/102"}},
 		{[]string{"group:vm/999"}, nil},
 	} {
-		dst, _ := stFS(t, "dst", false)
+		dst := TestStore(t, TestName("dst"))
 		res := stSync(t, src, dst, SyncRequest{MaxDepth: -1, Filters: stFilters(t, c.filters...)})
 		var got []string
 		for _, l := range stListing(t, dst) {
@@ -639,12 +579,13 @@ func TestSyncFiltersTransferLast(t *testing.T) {
 // a mapping deeper than 7 levels is refused before anything is written.
 func TestSyncNamespaceMapping(t *testing.T) {
 	ctx := context.Background()
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	stSmall(t, src, "", "vm/1", 0)
 	stSmall(t, src, "a", "vm/2", 0)
 	stSmall(t, src, "a/b", "vm/3", 0)
 	stSmall(t, src, "a/b/c", "vm/4", 0)
-	dst, dstDir := stFS(t, "dst", false)
+	dstDir := t.TempDir()
+	dst := TestStore(t, TestName("dst"), TestAt(dstDir))
 	res := stSync(t, src, dst, SyncRequest{SourceNS: name.MustNamespace("a"), NS: name.MustNamespace("x/y"), MaxDepth: 1})
 	want := []string{
 		"ns ", "ns x",
@@ -657,12 +598,12 @@ func TestSyncNamespaceMapping(t *testing.T) {
 
 	deep := "d1/d2/d3/d4/d5/d6/d7"
 	stSmall(t, src, deep, "vm/9", 0)
-	before := ftTree(t, dstDir)
+	before := TestDirTree(t, dstDir)
 	_, err := Sync(ctx, src, dst, SyncRequest{NS: name.MustNamespace("z"), MaxDepth: -1}, nil)
 	if !errors.Is(err, name.ErrInvalid) || !strings.Contains(err.Error(), deep) {
 		t.Fatalf("too deep: %v, want name.ErrInvalid naming %s", err, deep)
 	}
-	ftSameTree(t, before, ftTree(t, dstDir))
+	TestSameTree(t, "the refused sync", before, TestDirTree(t, dstDir))
 
 	if _, err := Sync(ctx, src, src, SyncRequest{SourceNS: name.MustNamespace("a"), NS: name.MustNamespace("a/b")}, nil); !errors.Is(err, name.ErrInvalid) {
 		t.Errorf("overlapping namespaces in one store: %v, want name.ErrInvalid", err)
@@ -681,11 +622,11 @@ func TestSyncNamespaceMapping(t *testing.T) {
 // with the reason (nothing written into it); new groups get the owner.
 func TestSyncOwner(t *testing.T) {
 	ctx := context.Background()
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	stSmall(t, src, "", "vm/100", 0)
 	stSmall(t, src, "", "vm/100", 1)
 	stSmall(t, src, "", "ct/200", 0)
-	dst, _ := stFS(t, "dst", false)
+	dst := TestStore(t, TestName("dst"))
 	ct := name.Group{NS: name.Root, Type: name.TypeCT, ID: "200"}
 	if err := dst.SetGroupOwner(ctx, ct, "other@pbs"); err != nil {
 		t.Fatal(err)
@@ -711,7 +652,7 @@ func TestSyncOwner(t *testing.T) {
 // filters and non-empty namespaces.
 func TestSyncRemoveVanished(t *testing.T) {
 	ctx := context.Background()
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	var vm []name.Snapshot
 	for h := 0; h < 3; h++ {
 		vm = append(vm, stSmall(t, src, "", "vm/100", h))
@@ -721,7 +662,7 @@ func TestSyncRemoveVanished(t *testing.T) {
 	if err := src.CreateNamespace(ctx, name.MustNamespace("a/empty")); err != nil {
 		t.Fatal(err)
 	}
-	dst, _ := stFS(t, "dst", false)
+	dst := TestStore(t, TestName("dst"))
 	stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 
 	// The source loses vm/100's two oldest, host/h1 and a/empty, and
@@ -805,7 +746,8 @@ func stCorruptChunk(t testing.TB, dir string, d Digest) {
 // stays unfinished in the target without the bad chunk; the rest syncs.
 func TestSyncCorruptSourceChunk(t *testing.T) {
 	ctx := context.Background()
-	src, srcDir := stFS(t, "src", false)
+	srcDir := t.TempDir()
+	src := TestStore(t, TestName("src"), TestAt(srcDir))
 	s0 := stBackup(t, src, "", "vm/100", stAt(0), map[string][]byte{"drive-scsi0.img": stData("a", 5<<20, false)})
 	stBackup(t, src, "", "vm/100", stAt(1), map[string][]byte{"drive-scsi0.img": stData("b", 5<<20, false)})
 	c0 := stBackup(t, src, "", "ct/200", stAt(0), map[string][]byte{"root.pxar": stData("c", 300<<10, true)})
@@ -823,7 +765,9 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dst, dstDir := stFS(t, "dst", false)
+	dstDir := t.TempDir()
+
+	dst := TestStore(t, TestName("dst"), TestAt(dstDir))
 	res := stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 	if !errors.Is(res.Outcome(), ErrFailed) || len(res.Failed) != 2 || res.Snapshots != 2 {
 		t.Fatalf("%v\n%s", res.Outcome(), stJSON(res))
@@ -844,7 +788,7 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 			t.Errorf("corrupt chunk %s copied", d)
 		}
 	}
-	stVerify(t, dst, 2)
+	TestVerifyAll(t, dst, 2, 0)
 	stPBSCheck(t, dstDir)
 }
 
@@ -853,12 +797,13 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 // chunk away or the chunk is still there, corrupt.
 func TestSyncResyncCorrupt(t *testing.T) {
 	ctx := context.Background()
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	var snaps []name.Snapshot
 	for h := 0; h < 3; h++ {
 		snaps = append(snaps, stBackup(t, src, "", "vm/100", stAt(h), map[string][]byte{"drive-scsi0.img": stData(fmt.Sprint(h), 5<<20, false)}))
 	}
-	dst, dstDir := stFS(t, "dst", false)
+	dstDir := t.TempDir()
+	dst := TestStore(t, TestName("dst"), TestAt(dstDir))
 	stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 
 	// snaps[0]: verify finds the corrupt chunk and renames it .bad.
@@ -883,15 +828,15 @@ func TestSyncResyncCorrupt(t *testing.T) {
 	if res.Outcome() != nil || res.Snapshots != 2 || res.SnapshotsPresent != 1 || res.Chunks != 2 || res.ChunksRenamed != 1 {
 		t.Fatalf("with resync-corrupt: %s", stJSON(res))
 	}
-	stVerify(t, dst, 3)
+	TestVerifyAll(t, dst, 3, 0)
 }
 
 // TestSyncRate: the token bucket holds the chunk bytes read to the rate
 // (after a burst of one chunk).
 func TestSyncRate(t *testing.T) {
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	stBackup(t, src, "", "vm/100", stAt(0), map[string][]byte{"drive-scsi0.img": stData("rate", 16<<20, false)})
-	dst, _ := stFS(t, "dst", false)
+	dst := TestStore(t, TestName("dst"))
 	const rate = 8 << 20
 	start := time.Now()
 	res := stSync(t, src, dst, SyncRequest{MaxDepth: -1, Rate: rate})
@@ -903,27 +848,17 @@ func TestSyncRate(t *testing.T) {
 	t.Logf("%d bytes in %v (limit %d B/s, floor %v)", res.Bytes, elapsed, rate, floor)
 }
 
-// stLocked opens s again with a flock locker on lockDir (single try).
-func stLocked(t testing.TB, s *Store, lockDir string, wait time.Duration) *Store {
-	t.Helper()
-	lb, err := flock.New(flock.Options{Dir: lockDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s.WithLocker(lock.New(lb, lock.Options{Wait: wait}))
-}
-
 // TestSyncBusy: a group whose target group lock (or a source snapshot's
 // lock) is held elsewhere is retried once at the end, then skipped; the
 // rest is synced, and a later run catches up.
 func TestSyncBusy(t *testing.T) {
 	ctx := context.Background()
 	lockDir := t.TempDir()
-	src0, _ := stFS(t, "src", false)
-	dst0, _ := stFS(t, "dst", false)
-	src := stLocked(t, src0, lockDir, -1)
-	dst := stLocked(t, dst0, lockDir, -1)
-	other := stLocked(t, dst0, lockDir, -1).locks
+	src0 := TestStore(t, TestName("src"))
+	dst0 := TestStore(t, TestName("dst"))
+	src := src0.WithLocker(TestFlockLocker(t, lockDir, -1))
+	dst := dst0.WithLocker(TestFlockLocker(t, lockDir, -1))
+	other := dst0.WithLocker(TestFlockLocker(t, lockDir, -1)).locks
 	stSmall(t, src, "", "vm/100", 0)
 	ct0 := stSmall(t, src, "", "ct/200", 0)
 	stSmall(t, src, "", "ct/200", 1)
@@ -973,9 +908,9 @@ func TestSyncUnfinishedThenFinished(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			var src, dst *Store
 			if kind == "fs" {
-				src, dst = stFSOnly(t, "src"), stFSOnly(t, "dst")
+				src, dst = TestStore(t, TestName("src")), TestStore(t, TestName("dst"))
 			} else {
-				src, dst = stS3(t, fake, "src"), stS3(t, fake, "dst")
+				src, dst = TestStore(t, TestName("src"), TestOn("s3", fake.New(t, fake.UniquePrefix("src")))), TestStore(t, TestName("dst"), TestOn("s3", fake.New(t, fake.UniquePrefix("dst"))))
 			}
 			stUnfinishedThenFinished(t, src, dst)
 		})
@@ -1017,9 +952,9 @@ func stUnfinishedThenFinished(t *testing.T, src, dst *Store) {
 // from the source's (a different index under the same time), its manifest
 // is removed before the new files land, and the re-sync completes it.
 func TestSyncChangedNewestSnapshot(t *testing.T) {
-	src, _ := stFS(t, "src", false)
+	src := TestStore(t, TestName("src"))
 	stSmall(t, src, "", "vm/100", 0)
-	dst, _ := stFS(t, "dst", false)
+	dst := TestStore(t, TestName("dst"))
 	// The target got a different backup at the same time.
 	stBackup(t, dst, "", "vm/100", stAt(0), map[string][]byte{"disk.img": stData("other", 9000, false), "qemu-server.conf": []byte("x\n")})
 	cnt := &stCounter{Backend: dst.b}
@@ -1034,7 +969,7 @@ func TestSyncChangedNewestSnapshot(t *testing.T) {
 	if res := stSync(t, src, dst, SyncRequest{MaxDepth: -1}); res.FilesWritten != 0 || res.SnapshotsPresent != 1 {
 		t.Errorf("%s", stJSON(res))
 	}
-	stVerify(t, dst, 1)
+	TestVerifyAll(t, dst, 1, 0)
 }
 
 // Kill -9 trials: the child re-runs this test binary with the helper test
@@ -1050,7 +985,8 @@ const (
 // snapshots, about 40 MiB of chunks, some shared.
 func stKillSource(t testing.TB) (*Store, string, int) {
 	t.Helper()
-	src, dir := stFS(t, "src", false)
+	dir := t.TempDir()
+	src := TestStore(t, TestName("src"), TestAt(dir))
 	n := 0
 	for _, grp := range []string{"vm/100", "vm/101", "ct/200"} {
 		base := stData(grp, 4<<20, false)
@@ -1075,7 +1011,7 @@ func TestSyncKillChild(t *testing.T) {
 		t.Skip("helper process of TestSyncKill9")
 	}
 	ctx := context.Background()
-	src := stFSAt(t, "src", srcDir, false)
+	src := TestStore(t, TestName("src"), TestAt(srcDir))
 	var dst *Store
 	if ep := os.Getenv(stKillEnvS3); ep != "" {
 		b, err := s3.New(ctx, s3.Config{Endpoint: ep, Region: s3test.Region, Bucket: s3test.Bucket, Prefix: os.Getenv(stKillEnvPrefix), PathStyle: true})
@@ -1086,7 +1022,7 @@ func TestSyncKillChild(t *testing.T) {
 			t.Fatal(err)
 		}
 	} else {
-		dst = stFSAt(t, "dst", os.Getenv(stKillEnvDst), false)
+		dst = TestStore(t, TestName("dst"), TestAt(os.Getenv(stKillEnvDst)))
 	}
 	fmt.Fprintln(os.Stdout, "SYNCING")
 	res, err := Sync(ctx, src, dst, SyncRequest{MaxDepth: -1}, nil)
@@ -1185,14 +1121,12 @@ func TestSyncKill9(t *testing.T) {
 	}
 	newTarget := func(kind string) target {
 		if kind == "fs" {
-			s, dir := stFS(t, "dst", false)
+			dir := t.TempDir()
+			s := TestStore(t, TestName("dst"), TestAt(dir))
 			return target{s, dir, []string{stKillEnvSrc + "=" + srcDir, stKillEnvDst + "=" + dir}}
 		}
 		prefix := fake.UniquePrefix("kill")
-		s, err := Create(ctx, "dst", fake.New(t, prefix), Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		s := TestStore(t, TestName("dst"), TestOn("gofakes3", fake.New(t, prefix)))
 		return target{s, "", []string{stKillEnvSrc + "=" + srcDir, stKillEnvS3 + "=" + fake.Endpoint(), stKillEnvPrefix + "=" + prefix}}
 	}
 	// Calibrate: how long a whole sync takes in a child.
@@ -1236,7 +1170,7 @@ func TestSyncKill9(t *testing.T) {
 			t.Fatalf("trial %d: rerun: %v\n%s", i, err, stJSON(res))
 		}
 		stSameListing(t, src, tg.store)
-		stVerify(t, tg.store, nsnaps)
+		TestVerifyAll(t, tg.store, nsnaps, 0)
 		if tg.dir != "" {
 			stPBSCheck(t, tg.dir)
 		}
@@ -1312,7 +1246,8 @@ func BenchmarkSyncFSToS3(b *testing.B) {
 	ctx := context.Background()
 	mb := stBenchMB()
 	srv := s3test.StartVersity(b)
-	src, srcDir := stFS(b, "src", false)
+	srcDir := b.TempDir()
+	src := TestStore(b, TestName("src"), TestAt(srcDir))
 	in := b.TempDir()
 	img := stBenchFile(b, in, "drive-scsi0.img", "img", mb*3/5)
 	pxar := stBenchFile(b, in, "root.pxar", "pxar", mb*2/5)
@@ -1342,7 +1277,7 @@ func BenchmarkSyncFSToS3(b *testing.B) {
 	var pbsqTime, rcloneTime time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		dst := stS3(b, srv, "dst")
+		dst := TestStore(b, TestName("dst"), TestOn("s3", srv.New(b, srv.UniquePrefix("dst"))))
 		start := time.Now()
 		res, err := Sync(ctx, src, dst, SyncRequest{MaxDepth: -1}, nil)
 		pbsqTime += time.Since(start)
@@ -1371,7 +1306,7 @@ func BenchmarkSyncFSToS3(b *testing.B) {
 // first sync against an unchanged re-sync, into a filesystem and into
 // versitygw. resync_fraction is the re-sync's time over the first's.
 func BenchmarkResyncUnchanged(b *testing.B) {
-	src, _ := stFS(b, "src", false)
+	src := TestStore(b, TestName("src"))
 	for g := 0; g < 20; g++ {
 		for h := 0; h < 50; h++ {
 			stSmall(b, src, "", fmt.Sprintf("vm/%d", 100+g), h)
@@ -1384,9 +1319,9 @@ func BenchmarkResyncUnchanged(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				var dst *Store
 				if kind == "fs" {
-					dst, _ = stFS(b, "dst", false)
+					dst = TestStore(b, TestName("dst"))
 				} else {
-					dst = stS3(b, srv, "dst")
+					dst = TestStore(b, TestName("dst"), TestOn("s3", srv.New(b, srv.UniquePrefix("dst"))))
 				}
 				start := time.Now()
 				res := stSync(b, src, dst, SyncRequest{MaxDepth: -1})

@@ -113,7 +113,8 @@ func BenchmarkVerify(b *testing.B) {
 	if os.Getenv("PBSQ_BENCH_MB") == "" {
 		mb = 2048
 	}
-	s, dir := ftStore(b)
+	env := NewTestEnv(b, TestFlock(-1))
+	s, dir := env.Store, env.Dir
 	// Several snapshots so the once-per-task chunk cache matters: half of
 	// the data twice.
 	img := benchData(b, mb/2, "disk.img")

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
@@ -120,94 +119,75 @@ func (sc *vpScene) unshared(t testing.TB, idx []int) []Digest {
 
 func vpAll() Scope { return Scope{NS: name.Root, MaxDepth: -1} }
 
-func vpStores(t *testing.T) map[string]func(t *testing.T) *Store {
-	return map[string]func(t *testing.T) *Store{
-		"fs": func(t *testing.T) *Store { s, _ := ftStore(t); return s },
-		"s3": func(t *testing.T) *Store {
-			srv := s3test.StartVersity(t)
-			s, err := Create(context.Background(), "test", srv.New(t, srv.UniquePrefix("sample")), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		},
-	}
-}
-
 // TestVerifySampleRotation: four sampled runs at 25 % find every planted
 // corrupt chunk, each reads 15-40 % of the chunks, and verify_state ok is
 // recorded only by the run that completes the rotation, for the snapshots
 // every run checked.
 func TestVerifySampleRotation(t *testing.T) {
-	for _, bk := range []string{"fs", "s3"} {
-		t.Run(bk, func(t *testing.T) {
-			if bk == "s3" && testing.Short() {
-				t.Skip("versitygw in -short")
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		ctx := context.Background()
+		sc := vpSetup(t, newEnv(t, TestFlock(-1)).Store, 4, 5, 8)
+		s := sc.s
+		planted := sc.unshared(t, []int{0, 6, 12, 18})
+		for _, d := range planted {
+			sc.corrupt(t, d)
+		}
+		total := len(sc.all)
+		found := map[Digest]bool{}
+		failedSnaps := map[string]bool{}
+		for run := 1; run <= 4; run++ {
+			r, err := s.Verify(ctx, VerifyRequest{Scope: vpAll(), TaskID: fmt.Sprint("run", run), Sample: 25, IgnoreVerified: true}, nil)
+			if err != nil {
+				t.Fatal(err)
 			}
-			ctx := context.Background()
-			sc := vpSetup(t, vpStores(t)[bk](t), 4, 5, 8)
-			s := sc.s
-			planted := sc.unshared(t, []int{0, 6, 12, 18})
-			for _, d := range planted {
-				sc.corrupt(t, d)
+			share := float64(r.Chunks) / float64(total)
+			t.Logf("run %d: %d of %d chunks (%.0f %%), %d corrupt, coverage %.2f", run, r.Chunks, total, 100*share, r.ChunksCorrupt, r.Sample.Coverage)
+			if share < 0.15 || share > 0.40 {
+				t.Errorf("run %d read %d of %d chunks (%.0f %%), want 15-40 %%", run, r.Chunks, total, 100*share)
 			}
-			total := len(sc.all)
-			found := map[Digest]bool{}
-			failedSnaps := map[string]bool{}
-			for run := 1; run <= 4; run++ {
-				r, err := s.Verify(ctx, VerifyRequest{Scope: vpAll(), TaskID: fmt.Sprint("run", run), Sample: 25, IgnoreVerified: true}, nil)
+			if want := float64(run) / 4; r.Sample == nil || r.Sample.Coverage != want || r.Sample.Completed != (run == 4) {
+				t.Errorf("run %d: sample %+v, want coverage %.2f", run, r.Sample, want)
+			}
+			for _, p := range r.RenamedBad {
+				d, err := ParseDigest(path.Base(p)[:64])
 				if err != nil {
 					t.Fatal(err)
 				}
-				share := float64(r.Chunks) / float64(total)
-				t.Logf("run %d: %d of %d chunks (%.0f %%), %d corrupt, coverage %.2f", run, r.Chunks, total, 100*share, r.ChunksCorrupt, r.Sample.Coverage)
-				if share < 0.15 || share > 0.40 {
-					t.Errorf("run %d read %d of %d chunks (%.0f %%), want 15-40 %%", run, r.Chunks, total, 100*share)
+				if found[d] {
+					t.Errorf("chunk %s reported corrupt twice", d)
 				}
-				if want := float64(run) / 4; r.Sample == nil || r.Sample.Coverage != want || r.Sample.Completed != (run == 4) {
-					t.Errorf("run %d: sample %+v, want coverage %.2f", run, r.Sample, want)
-				}
-				for _, p := range r.RenamedBad {
-					d, err := ParseDigest(path.Base(p)[:64])
-					if err != nil {
-						t.Fatal(err)
+				found[d] = true
+			}
+			for _, f := range r.Failed {
+				failedSnaps[f.Snapshot] = true
+			}
+			for _, sn := range sc.snaps {
+				st := vtState(t, s, sn)
+				switch {
+				case failedSnaps[sn.String()]:
+					if st != "failed" {
+						t.Errorf("run %d: failed %s has state %s", run, sn, st)
 					}
-					if found[d] {
-						t.Errorf("chunk %s reported corrupt twice", d)
-					}
-					found[d] = true
-				}
-				for _, f := range r.Failed {
-					failedSnaps[f.Snapshot] = true
-				}
-				for _, sn := range sc.snaps {
-					st := vtState(t, s, sn)
-					switch {
-					case failedSnaps[sn.String()]:
-						if st != "failed" {
-							t.Errorf("run %d: failed %s has state %s", run, sn, st)
-						}
-					case run < 4 && st != "none":
-						t.Errorf("run %d: %s recorded %s before the rotation completed", run, sn, st)
-					case run == 4 && st != "ok":
-						t.Errorf("after the rotation %s has state %s, want ok", sn, st)
-					}
+				case run < 4 && st != "none":
+					t.Errorf("run %d: %s recorded %s before the rotation completed", run, sn, st)
+				case run == 4 && st != "ok":
+					t.Errorf("after the rotation %s has state %s, want ok", sn, st)
 				}
 			}
-			for _, d := range planted {
-				if !found[d] {
-					t.Errorf("planted corrupt chunk %s never found", d)
-				}
+		}
+		for _, d := range planted {
+			if !found[d] {
+				t.Errorf("planted corrupt chunk %s never found", d)
 			}
-			if len(found) != len(planted) || len(failedSnaps) != len(planted) {
-				t.Errorf("found %d corrupt chunks failing %d snapshots, planted %d", len(found), len(failedSnaps), len(planted))
-			}
-			cov, ok, err := s.VerifySampleCoverage(ctx)
-			if err != nil || !ok || cov != 1 {
-				t.Errorf("coverage %v %v %v, want 1 after a completed rotation", cov, ok, err)
-			}
-		})
-	}
+		}
+		if len(found) != len(planted) || len(failedSnaps) != len(planted) {
+			t.Errorf("found %d corrupt chunks failing %d snapshots, planted %d", len(found), len(failedSnaps), len(planted))
+		}
+		cov, ok, err := s.VerifySampleCoverage(ctx)
+		if err != nil || !ok || cov != 1 {
+			t.Errorf("coverage %v %v %v, want 1 after a completed rotation", cov, ok, err)
+		}
+	})
 }
 
 // vpStopAfter returns a clock and an observer: the clock advances one
@@ -237,14 +217,9 @@ func vpStopAfter() (func() time.Time, *Observer) {
 // the next run of the scope resumes, and the two read no more than the
 // store's chunks plus one snapshot's.
 func TestVerifyTimeBoxResume(t *testing.T) {
-	for _, bk := range []string{"fs", "s3"} {
-		t.Run(bk, func(t *testing.T) {
-			if bk == "s3" && testing.Short() {
-				t.Skip("versitygw in -short")
-			}
-			vpTimeBoxResume(t, vpStores(t)[bk](t))
-		})
-	}
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		vpTimeBoxResume(t, newEnv(t, TestFlock(-1)).Store)
+	})
 }
 
 func vpTimeBoxResume(t *testing.T, base *Store) {
@@ -318,7 +293,7 @@ func vpTimeBoxResume(t *testing.T, base *Store) {
 // rotation; its resumption finishes the same window.
 func TestVerifyTimeBoxSampled(t *testing.T) {
 	ctx := context.Background()
-	base, _ := ftStore(t)
+	base := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, base, 2, 3, 8)
 	clock, obs := vpStopAfter()
 	s := base.WithObserver(obs)
@@ -357,7 +332,7 @@ func TestVerifyTimeBoxSampled(t *testing.T) {
 // run goes on as if there were none) and bad requests change nothing.
 func TestVerifySampleRecordsBad(t *testing.T) {
 	ctx := context.Background()
-	s, _ := ftStore(t)
+	s := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, s, 1, 2, 4)
 	for _, junk := range []string{"{", `{"version":2}`, `{"version":1,"scope":"ns=x depth=-1","started":"2024-01-01T00:00:00Z","updated":"2024-01-01T00:00:00Z","next":0,"covered":0,"runs":0,"members":""}`,
 		`{"version":1,"scope":"ns= depth=-1","started":"2024-01-01T00:00:00Z","updated":"2024-01-01T00:00:00Z","next":7,"covered":0,"runs":0,"members":"AAAAAAAAAAEAAAAAAAAAAA=="}`} {
@@ -423,7 +398,7 @@ func TestVerifyTimeBoxMidSnapshot(t *testing.T) {
 	// Two checkers, so at most two chunks are in flight when it stops.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
 	ctx := context.Background()
-	base, _ := ftStore(t)
+	base := TestStore(t, TestFlock(-1))
 	sc := vpSetup(t, base, 1, 2, 24)
 	// The clock advances one minute with every chunk checked.
 	var mu sync.Mutex

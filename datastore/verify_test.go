@@ -10,17 +10,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
-	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// vtSetup writes n snapshots, each with its own data plus one shared file.
-func vtSetup(t *testing.T, n int) (*Store, string, []*BackupResult, string) {
-	s, dir, lockDir := ftStoreLocks(t)
-	vtLockDirs[s] = lockDir
+// vtSetup writes n snapshots, each with its own data plus one shared file,
+// to a store with flock locks (opts may name their dir).
+func vtSetup(t *testing.T, n int, opts ...TestStoreOption) (*Store, string, []*BackupResult, string) {
+	env := NewTestEnv(t, append([]TestStoreOption{TestFlock(-1)}, opts...)...)
+	s, dir := env.Store, env.Dir
 	shared := ftFile(t, "shared.img", 1<<20, 0)
 	var res []*BackupResult
 	for i := 0; i < n; i++ {
@@ -213,7 +212,8 @@ func TestVerifyOnceAndFilters(t *testing.T) {
 
 func TestVerifyUnfinishedAndBusy(t *testing.T) {
 	ctx := context.Background()
-	s, dir, res, _ := vtSetup(t, 2)
+	lockDir := t.TempDir()
+	s, dir, res, _ := vtSetup(t, 2, TestFlockAt(lockDir, -1))
 	// An unfinished snapshot: a directory without manifest.
 	g := res[0].SnapshotName().Group
 	unfinished := name.NewSnapshot(g, time.Unix(1800000000, 0))
@@ -221,7 +221,7 @@ func TestVerifyUnfinishedAndBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Another holder keeps the first snapshot exclusively locked.
-	other := lock.New(mustFlockBackend(t, s), lock.Options{Wait: -1})
+	other := TestFlockLocker(t, lockDir, -1)
 	gd, err := other.Snapshot(ctx, s.Name(), res[0].SnapshotName(), lock.Exclusive)
 	if err != nil {
 		t.Fatal(err)
@@ -239,27 +239,12 @@ func TestVerifyUnfinishedAndBusy(t *testing.T) {
 	}
 }
 
-// vtLockDirs remembers each test store's flock directory.
-var vtLockDirs = map[*Store]string{}
-
-// mustFlockBackend opens a second flock backend on the same locks dir as s,
-// standing in for another process.
-func mustFlockBackend(t *testing.T, s *Store) lock.Backend {
-	t.Helper()
-	b, err := flock.New(flock.Options{Dir: vtLockDirs[s]})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // TestVerifyIndependentStore corrupts chunks of a store written by the
 // Python program and checks exactly the referencing snapshots fail.
 func TestVerifyIndependentStore(t *testing.T) {
 	dir := t.TempDir()
 	pbsfmt(t, "write", dir)
-	b, _ := local.New(dir)
-	s, _ := Open("indep", b, Options{})
+	s := TestStore(t, TestName("indep"), TestAt(dir))
 	ctx := context.Background()
 	// Corrupt the first chunk of ct/200's disk image in the root namespace.
 	g, _ := name.NewGroup(name.Root, "ct", "200")

@@ -903,7 +903,8 @@ func TestKill9Storm(t *testing.T) {
 		runStorm(t, stormOptions{storm: storm, settle: 60 * time.Second, slowFS: 10 * time.Millisecond,
 			lockBackend: chaosChildConfig{LocksDir: filepath.Join(t.TempDir(), "locks")}},
 			func(store string) (*datastore.Store, chaosStoreSpec, string) {
-				s, dir := newFSStore(t, store)
+				dir := t.TempDir()
+				s := datastore.TestStore(t, datastore.TestName(store), datastore.TestAt(dir))
 				return s, chaosStoreSpec{Dir: dir}, dir
 			})
 	})
@@ -912,15 +913,7 @@ func TestKill9Storm(t *testing.T) {
 		runStorm(t, stormOptions{storm: storm, settle: 90 * time.Second, lockBackend: chaosChildConfig{RedisLease: 3 * time.Second}},
 			func(store string) (*datastore.Store, chaosStoreSpec, string) {
 				cfg := srv.Config(srv.UniquePrefix("storm-" + store))
-				b, err := s3.New(context.Background(), cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = b.Close() })
-				s, err := datastore.Create(context.Background(), store, b, datastore.Options{})
-				if err != nil {
-					t.Fatal(err)
-				}
+				s := datastore.TestStore(t, datastore.TestName(store), datastore.TestOn("versitygw", srv.New(t, cfg.Prefix)))
 				return s, chaosStoreSpec{S3: &cfg}, ""
 			})
 	})
@@ -1312,24 +1305,6 @@ func stressDuration(t *testing.T, def time.Duration) time.Duration {
 	return def
 }
 
-// newFSStore is an empty filesystem store (chunk dirs are made on demand).
-func newFSStore(t testing.TB, store string) (*datastore.Store, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := datastore.Open(store, b, datastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir
-}
-
 // ---- TestStress
 
 // TestStress is the load test: two workers, four backup writers and a
@@ -1414,7 +1389,8 @@ func runStress(t *testing.T, kind string, d time.Duration) string {
 		newLocks = func() (lock.Backend, error) { return flock.New(flock.Options{Dir: locks}) }
 		locksDir = locks
 		for _, st := range []string{"main", "copy"} {
-			s, dir := newFSStore(t, st)
+			dir := t.TempDir()
+			s := datastore.TestStore(t, datastore.TestName(st), datastore.TestAt(dir))
 			r.stores[st], r.specs[st] = s, chaosStoreSpec{Dir: dir}
 		}
 	case "s3":
@@ -1426,15 +1402,7 @@ func runStress(t *testing.T, kind string, d time.Duration) string {
 		}
 		for _, st := range []string{"main", "copy"} {
 			cfg := srv.Config(srv.UniquePrefix("stress-" + st))
-			b, err := s3.New(ctx, cfg)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = b.Close() })
-			s, err := datastore.Create(ctx, st, b, datastore.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			s := datastore.TestStore(t, datastore.TestName(st), datastore.TestOn("versitygw", srv.New(t, cfg.Prefix)))
 			r.stores[st], r.specs[st] = s, chaosStoreSpec{S3: &cfg}
 		}
 	}

@@ -111,7 +111,8 @@ func newFixture(t testing.TB) *fixture {
 // newEmptyFixture is a datastore without snapshots.
 func newEmptyFixture(t testing.TB) *fixture {
 	t.Helper()
-	s, dir := newFSStore(t, testStoreName)
+	dir := t.TempDir()
+	s := datastore.TestStore(t, datastore.TestName(testStoreName), datastore.TestAt(dir))
 	f := &fixture{dir: dir, locksDir: filepath.Join(t.TempDir(), "locks"), store: s}
 	f.stores = &testStores{dirs: map[string]string{testStoreName: dir}, locksDir: f.locksDir}
 	return f

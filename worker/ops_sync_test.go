@@ -9,25 +9,9 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
-
-// syncTestStores opens filesystem stores by name, without locks.
-type syncTestStores map[string]string
-
-func (s syncTestStores) Open(ctx context.Context, store, taskID string, wait *tasks.Duration) (*datastore.Store, error) {
-	dir, ok := s[store]
-	if !ok {
-		return nil, errors.New("unknown datastore " + store)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		return nil, err
-	}
-	return datastore.Open(store, b, datastore.Options{})
-}
 
 func syncTestBackup(t *testing.T, s *datastore.Store, ns, group string, at time.Time) {
 	t.Helper()
@@ -53,11 +37,9 @@ func syncTestBackup(t *testing.T, s *datastore.Store, ns, group string, at time.
 // transfer-last and the owner default reach the operation.
 func TestSyncTask(t *testing.T) {
 	ctx := context.Background()
-	stores := syncTestStores{"src": t.TempDir(), "dst": t.TempDir()}
-	src, err := stores.Open(ctx, "src", "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srcDir, dstDir := t.TempDir(), t.TempDir()
+	stores := &testStores{dirs: map[string]string{"src": srcDir, "dst": dstDir}, locksDir: filepath.Join(t.TempDir(), "locks")}
+	src := datastore.TestStore(t, datastore.TestName("src"), datastore.TestAt(srcDir))
 	t0 := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
 	for h := 0; h < 3; h++ {
 		at := t0.Add(time.Duration(h) * time.Hour)
@@ -78,7 +60,7 @@ func TestSyncTask(t *testing.T) {
 	if !ok || res.Outcome() != nil || res.Snapshots != 1 {
 		t.Fatalf("result %#v", out)
 	}
-	dst, _ := stores.Open(ctx, "dst", "", nil)
+	dst := datastore.TestStore(t, datastore.TestName("dst"), datastore.TestAt(dstDir))
 	g := name.Group{NS: name.MustNamespace("x"), Type: name.TypeCT, ID: "200"}
 	snaps, err := dst.ListSnapshots(ctx, g)
 	if err != nil || len(snaps) != 1 || !snaps[0].Time.Equal(t0.Add(2*time.Hour)) {

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/pbsq/pbsq/datastore"
 )
 
 var (
@@ -69,25 +71,6 @@ func (e *ftEnv) run(args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
-func ftTreeOf(t *testing.T, dir string) string {
-	var lines []string
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		if d.IsDir() {
-			lines = append(lines, rel+"/")
-			return nil
-		}
-		data, _ := os.ReadFile(p)
-		lines = append(lines, rel+" "+string(data))
-		return nil
-	})
-	sort.Strings(lines)
-	return strings.Join(lines, "\n")
-}
-
 // TestLsIndependentStore: a store written from the spec by another program
 // is registered unchanged and listed exactly by `pbsq ls -r --json`.
 func TestLsIndependentStore(t *testing.T) {
@@ -98,7 +81,7 @@ func TestLsIndependentStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := ftTreeOf(t, dir)
+	before := datastore.TestDirTree(t, dir)
 	if _, stderr, code := e.run("datastore", "add", "pbs1", "--path", dir); code != 0 {
 		t.Fatalf("datastore add: %d %s", code, stderr)
 	}
@@ -121,8 +104,8 @@ func TestLsIndependentStore(t *testing.T) {
 	if string(gj) != string(ej) {
 		t.Fatalf("ls -r --json differs:\n got %s\nwant %s", gj, ej)
 	}
-	if after := ftTreeOf(t, dir); after != before {
-		t.Fatal("datastore add or ls changed the datastore")
+	if !datastore.TestSameTree(t, "datastore add or ls", before, datastore.TestDirTree(t, dir)) {
+		t.FailNow()
 	}
 }
 
@@ -141,7 +124,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Fatalf("backup: %s", stderr)
 	}
 	_ = os.RemoveAll(e.locks)
-	before := ftTreeOf(t, store)
+	before := datastore.TestDirTree(t, store)
 	cfgBefore, _ := os.ReadFile(e.config)
 	cases := []struct {
 		args []string
@@ -176,9 +159,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 			t.Errorf("%v: stderr %q does not mention %s", c.args, stderr, c.want)
 		}
 	}
-	if after := ftTreeOf(t, store); after != before {
-		t.Error("bad input changed the datastore")
-	}
+	datastore.TestSameTree(t, "bad input", before, datastore.TestDirTree(t, store))
 	if cfgAfter, _ := os.ReadFile(e.config); !bytes.Equal(cfgBefore, cfgAfter) {
 		t.Error("bad input changed the config")
 	}

@@ -13,6 +13,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/pbsq/pbsq/datastore"
 )
 
 // pbsRecordLock holds a classic POSIX record lock over the whole file, as
@@ -90,7 +92,7 @@ func TestCLIBesidePBSGC(t *testing.T) {
 		t.Fatalf("backup: %s", stderr)
 	}
 	lockFile := filepath.Join(store, ".lock")
-	before := ftTreeOf(t, store)
+	before := datastore.TestDirTree(t, store)
 
 	pid, stop := pbsRecordLock(t, lockFile, true)
 	for _, args := range [][]string{
@@ -102,9 +104,7 @@ func TestCLIBesidePBSGC(t *testing.T) {
 			t.Errorf("%v beside a PBS GC: exit %d, %s; want 3 naming %s and pid %d", args, code, stderr, lockFile, pid)
 		}
 	}
-	if after := ftTreeOf(t, store); after != before {
-		t.Errorf("refused commands changed the store:\n%s\n→\n%s", before, after)
-	}
+	datastore.TestSameTree(t, "refused commands", before, datastore.TestDirTree(t, store))
 	stop()
 
 	pid, _ = pbsRecordLock(t, lockFile, false)

@@ -10,28 +10,10 @@ import (
 	"time"
 
 	"github.com/pbsq/pbsq/datastore"
-	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
-
-func newStore(t *testing.T) (*datastore.Store, string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, ".chunks"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := datastore.Open("inv", b, datastore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, dir
-}
 
 func backup(t *testing.T, s *datastore.Store, ns, id string, at time.Time) name.Snapshot {
 	t.Helper()
@@ -74,7 +56,8 @@ func wantProblem(t *testing.T, rep *invariant.Report, sub string) {
 }
 
 func TestCheck(t *testing.T) {
-	s, dir := newStore(t)
+	dir := t.TempDir()
+	s := datastore.TestStore(t, datastore.TestName("inv"), datastore.TestAt(dir))
 	at := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
 	a := backup(t, s, "a", "1", at)
 	b := backup(t, s, "b", "2", at)
@@ -135,7 +118,8 @@ func TestCheck(t *testing.T) {
 }
 
 func TestCheckFiles(t *testing.T) {
-	s, dir := newStore(t)
+	dir := t.TempDir()
+	s := datastore.TestStore(t, datastore.TestName("inv"), datastore.TestAt(dir))
 	sn := backup(t, s, "a", "1", time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC))
 	ctx := context.Background()
 	rep, err := invariant.CheckFiles(ctx, s.Backend())
