@@ -204,29 +204,13 @@ func (g *gcRun) markJournal(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
 	}
-	if !g.req.DryRun {
-		if err := g.s.DrainJournal(ctx, g.markStart, fn); err != nil {
-			return fmt.Errorf("gc: %w", err)
-		}
-		return nil
+	if g.req.DryRun {
+		_, err = g.s.visitJournal(ctx, fn) // read, not drained
+	} else {
+		err = g.s.DrainJournal(ctx, g.markStart, fn)
 	}
-	entries, err := g.s.journalEntries(ctx)
 	if err != nil {
 		return fmt.Errorf("gc: %w", err)
-	}
-	for _, e := range entries {
-		for _, m := range e.Moves {
-			for _, p := range []string{m.From, m.To} {
-				err := fn(p)
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				break
-			}
-		}
 	}
 	return nil
 }

@@ -111,32 +111,12 @@ func (s *Store) journalEntries(ctx context.Context) ([]*JournalEntry, error) {
 }
 
 // DrainJournal is called by GC at the end of marking: fn gets every
-// journalled index path that exists (source first, then target, so a file
-// moving meanwhile is seen at least once). Entries done before markStart
-// are then removed.
+// journalled index path that exists (visitJournal). Entries done before
+// markStart are then removed.
 func (s *Store) DrainJournal(ctx context.Context, markStart time.Time, fn func(indexPath string) error) error {
-	entries, err := s.journalEntries(ctx)
+	entries, err := s.visitJournal(ctx, fn)
 	if err != nil {
 		return err
-	}
-	for _, e := range entries {
-		for _, m := range e.Moves {
-			found := false
-			for _, p := range []string{m.From, m.To} {
-				err := fn(p)
-				if errors.Is(err, fs.ErrNotExist) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				found = true
-				break
-			}
-			if !found {
-				s.log.Debug("journalled index gone (removed since)", "from", m.From, "to", m.To)
-			}
-		}
 	}
 	for _, e := range entries {
 		done := !e.Done.IsZero() && e.Done.Before(markStart)
@@ -148,4 +128,34 @@ func (s *Store) DrainJournal(ctx context.Context, markStart time.Time, fn func(i
 		}
 	}
 	return nil
+}
+
+// visitJournal gives fn every journalled index path that exists (source
+// first, then target, so a file moving meanwhile is seen at least once) and
+// returns the entries it read.
+func (s *Store) visitJournal(ctx context.Context, fn func(indexPath string) error) ([]*JournalEntry, error) {
+	entries, err := s.journalEntries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		for _, m := range e.Moves {
+			found := false
+			for _, p := range []string{m.From, m.To} {
+				err := fn(p)
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				if err != nil {
+					return nil, err
+				}
+				found = true
+				break
+			}
+			if !found {
+				s.log.Debug("journalled index gone (removed since)", "from", m.From, "to", m.To)
+			}
+		}
+	}
+	return entries, nil
 }
