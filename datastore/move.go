@@ -134,6 +134,11 @@ type mover struct {
 	listed          map[name.Group]*groupListing
 	targetGroups    map[name.Group]bool
 	lockedBothSides bool
+	// newTarget: the target namespace did not exist when checked, so no
+	// target namespace or group needs listing or checking (object
+	// storage; under the target's exclusive lock nothing else puts one
+	// there, and the waves' group locks cover a move without locks).
+	newTarget bool
 
 	mu      sync.Mutex // guards res
 	res     *MoveResult

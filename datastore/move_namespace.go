@@ -156,7 +156,14 @@ func (m *mover) checkNamespaceMove(ctx context.Context, req MoveNamespaceRequest
 				name.ErrInvalid, dst.Parent(), dst, s.name, ErrNotFound)
 		}
 	}
-	nss, err := s.ListNamespaces(ctx, src, req.MaxDepth)
+	if m.canWave() && !dst.IsRoot() {
+		ok, err := s.NamespaceExists(ctx, dst)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		m.newTarget = !ok
+	}
+	nss, err := s.namespacesBelow(ctx, src, req.MaxDepth)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -259,7 +266,13 @@ func (m *mover) listMoveJobs(ctx context.Context, nss, targets []name.Namespace)
 		var there []name.Group
 		err := moveConcurrently(ctx,
 			func(ctx context.Context) (err error) { ls, err = m.listNamespaceGroups(ctx, nss[i]); return err },
-			func(ctx context.Context) (err error) { there, err = s.ListGroups(ctx, targets[i]); return err },
+			func(ctx context.Context) (err error) {
+				if m.newTarget {
+					return nil
+				}
+				there, err = s.ListGroups(ctx, targets[i])
+				return err
+			},
 		)
 		if err != nil {
 			return err
@@ -342,6 +355,14 @@ func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) (bool, e
 	if ns.IsRoot() {
 		return false, nil
 	}
+	if m.newTarget {
+		// Its parent is created or checked already: only its marker.
+		created, err := m.s.b.CreateFile(ctx, backend.Join(ns.Path(), namespaceMarker), nil)
+		if err != nil {
+			return false, fmt.Errorf("create namespace %q: %w", ns, err)
+		}
+		return created, nil
+	}
 	ok, err := m.s.NamespaceExists(ctx, ns)
 	if err != nil || ok {
 		return false, err
@@ -387,13 +408,18 @@ func (m *mover) removeSourceNamespaces(ctx context.Context, nss []name.Namespace
 	// On object storage one listing of the whole source tree tells which
 	// namespaces hold anything but their markers.
 	var holds map[name.Namespace]string
-	if m.s.b.Features().ImplicitDirs && deleteSource && len(nss) > 0 {
+	if m.s.b.Features().ImplicitDirs && m.batchRm != nil && deleteSource && len(nss) > 0 {
 		var err error
 		if holds, err = m.namespaceContents(ctx, nss); err != nil {
 			return err
 		}
 	}
 	kept := map[name.Namespace]bool{}
+	// With holds, the markers of the namespaces to remove go together at
+	// the end (in any order: a namespace stays visible while anything
+	// lies below it, so a crash between them leaves a rerun its work).
+	var markers []string
+	var removed []string
 	// One depth at a time (deepest first), the namespaces of a depth at
 	// once: each only needs its children decided.
 	for start := 0; start < len(order); {
@@ -411,10 +437,6 @@ func (m *mover) removeSourceNamespaces(ctx context.Context, nss []name.Namespace
 				errs[i] = m.removeNamespace(ctx, ns)
 			case holds[ns] != "":
 				errs[i] = fmt.Errorf("namespace %q still holds %s: %w", ns, holds[ns], backend.ErrNotEmpty)
-			default:
-				if err := m.s.b.Remove(ctx, backend.Join(ns.Path(), namespaceMarker)); err != nil {
-					errs[i] = fmt.Errorf("remove namespace %q: %w", ns, err)
-				}
 			}
 			return nil
 		})
@@ -432,6 +454,9 @@ func (m *mover) removeSourceNamespaces(ctx context.Context, nss []name.Namespace
 				reason = "a child namespace was kept"
 			default:
 				switch err := errs[i]; {
+				case err == nil && holds != nil:
+					markers = append(markers, backend.Join(ns.Path(), namespaceMarker))
+					removed = append(removed, ns.String())
 				case err == nil:
 					m.res.NamespacesRemoved = append(m.res.NamespacesRemoved, ns.String())
 				case errors.Is(err, backend.ErrNotEmpty):
@@ -452,6 +477,14 @@ func (m *mover) removeSourceNamespaces(ctx context.Context, nss []name.Namespace
 		}
 		start = end
 	}
+	if len(markers) == 0 {
+		return nil
+	}
+	err := m.batchRm.RemoveFiles(ctx, markers)
+	if err != nil {
+		return fmt.Errorf("remove namespaces %s: %w", strings.Join(removed, ", "), err)
+	}
+	m.res.NamespacesRemoved = append(m.res.NamespacesRemoved, removed...)
 	return nil
 }
 

@@ -607,7 +607,10 @@ type deleter struct {
 	mu      sync.Mutex
 	pending []delItem
 	busy    int // requests in flight
-	err     error
+	// held: callbacks of a finished request are adding what they allow;
+	// it goes in one request once they are all done, not one each.
+	held int
+	err  error
 	// flushing: the copies are over, so nothing is worth waiting for.
 	flushing bool
 }
@@ -639,7 +642,7 @@ func (d *deleter) add(items ...delItem) {
 
 // kick sends what is pending while request slots are free; d.mu held.
 func (d *deleter) kick() {
-	for len(d.pending) > 0 && d.busy < deleteRequests && (d.flushing || len(d.pending) >= deleteMinBatch) {
+	for d.held == 0 && len(d.pending) > 0 && d.busy < deleteRequests && (d.flushing || len(d.pending) >= deleteMinBatch) {
 		n := min(len(d.pending), deleteBatch)
 		batch := d.pending[:n:n]
 		d.pending = d.pending[n:]
@@ -667,6 +670,9 @@ func (d *deleter) send(batch []delItem) {
 		d.mu.Unlock()
 		d.fail(err)
 	} else {
+		d.mu.Lock()
+		d.held++
+		d.mu.Unlock()
 		for _, it := range batch {
 			if it.moved {
 				d.m.deleted.Add(1)
@@ -675,6 +681,9 @@ func (d *deleter) send(batch []delItem) {
 				it.then()
 			}
 		}
+		d.mu.Lock()
+		d.held--
+		d.mu.Unlock()
 	}
 	d.mu.Lock()
 	d.busy--

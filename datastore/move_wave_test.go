@@ -3,11 +3,15 @@ package datastore
 import (
 	"context"
 	"fmt"
+	"path"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
+	"github.com/pbsq/pbsq/datastore/backend/s3"
+	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -128,4 +132,80 @@ func TestMoveNamespaceBusySnapshot(t *testing.T) {
 		}
 		TestVerifyAll(t, s, -1, 0)
 	})
+}
+
+// TestMoveNamespaceS3Requests moves a namespace of 150 one-snapshot
+// groups on versitygw and counts the requests by operation: each object
+// is copied once, every source delete goes in a shared DeleteObjects
+// request, and everything else (listings, checks, journal, markers) stays
+// a small part of the copies. (The snapshots' chunk is not written: this
+// counts objects, TestMoveNamespace* verify.) Moved group by group, the same namespace
+// took 157 such requests (73 DeleteObjects); waves that pool their
+// deletes take about 70.
+func TestMoveNamespaceS3Requests(t *testing.T) {
+	srv := s3test.StartVersity(t)
+	var mu sync.Mutex
+	ops := map[string]int{}
+	counting := false
+	bk := srv.New(t, srv.UniquePrefix("requests"), s3.WithRequestHook(func(op, code string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if counting {
+			ops[op]++
+		}
+	}))
+	s := TestStore(t, TestName("requests"), TestOn("s3", bk), TestFlock(0))
+	ctx := context.Background()
+	mtNS(t, s, "src")
+	const groups = 150
+	objects := 0
+	for _, sn := range mtBenchGroups(t, "src", groups, 1) {
+		if err := bk.WriteFile(ctx, backend.Join(sn.Group.Path(), "owner"), []byte("root@pam\n")); err != nil {
+			t.Fatal(err)
+		}
+		objects++
+		for fn, data := range mtBenchFiles(t, sn, 2) {
+			if err := bk.WriteFile(ctx, sn.File(fn), data); err != nil {
+				t.Fatal(err)
+			}
+			objects++
+		}
+	}
+	mu.Lock()
+	counting = true
+	mu.Unlock()
+	res, err := s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("src"), TargetNS: name.MustNamespace("dst"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
+	mtMustComplete(t, res, err)
+	mu.Lock()
+	counting = false
+	mu.Unlock()
+	other := 0
+	for op, n := range ops {
+		if op != "CopyObject" {
+			other += n
+		}
+	}
+	t.Logf("%d objects: %v", objects, ops)
+	if ops["CopyObject"] != objects {
+		t.Errorf("%d copies of %d objects", ops["CopyObject"], objects)
+	}
+	if ops["DeleteObject"] != 0 {
+		t.Errorf("%d single deletes, want all in DeleteObjects", ops["DeleteObject"])
+	}
+	if other > objects/7 {
+		t.Errorf("%d requests besides the copies of %d objects, want at most %d", other, objects, objects/7)
+	}
+	if res.Groups != groups || mtExists(t, s, "src") {
+		t.Errorf("result %+v", res)
+	}
+	moved := 0
+	err = bk.Walk(ctx, "ns/dst", func(fi backend.FileInfo) error {
+		if path.Base(fi.Name) != namespaceMarker {
+			moved++
+		}
+		return nil
+	})
+	if err != nil || moved != objects {
+		t.Errorf("%d of %d objects at the target: %v", moved, objects, err)
+	}
 }

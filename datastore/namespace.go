@@ -91,6 +91,11 @@ func (s *Store) ListNamespaces(ctx context.Context, ns name.Namespace, maxDepth 
 	if err := s.requireNamespace(ctx, ns); err != nil {
 		return nil, err
 	}
+	return s.namespacesBelow(ctx, ns, maxDepth)
+}
+
+// namespacesBelow is ListNamespaces of a namespace known to exist.
+func (s *Store) namespacesBelow(ctx context.Context, ns name.Namespace, maxDepth int) ([]name.Namespace, error) {
 	out := []name.Namespace{ns}
 	var walk func(n name.Namespace, depth int) error
 	walk = func(n name.Namespace, depth int) error {
