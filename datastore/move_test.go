@@ -965,7 +965,7 @@ func mtBenchMoveFS(b *testing.B, snapshots, perGroup int) {
 // shapes of snapshots of four objects (index, two blobs, manifest) plus an
 // owner per group: many groups of one snapshot, tens of groups of a few,
 // and few groups of many (PBSQ_BENCH_OBJECTS sets that one's object count,
-// default 20000).
+// default 20000); and a move-group of one group of 500 snapshots.
 func BenchmarkMoveNamespaceS3(b *testing.B) {
 	objects := 20000
 	if v, err := strconv.Atoi(os.Getenv("PBSQ_BENCH_OBJECTS")); err == nil && v > 0 {
@@ -977,25 +977,33 @@ func BenchmarkMoveNamespaceS3(b *testing.B) {
 	}
 	const blobs = 2
 	srv := s3test.StartVersity(b)
-	shapes := []struct{ groups, perGroup int }{
-		{150, 1},
-		{40, 7},
-		{max(1, objects/(blobs+2)/50), 50},
+	shapes := []struct {
+		groups, perGroup int
+		moveGroup        bool
+	}{
+		{150, 1, false},
+		{40, 7, false},
+		{max(1, objects/(blobs+2)/50), 50, false},
+		{1, 500, true},
 	}
 	for _, sh := range shapes {
-		b.Run(fmt.Sprintf("%dx%d", sh.groups, sh.perGroup), func(b *testing.B) {
+		label := fmt.Sprintf("%dx%d", sh.groups, sh.perGroup)
+		if sh.moveGroup {
+			label = fmt.Sprintf("group-%d", sh.perGroup)
+		}
+		b.Run(label, func(b *testing.B) {
 			// Three alternating rounds where a round takes seconds.
 			rounds := 1
 			if sh.groups*sh.perGroup*(blobs+2) < 5000 {
 				rounds = 3
 			}
-			mtBenchMoveS3(b, srv, rclone, sh.groups*sh.perGroup, sh.perGroup, blobs, rounds)
+			mtBenchMoveS3(b, srv, rclone, sh.groups*sh.perGroup, sh.perGroup, blobs, rounds, sh.moveGroup)
 		})
 	}
 }
 
 // mtBenchMoveS3 is one shape of BenchmarkMoveNamespaceS3.
-func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, perGroup, blobs, rounds int) {
+func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, perGroup, blobs, rounds int, moveGroup bool) {
 	ctx := context.Background()
 	var pbsqTime, rcloneTime time.Duration
 	// CPU time of the server and of the client during each side's moves:
@@ -1095,11 +1103,22 @@ func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, p
 		from := "src"
 		for r := 1; r <= rounds; r++ {
 			to := fmt.Sprint("p", r)
+			move := func(ctx context.Context) (*MoveResult, error) {
+				return s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace(from), TargetNS: name.MustNamespace(to), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
+			}
+			if moveGroup {
+				// The namespace holds the one group; its move is
+				// rclone's move of the namespace's prefix.
+				mtNS(b, s, to)
+				move = func(ctx context.Context) (*MoveResult, error) {
+					return s.MoveGroup(ctx, MoveGroupRequest{Group: snaps[0].Group.InNS(name.MustNamespace(from)), TargetNS: name.MustNamespace(to)}, nil)
+				}
+			}
 			b.StartTimer()
 			server0, client0 := serverCPU(), selfCPU()
 			start := time.Now()
 			rctx, reqs := backend.CountRequests(ctx)
-			res, err := s.MoveNamespace(rctx, MoveNamespaceRequest{NS: name.MustNamespace(from), TargetNS: name.MustNamespace(to), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
+			res, err := move(rctx)
 			took := time.Since(start)
 			pbsqTime += took
 			pbsqServer += serverCPU() - server0
