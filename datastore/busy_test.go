@@ -246,3 +246,84 @@ func TestBusyNotMistaken(t *testing.T) {
 		check(t, "verify", err, res.Skipped, errLockServer)
 	})
 }
+
+// TestMoveNamespaceBusyAloneGroup: a group too big for its filesystem
+// batch or S3 wave moves by itself (moveAlone); when one of its snapshot
+// locks is refused it follows every operation's rule: the older snapshots
+// move, the group is set aside, tried exactly once more at the end, then
+// reported as skipped; the move does not fail and the other groups move.
+// On object storage a group is counted small for its wave and then grows
+// (PBS writing meanwhile) past the wave's room, the only way a wave gets
+// a group that must move alone.
+func TestMoveNamespaceBusyAloneGroup(t *testing.T) {
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
+		mtNS(t, s, "a")
+		put := func(g name.Group, from, to int) {
+			for h := from; h < to; h++ {
+				if err := mtPutSnapshot(ctx, s.b, name.NewSnapshot(g, mtAt(h)), "alice@pbs", 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// vm/1 moves in the first batch or wave, vm/2 and vm/3 share the
+		// second; vm/3 is the one that moves alone.
+		for _, g := range []string{"vm/1", "vm/2"} {
+			put(mtGroup(t, "a", g), 0, 3)
+		}
+		big := mtGroup(t, "a", "vm/3")
+		size := fsBatchSnaps + 1
+		var grow func(Progress)
+		if env.Kind == "fs" {
+			put(big, 0, size)
+		} else {
+			put(big, 0, 3)
+			size = moveBatch - 2 // more than the room vm/2 leaves
+			var once sync.Once
+			grow = func(p Progress) {
+				if p.Phase == "move" {
+					once.Do(func() { put(big, 3, size) })
+				}
+			}
+		}
+		held := lock.SnapshotRequest("test", name.NewSnapshot(big, mtAt(1)), lock.Exclusive)
+		g, err := TestFlockLocker(t, env.LockDir, -1).Acquire(ctx, held)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g.Release()
+		a := &btAudit{}
+		req := MoveNamespaceRequest{NS: name.MustNamespace("a"), TargetNS: name.Root, MaxDepth: -1, DeleteSource: true, MergeGroups: true}
+		res, err := s.WithLocker(btLocker(t, env.LockDir, a, nil)).MoveNamespace(ctx, req, grow)
+		if err != nil {
+			t.Fatalf("move: %v (result %+v)", err, res)
+		}
+		if n := len(a.at(lock.AuditBusy, held)); n != 2 {
+			t.Errorf("%s refused %d times, want 2 (the first pass and one retry)", held, n)
+		}
+		if !errors.Is(res.Outcome(), ErrSkipped) || res.Groups != 2 || len(res.Skipped) != 1 ||
+			res.Skipped[0].Item != "a:vm/3" || !strings.Contains(res.Skipped[0].Reason, lock.ErrBusy.Error()) {
+			t.Fatalf("result %+v", res)
+		}
+		// Oldest first: the target holds the older part only.
+		if snaps, _ := s.ListSnapshots(ctx, big.InNS(name.Root)); len(snaps) != 1 || !snaps[0].Time.Equal(mtAt(0)) {
+			t.Errorf("target holds %d snapshot(s), want the oldest", len(snaps))
+		}
+		if snaps, _ := s.ListSnapshots(ctx, big); len(snaps) != size-1 {
+			t.Errorf("source holds %d snapshot(s), want %d", len(snaps), size-1)
+		}
+		for _, g := range []string{"vm/1", "vm/2"} {
+			if snaps, _ := s.ListSnapshots(ctx, mtGroup(t, "", g)); len(snaps) != 3 {
+				t.Errorf("%s: %d snapshot(s) at the target, want 3", g, len(snaps))
+			}
+		}
+		if env.Kind != "fs" {
+			return // a rerun would copy the rest: the filesystem shows it
+		}
+		_ = g.Release()
+		res, err = s.MoveNamespace(ctx, req, nil)
+		mtMustComplete(t, res, err)
+		TestVerifyAll(t, s, 3+3+size, 0)
+	})
+}

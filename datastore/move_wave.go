@@ -227,7 +227,6 @@ type waveGroup struct {
 	// wave's room.
 	batchMember
 	listed *groupListing // the source group
-	done   bool          // nothing (more) to do: refused, or gone since listed
 
 	// Progress of the copies and source deletes (execWave).
 	mu     sync.Mutex
@@ -400,22 +399,8 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []m
 	if err := m.execWave(wctx, moving); err != nil {
 		return nil, err
 	}
-	for _, w := range ws {
-		if !w.alone {
-			continue
-		}
-		err := m.execGroup(wctx, w.p)
-		switch {
-		case errors.Is(err, lock.ErrBusy):
-			w.busy = err
-		case errors.Is(err, name.ErrInvalid):
-			m.skip(groupLabel(w.job.src), err, "refused")
-			w.done = true
-		case err != nil:
-			return nil, err
-		default:
-			w.done = true // execGroup counted it
-		}
+	if err := moveAlone(wctx, m, ws); err != nil {
+		return nil, err
 	}
 
 	var aside []moveJob
