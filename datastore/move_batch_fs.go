@@ -73,7 +73,10 @@ func (b *batchMember) member() *batchMember { return b }
 func (b *batchMember) lockGroups(ctx context.Context, s *Store) error {
 	reqs := []lock.Request{s.groupRequest(b.job.src), s.groupRequest(b.job.src.InNS(b.job.dstNS))}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	guards, err := s.acquireGuards(ctx, reqs)
+	if err != nil {
+		_ = lock.ReleaseAll(guards...)
+	}
 	switch {
 	case errors.Is(err, lock.ErrBusy):
 		b.busy = err

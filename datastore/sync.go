@@ -376,7 +376,7 @@ func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
 		if have[p.dst.String()] || p.dst.IsRoot() {
 			continue
 		}
-		ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(p.dst, lock.Shared)})
+		ctx, release, err := hold(ctx, y.dst.on(y.dst.nsRequest(p.dst, lock.Shared))...)
 		if err != nil {
 			return err
 		}
@@ -388,22 +388,6 @@ func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
 		y.count(func(r *SyncResult) { r.NamespacesCreated++ })
 	}
 	return nil
-}
-
-// storeLock is a lock request on one of the two stores.
-type storeLock struct {
-	s *Store
-	r lock.Request
-}
-
-// lockAcross takes the requests in the order given, on their stores, and
-// returns one release func; on failure nothing stays held.
-func lockAcross(ctx context.Context, reqs []storeLock) (context.Context, func(), error) {
-	on := make([]lock.On, len(reqs))
-	for i, sl := range reqs {
-		on[i] = lock.On{Locker: sl.s.locks, Request: sl.r}
-	}
-	return lock.HoldAll(ctx, on...)
 }
 
 // groupLocks are a group's locks in the documented order: the two
@@ -451,7 +435,7 @@ func (y *syncer) fail(sn name.Snapshot, reasons []string) {
 // snapshots) returns an error wrapping lock.ErrBusy, which busyRetry sets
 // aside; the snapshots synced before it stay synced.
 func (y *syncer) group(ctx context.Context, gp groupPair) error {
-	ctx, release, err := lockAcross(ctx, y.groupLocks(gp))
+	ctx, release, err := hold(ctx, y.groupLocks(gp)...)
 	if err != nil {
 		return err
 	}
@@ -664,10 +648,9 @@ func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) error 
 	if done {
 		return nil
 	}
-	ctx, release, err := lockAcross(ctx, []storeLock{
-		{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
-		{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)},
-	})
+	ctx, release, err := hold(ctx,
+		storeLock{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
+		storeLock{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)})
 	if err != nil {
 		return err
 	}
@@ -1304,7 +1287,7 @@ func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withPar
 	if withParents {
 		reqs = append([]lock.Request{y.dst.nsRequest(snap.NS, lock.Shared), y.dst.groupRequest(snap.Group)}, reqs...)
 	}
-	ctx, release, err := y.dst.lockChain(ctx, reqs)
+	ctx, release, err := hold(ctx, y.dst.on(reqs...)...)
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(snapshotLabel(snap), "vanished snapshot not removed: "+err.Error(), "busy")
 		return nil
@@ -1400,7 +1383,7 @@ func (y *syncer) removeVanished(ctx context.Context, pairs []nsPair, groups []gr
 // removeGroup removes a vanished target group's snapshots (protected ones
 // stay, and with them the group).
 func (y *syncer) removeGroup(ctx context.Context, g name.Group) error {
-	ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g)})
+	ctx, release, err := hold(ctx, y.dst.on(y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g))...)
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(groupLabel(g), "vanished group not removed: "+err.Error(), "busy")
 		return nil

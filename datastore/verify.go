@@ -323,10 +323,10 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) error {
 		v.s.obs.logf("skipped %s: unfinished (no manifest)", snapRef(sn.Snapshot))
 		return nil
 	}
-	ctx, release, err := v.s.lockChain(ctx, []lock.Request{
+	ctx, release, err := hold(ctx, v.s.on(
 		v.s.nsRequest(sn.NS, lock.Shared),
 		v.s.snapshotRequest(sn.Snapshot, lock.Shared),
-	})
+	)...)
 	if err != nil {
 		return err
 	}
