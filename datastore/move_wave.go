@@ -63,10 +63,11 @@ const (
 )
 
 // canWave reports whether the backend supports moving in waves: object
-// storage with ranged listings and batch deletes. (A filesystem moves
-// group by group: a rename costs nothing next to a round trip.)
+// storage (requests are round trips) with ranged listings and batch
+// deletes. (A filesystem moves in batches: a rename costs nothing next to
+// a round trip.)
 func (m *mover) canWave() bool {
-	if m.atomic || m.batchRm == nil || !m.s.b.Features().ImplicitDirs {
+	if m.atomic || m.batchRm == nil || !m.s.b.Features().RoundTrips {
 		return false
 	}
 	_, ok := m.s.b.(backend.RangeWalker)

@@ -245,12 +245,12 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	defer unlock()
 	start := time.Now()
 	// Chunks go as many at once as the busier backend wants. Groups are
-	// independent (a group's snapshots go in order); on object storage
-	// each group's listings and re-checks are round trips that overlap
-	// well, so more groups go at once there.
+	// independent (a group's snapshots go in order); where requests are
+	// round trips each group's listings and re-checks overlap well, so
+	// more groups go at once there.
 	workers := max(src.b.Features().InFlight, dst.b.Features().InFlight)
 	groupsAtOnce := 2
-	if src.b.Features().ImplicitDirs || dst.b.Features().ImplicitDirs {
+	if src.b.Features().RoundTrips || dst.b.Features().RoundTrips {
 		groupsAtOnce = 8
 	}
 	y := &syncer{
@@ -497,13 +497,13 @@ func (y *syncer) group(ctx context.Context, gp groupPair) error {
 }
 
 // listGroupSnapshots lists a group's snapshots. On a filesystem it is
-// ListSnapshots. On object storage, where a listing of every snapshot's
-// files costs the server a walk (and a request per snapshot would cost
-// round trips on every, even unchanged, sync), it lists only the snapshot
-// directories: Files is nil there, and Finished unknown until
-// snapshotFinished asks.
+// ListSnapshots. Where requests are round trips (object storage), a
+// listing of every snapshot's files costs the server a walk and a request
+// per snapshot would cost round trips on every, even unchanged, sync: it
+// lists only the snapshot directories. Files is nil there, and Finished
+// unknown until snapshotFinished asks.
 func (s *Store) listGroupSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo, error) {
-	if !s.b.Features().ImplicitDirs {
+	if !s.b.Features().RoundTrips {
 		return s.ListSnapshots(ctx, g)
 	}
 	snaps, err := s.snapshotDirs(ctx, g)
