@@ -157,11 +157,11 @@ func (s *Store) Backup(ctx context.Context, req BackupRequest, progress Progress
 		return nil, err
 	}
 	defer unlock()
-	ctx, release, err := s.lockChain(ctx, []lock.Request{
+	ctx, release, err := hold(ctx, s.on(
 		s.nsRequest(g.NS, lock.Shared),
 		s.groupRequest(g),
 		s.snapshotRequest(snap, lock.Exclusive),
-	})
+	)...)
 	if err != nil {
 		return nil, err
 	}

@@ -169,12 +169,14 @@ func (r *GCResult) Outcome() error { return nil }
 
 // gcRun is one GC's state.
 type gcRun struct {
-	s           *Store
-	req         GCRequest
-	res         *GCResult
-	rep         *reporter
-	cancel      context.CancelCauseFunc
-	objectStore bool
+	s      *Store
+	req    GCRequest
+	res    *GCResult
+	rep    *reporter
+	cancel context.CancelCauseFunc
+	// roundTrips: the backend's requests are round trips (object
+	// storage): touches and removals go many at once, and in batches.
+	roundTrips bool
 
 	markStart, minAtime, oldestWriter time.Time
 
@@ -232,10 +234,10 @@ func (s *Store) GC(ctx context.Context, req GCRequest, progress ProgressFunc) (*
 
 	g := &gcRun{
 		s: s, req: req, cancel: cancel,
-		objectStore: s.b.Features().ImplicitDirs,
-		res:         &GCResult{DryRun: req.DryRun},
-		marked:      newDigestSet(),
-		missing:     make(map[Digest]struct{}),
+		roundTrips: s.b.Features().RoundTrips,
+		res:        &GCResult{DryRun: req.DryRun},
+		marked:     newDigestSet(),
+		missing:    make(map[Digest]struct{}),
 	}
 	g.markStart = now().UTC()
 	g.res.MarkStart = g.markStart

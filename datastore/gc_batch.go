@@ -46,7 +46,7 @@ type sweepBatcher struct {
 func (g *gcRun) newSweepBatcher() *sweepBatcher {
 	rm, ok1 := g.s.b.(backend.BatchRemover)
 	rw, ok2 := g.s.b.(backend.RangeWalker)
-	if g.req.DryRun || !g.objectStore || !ok1 || !ok2 {
+	if g.req.DryRun || !g.roundTrips || !ok1 || !ok2 {
 		return nil
 	}
 	b := &sweepBatcher{g: g, rm: rm, rw: rw}

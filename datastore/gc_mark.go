@@ -253,7 +253,7 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 // startTouchers starts the goroutines that touch newly marked chunks.
 func (g *gcRun) startTouchers(ctx context.Context) {
 	n := runtime.GOMAXPROCS(0)
-	if g.objectStore {
+	if g.roundTrips {
 		n = g.s.b.Features().InFlight
 	}
 	g.touchq = make(chan Digest, 4096)
@@ -277,10 +277,10 @@ func (g *gcRun) startTouchers(ctx context.Context) {
 // copies are touched instead.
 func (g *gcRun) touch(ctx context.Context, d Digest) error {
 	p := ChunkPath(d)
-	if ct, ok := g.s.b.(backend.ConditionalToucher); ok && g.objectStore {
+	if ct, ok := g.s.b.(backend.ConditionalToucher); ok && g.roundTrips {
 		return g.touchIfOlder(ctx, ct, d)
 	}
-	if g.objectStore {
+	if g.roundTrips {
 		fi, err := backend.StatFile(ctx, g.s.b, p)
 		if errors.Is(err, fs.ErrNotExist) {
 			return g.chunkMissing(ctx, d)

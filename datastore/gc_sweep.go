@@ -21,7 +21,7 @@ func (g *gcRun) sweep(ctx context.Context) error {
 	// many at a time as the backend keeps in flight.
 	var removals *errgroup.Group
 	batches := g.newSweepBatcher()
-	if g.objectStore && !g.req.DryRun && batches == nil {
+	if g.roundTrips && !g.req.DryRun && batches == nil {
 		removals = new(errgroup.Group)
 		removals.SetLimit(g.s.b.Features().InFlight)
 	}

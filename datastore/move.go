@@ -199,7 +199,7 @@ func (s *Store) MoveGroup(ctx context.Context, req MoveGroupRequest, progress Pr
 		s.groupRequest(src), s.groupRequest(dst),
 	}
 	lock.SortRequests(reqs)
-	ctx, release, err := s.lockChain(ctx, reqs)
+	ctx, release, err := hold(ctx, s.on(reqs...)...)
 	if err != nil {
 		return nil, fmt.Errorf("move-group %s from %q to %q: %w", src, src.NS, dst.NS, err)
 	}

@@ -33,8 +33,7 @@ import (
 // Per group that is execGroup's order with one journal entry covering more
 // than the group, so a crash at any point leaves what execGroup could
 // leave, and a rerun finishes. Groups of more than fsBatchSnaps snapshots
-// move by themselves (execGroup, a few at once) under the batch's group
-// locks.
+// move by themselves (moveAlone) under the batch's group locks.
 
 const (
 	// fsBatchGroups bounds the groups of a batch: each holds two group
@@ -61,8 +60,11 @@ type batchMember struct {
 	n      int   // snapshots moved: p.snaps[:n]
 	busy   error // a busy lock: set aside (after moving p.snaps[:n])
 	// alone: too big for its batch or wave; it moves by itself
-	// (execGroup) afterwards, under its group locks.
+	// (moveAlone) afterwards, under its group locks.
 	alone bool
+	// done: nothing (more) to do and counted: refused, gone since
+	// listed, or moved alone (execGroup counted it).
+	done bool
 }
 
 func (b *batchMember) member() *batchMember { return b }
@@ -71,7 +73,10 @@ func (b *batchMember) member() *batchMember { return b }
 func (b *batchMember) lockGroups(ctx context.Context, s *Store) error {
 	reqs := []lock.Request{s.groupRequest(b.job.src), s.groupRequest(b.job.src.InNS(b.job.dstNS))}
 	lock.SortRequests(reqs)
-	guards, err := s.lockGuards(ctx, reqs)
+	guards, err := s.acquireGuards(ctx, reqs)
+	if err != nil {
+		_ = lock.ReleaseAll(guards...)
+	}
 	switch {
 	case errors.Is(err, lock.ErrBusy):
 		b.busy = err
@@ -105,6 +110,34 @@ func (b *batchMember) lockSnaps(ctx context.Context, s *Store) error {
 func (b *batchMember) release() {
 	_ = lock.ReleaseAll(b.snapsL...)
 	_ = lock.ReleaseAll(b.locks...)
+}
+
+// moveAlone moves the members marked alone by themselves (execGroup,
+// m.groupParallel at once) under the group locks they hold, with the rule
+// of every operation: a busy one is set aside in busy, for busyRetry to
+// retry once and then skip, never an error; a refused one is skipped.
+func moveAlone[M interface{ member() *batchMember }](ctx context.Context, m *mover, ms []M) error {
+	var alone []*batchMember
+	for _, x := range ms {
+		if b := x.member(); b.alone {
+			alone = append(alone, b)
+		}
+	}
+	return parallel(ctx, m.groupParallel, len(alone), func(ctx context.Context, i int) error {
+		b := alone[i]
+		err := m.execGroup(ctx, b.p)
+		switch {
+		case errors.Is(err, lock.ErrBusy):
+			b.busy = err
+			return nil
+		case errors.Is(err, name.ErrInvalid):
+			m.skip(groupLabel(b.job.src), err, "refused")
+		case err != nil:
+			return err
+		}
+		b.done = true
+		return nil
+	})
 }
 
 // lockedMembers returns every lock the members hold, to watch them at
@@ -197,22 +230,7 @@ func (m *mover) moveFSBatch(ctx context.Context, jobs []moveJob, merge bool) ([]
 	if err := m.execFSBatch(wctx, moving); err != nil {
 		return nil, err
 	}
-	var alone []*fsBatchGroup
-	for _, b := range bs {
-		if b.alone {
-			alone = append(alone, b)
-		}
-	}
-	err = parallel(wctx, moveGroupParallelFS, len(alone), func(ctx context.Context, i int) error {
-		b := alone[i]
-		err := m.execGroup(ctx, b.p)
-		if errors.Is(err, lock.ErrBusy) {
-			b.busy = err
-			return nil
-		}
-		return err // nil: execGroup counted it
-	})
-	if err != nil {
+	if err := moveAlone(wctx, m, bs); err != nil {
 		return nil, err
 	}
 

@@ -119,18 +119,11 @@ func (m *mover) execGroup(ctx context.Context, p *groupPlan) error {
 // first failure, returning the guards taken (a prefix of snaps) and the
 // error.
 func (s *Store) lockSnapshots(ctx context.Context, snaps []moveSnap) ([]*lock.Guard, error) {
-	if s.locks == nil {
-		return nil, nil
+	reqs := make([]lock.Request, len(snaps))
+	for i, sn := range snaps {
+		reqs[i] = s.snapshotRequest(sn.Snapshot, lock.Exclusive)
 	}
-	guards := make([]*lock.Guard, 0, len(snaps))
-	for _, sn := range snaps {
-		g, err := s.locks.Acquire(ctx, s.snapshotRequest(sn.Snapshot, lock.Exclusive))
-		if err != nil {
-			return guards, err
-		}
-		guards = append(guards, g)
-	}
-	return guards, nil
+	return s.acquireGuards(ctx, reqs)
 }
 
 // moveBatch moves locked snapshots, recording their index files in the

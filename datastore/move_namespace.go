@@ -54,7 +54,7 @@ func (s *Store) MoveNamespace(ctx context.Context, req MoveNamespaceRequest, pro
 	}
 	defer unlock()
 
-	ctx, release, err := s.lockChain(ctx, moveNamespaceLocks(s, src, dst))
+	ctx, release, err := hold(ctx, s.on(moveNamespaceLocks(s, src, dst)...)...)
 	if err != nil {
 		return nil, fmt.Errorf("move-namespace %q to %q: %w", src, dst, err)
 	}
@@ -379,7 +379,7 @@ func (m *mover) moveOneGroup(ctx context.Context, j moveJob, merge bool) error {
 	dst := j.src.InNS(j.dstNS)
 	reqs := []lock.Request{s.groupRequest(j.src), s.groupRequest(dst)}
 	lock.SortRequests(reqs)
-	ctx, release, err := s.lockChain(ctx, reqs)
+	ctx, release, err := hold(ctx, s.on(reqs...)...)
 	if err != nil {
 		return err
 	}

@@ -63,10 +63,11 @@ const (
 )
 
 // canWave reports whether the backend supports moving in waves: object
-// storage with ranged listings and batch deletes. (A filesystem moves
-// group by group: a rename costs nothing next to a round trip.)
+// storage (requests are round trips) with ranged listings and batch
+// deletes. (A filesystem moves in batches: a rename costs nothing next to
+// a round trip.)
 func (m *mover) canWave() bool {
-	if m.atomic || m.batchRm == nil || !m.s.b.Features().ImplicitDirs {
+	if m.atomic || m.batchRm == nil || !m.s.b.Features().RoundTrips {
 		return false
 	}
 	_, ok := m.s.b.(backend.RangeWalker)
@@ -227,7 +228,6 @@ type waveGroup struct {
 	// wave's room.
 	batchMember
 	listed *groupListing // the source group
-	done   bool          // nothing (more) to do: refused, or gone since listed
 
 	// Progress of the copies and source deletes (execWave).
 	mu     sync.Mutex
@@ -400,22 +400,8 @@ func (m *mover) moveWave(ctx context.Context, jobs []moveJob, merge bool) (_ []m
 	if err := m.execWave(wctx, moving); err != nil {
 		return nil, err
 	}
-	for _, w := range ws {
-		if !w.alone {
-			continue
-		}
-		err := m.execGroup(wctx, w.p)
-		switch {
-		case errors.Is(err, lock.ErrBusy):
-			w.busy = err
-		case errors.Is(err, name.ErrInvalid):
-			m.skip(groupLabel(w.job.src), err, "refused")
-			w.done = true
-		case err != nil:
-			return nil, err
-		default:
-			w.done = true // execGroup counted it
-		}
+	if err := moveAlone(wctx, m, ws); err != nil {
+		return nil, err
 	}
 
 	var aside []moveJob

@@ -169,7 +169,7 @@ func (s *Store) RemoveNamespaceLocked(ctx context.Context, ns name.Namespace) er
 	if ns.IsRoot() {
 		return invalidf("the root namespace cannot be removed")
 	}
-	ctx, release, err := s.lockChain(ctx, []lock.Request{s.nsRequest(ns, lock.Exclusive)})
+	ctx, release, err := hold(ctx, s.on(s.nsRequest(ns, lock.Exclusive))...)
 	if err != nil {
 		return err
 	}

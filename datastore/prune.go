@@ -127,7 +127,7 @@ type pendingRemoval struct {
 // pruneGroup marks and removes in one group; it returns the snapshots that
 // were busy so the caller can retry them once.
 func (s *Store) pruneGroup(ctx context.Context, g name.Group, req PruneRequest, loc *time.Location, res *PruneResult) ([]pendingRemoval, error) {
-	ctx, release, err := s.lockChain(ctx, []lock.Request{s.nsRequest(g.NS, lock.Shared), s.groupRequest(g)})
+	ctx, release, err := hold(ctx, s.on(s.nsRequest(g.NS, lock.Shared), s.groupRequest(g))...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,7 +189,7 @@ func (s *Store) removeSnapshotLocked(ctx context.Context, p pendingRemoval, with
 	if withParents {
 		reqs = []lock.Request{s.nsRequest(sn.NS, lock.Shared), s.groupRequest(sn.Group), reqs[0]}
 	}
-	ctx, release, err := s.lockChain(ctx, reqs)
+	ctx, release, err := hold(ctx, s.on(reqs...)...)
 	if err != nil {
 		return err
 	}

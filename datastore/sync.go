@@ -245,12 +245,12 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	defer unlock()
 	start := time.Now()
 	// Chunks go as many at once as the busier backend wants. Groups are
-	// independent (a group's snapshots go in order); on object storage
-	// each group's listings and re-checks are round trips that overlap
-	// well, so more groups go at once there.
+	// independent (a group's snapshots go in order); where requests are
+	// round trips each group's listings and re-checks overlap well, so
+	// more groups go at once there.
 	workers := max(src.b.Features().InFlight, dst.b.Features().InFlight)
 	groupsAtOnce := 2
-	if src.b.Features().ImplicitDirs || dst.b.Features().ImplicitDirs {
+	if src.b.Features().RoundTrips || dst.b.Features().RoundTrips {
 		groupsAtOnce = 8
 	}
 	y := &syncer{
@@ -299,15 +299,9 @@ func Sync(ctx context.Context, src, dst *Store, req SyncRequest, progress Progre
 	dst.obs.logf("sync from datastore %s into %s: %d group(s) in scope", src.name, dst.name, len(groups))
 	err = busyRetry[groupPair]{
 		workers: y.groupsAtOnce,
-		run: func(ctx context.Context, gp groupPair) error {
-			busy, err := y.group(ctx, gp)
-			if err != nil {
-				return err
-			}
-			return busy
-		},
-		skip: func(gp groupPair, busy error) { y.skip(groupLabel(gp.src), busy.Error(), "busy") },
-		done: func(groupPair) { y.rep.add(1) },
+		run:     y.group,
+		skip:    func(gp groupPair, busy error) { y.skip(groupLabel(gp.src), busy.Error(), "busy") },
+		done:    func(groupPair) { y.rep.add(1) },
 	}.do(ctx, groups)
 	if err != nil {
 		return y.finish(start), err
@@ -382,7 +376,7 @@ func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
 		if have[p.dst.String()] || p.dst.IsRoot() {
 			continue
 		}
-		ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(p.dst, lock.Shared)})
+		ctx, release, err := hold(ctx, y.dst.on(y.dst.nsRequest(p.dst, lock.Shared))...)
 		if err != nil {
 			return err
 		}
@@ -394,22 +388,6 @@ func (y *syncer) createNamespaces(ctx context.Context, pairs []nsPair) error {
 		y.count(func(r *SyncResult) { r.NamespacesCreated++ })
 	}
 	return nil
-}
-
-// storeLock is a lock request on one of the two stores.
-type storeLock struct {
-	s *Store
-	r lock.Request
-}
-
-// lockAcross takes the requests in the order given, on their stores, and
-// returns one release func; on failure nothing stays held.
-func lockAcross(ctx context.Context, reqs []storeLock) (context.Context, func(), error) {
-	on := make([]lock.On, len(reqs))
-	for i, sl := range reqs {
-		on[i] = lock.On{Locker: sl.s.locks, Request: sl.r}
-	}
-	return lock.HoldAll(ctx, on...)
 }
 
 // groupLocks are a group's locks in the documented order: the two
@@ -453,15 +431,13 @@ func (y *syncer) fail(sn name.Snapshot, reasons []string) {
 	y.dst.obs.logf("sync %s: FAILED: %s", snapRef(sn), strings.Join(reasons, "; "))
 }
 
-// group syncs one group; busy is non-nil when a lock was refused (the
-// snapshots synced before that stay synced).
-func (y *syncer) group(ctx context.Context, gp groupPair) (busy, err error) {
-	ctx, release, err := lockAcross(ctx, y.groupLocks(gp))
-	if errors.Is(err, lock.ErrBusy) {
-		return err, nil
-	}
+// group syncs one group. A refused lock (of the group or of one of its
+// snapshots) returns an error wrapping lock.ErrBusy, which busyRetry sets
+// aside; the snapshots synced before it stay synced.
+func (y *syncer) group(ctx context.Context, gp groupPair) error {
+	ctx, release, err := hold(ctx, y.groupLocks(gp)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 
@@ -482,53 +458,52 @@ func (y *syncer) group(ctx context.Context, gp groupPair) (busy, err error) {
 		return err
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	newGroup := errors.Is(ownerErr, fs.ErrNotExist)
 	if ownerErr != nil && !newGroup {
-		return nil, ownerErr
+		return ownerErr
 	}
 	if !newGroup && owner != y.req.Owner {
 		y.skip(groupLabel(gp.src), fmt.Sprintf("target group %s in namespace %q on store %q is owned by %q, not %q",
 			gp.dst, gp.dst.NS, y.dst.name, owner, y.req.Owner), "owner")
-		return nil, nil
+		return nil
 	}
 	if newGroup {
 		if err := y.dst.SetGroupOwner(ctx, gp.dst, y.req.Owner); err != nil {
-			return nil, err
+			return err
 		}
 		y.count(func(r *SyncResult) { r.GroupsCreated++; r.FilesWritten++ })
 	}
 	plan, err := y.plan(ctx, srcSnaps, dstSnaps)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, it := range plan {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		busy, err := y.snapshot(ctx, gp, it)
-		if err != nil || busy != nil {
-			return busy, err
+		if err := y.snapshot(ctx, gp, it); err != nil {
+			return err
 		}
 	}
 	if y.req.RemoveVanished {
 		if err := y.removeVanishedSnapshots(ctx, srcSnaps, dstSnaps); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	y.count(func(r *SyncResult) { r.Groups++ })
-	return nil, nil
+	return nil
 }
 
 // listGroupSnapshots lists a group's snapshots. On a filesystem it is
-// ListSnapshots. On object storage, where a listing of every snapshot's
-// files costs the server a walk (and a request per snapshot would cost
-// round trips on every, even unchanged, sync), it lists only the snapshot
-// directories: Files is nil there, and Finished unknown until
-// snapshotFinished asks.
+// ListSnapshots. Where requests are round trips (object storage), a
+// listing of every snapshot's files costs the server a walk and a request
+// per snapshot would cost round trips on every, even unchanged, sync: it
+// lists only the snapshot directories. Files is nil there, and Finished
+// unknown until snapshotFinished asks.
 func (s *Store) listGroupSnapshots(ctx context.Context, g name.Group) ([]SnapshotInfo, error) {
-	if !s.b.Features().ImplicitDirs {
+	if !s.b.Features().RoundTrips {
 		return s.ListSnapshots(ctx, g)
 	}
 	snaps, err := s.snapshotDirs(ctx, g)
@@ -659,76 +634,73 @@ type syncFile struct {
 	same bool
 }
 
-// snapshot syncs one snapshot under its locks; busy when one was refused.
+// snapshot syncs one snapshot under its locks; a refused one returns an
+// error wrapping lock.ErrBusy.
 // Its phases: read the source manifest, look at what the target has, stop
 // if that is the same, check the source files and copy the chunks they
 // need, then write the files and the manifest last.
-func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) (busy, err error) {
+func (y *syncer) snapshot(ctx context.Context, gp groupPair, it syncItem) error {
 	ssn := it.src.Snapshot
 	tsn := ssn.InNS(gp.dst.NS)
 	y.mu.Lock()
 	done := y.done[tsn.Path()]
 	y.mu.Unlock()
 	if done {
-		return nil, nil
+		return nil
 	}
-	ctx, release, err := lockAcross(ctx, []storeLock{
-		{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
-		{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)},
-	})
-	if errors.Is(err, lock.ErrBusy) {
-		return err, nil
-	}
+	ctx, release, err := hold(ctx,
+		storeLock{y.src, y.src.snapshotRequest(ssn, lock.Shared)},
+		storeLock{y.dst, y.dst.snapshotRequest(tsn, lock.Exclusive)})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 
 	srcRaw, m, err := y.sourceManifest(ctx, ssn)
 	if err != nil || m == nil {
-		return nil, err
+		return err
 	}
 	old, err := y.targetFiles(ctx, tsn, it, m)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	dstFinished := old.hasManifest
 	sameManifest := dstFinished && bytes.Equal(old.manifest, srcRaw)
 	dstHasLog := old.hasLog || (it.dst != nil && slices.Contains(it.dst.Files, clientLogName))
 	if sameManifest && !it.corrupt && filesMatch(m, old.files) {
 		if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
-			return nil, err
+			return err
 		}
 		y.count(func(r *SyncResult) { r.SnapshotsPresent++; y.done[tsn.Path()] = true })
 		y.dst.obs.logf("already synced %s", snapRef(tsn))
-		return nil, nil
+		return nil
 	}
 
 	files, refs, err := y.checkSourceFiles(ctx, ssn, m, old, dstFinished, it.corrupt)
 	if err != nil || files == nil {
-		return nil, err
+		return err
 	}
 	bad, inserted, err := y.copyChunks(ctx, refs, it.corrupt)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if len(bad) > 0 {
 		y.fail(ssn, bad)
-		return nil, nil
+		return nil
 	}
 
-	unlock, busy, err := y.writeSnapshot(ctx, ssn, tsn, files, srcRaw, dstFinished, sameManifest, inserted > 0)
-	if busy != nil || err != nil {
-		return busy, err
+	unlock, err := y.writeSnapshot(ctx, ssn, tsn, files, srcRaw, dstFinished, sameManifest, inserted > 0)
+	if err != nil {
+		return err
 	}
 	defer unlock()
 	if err := y.copyClientLog(ctx, ssn, tsn, it, dstHasLog); err != nil {
-		return nil, err
+		return err
 	}
 	y.count(func(r *SyncResult) { r.Snapshots++; y.done[tsn.Path()] = true })
 	y.dst.obs.logf("synced %s from %s %s", snapRef(tsn), y.src.name, nsRef(ssn.NS))
 	y.progressMessage()
-	return nil, nil
+	return nil
 }
 
 // sourceManifest reads and checks the source snapshot's manifest. A nil
@@ -831,25 +803,23 @@ func (y *syncer) checkSourceFiles(ctx context.Context, ssn name.Snapshot, m *for
 // writeSnapshot writes the files that differ and the manifest last. A
 // target snapshot that gets anything written (a new one, or a finished one
 // that changes) is written under PBS's manifest lock, as every manifest
-// write is, which unlock releases; busy when that lock is held elsewhere.
-func (y *syncer) writeSnapshot(ctx context.Context, ssn, tsn name.Snapshot, files []syncFile, srcRaw []byte, dstFinished, sameManifest, inserted bool) (unlock func(), busy, err error) {
+// write is, which unlock releases; held elsewhere, it returns an error
+// wrapping lock.ErrBusy before anything is written.
+func (y *syncer) writeSnapshot(ctx context.Context, ssn, tsn name.Snapshot, files []syncFile, srcRaw []byte, dstFinished, sameManifest, inserted bool) (unlock func(), err error) {
 	unlock = func() {}
 	changed := slices.IndexFunc(files, func(f syncFile) bool { return !f.same }) >= 0
 	if !dstFinished || changed || !sameManifest {
 		// Taken before anything of the snapshot changes. Busy: the
 		// snapshot is retried, then skipped, unchanged.
 		u, err := y.dst.lockManifest(ctx, tsn)
-		if errors.Is(err, lock.ErrBusy) {
-			return nil, err, nil
-		}
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		unlock = u
 	}
-	fail := func(err error) (func(), error, error) {
+	fail := func(err error) (func(), error) {
 		unlock()
-		return nil, nil, err
+		return nil, err
 	}
 	if dstFinished && changed && !sameManifest {
 		// Unfinish the target snapshot first: its old manifest must never
@@ -890,7 +860,7 @@ func (y *syncer) writeSnapshot(ctx context.Context, ssn, tsn name.Snapshot, file
 		}
 		y.count(func(r *SyncResult) { r.FilesWritten++ })
 	}
-	return unlock, nil, nil
+	return unlock, nil
 }
 
 // manifestProblems checks that a manifest belongs to snap and names only
@@ -1317,7 +1287,7 @@ func (y *syncer) removeSnapshot(ctx context.Context, snap name.Snapshot, withPar
 	if withParents {
 		reqs = append([]lock.Request{y.dst.nsRequest(snap.NS, lock.Shared), y.dst.groupRequest(snap.Group)}, reqs...)
 	}
-	ctx, release, err := y.dst.lockChain(ctx, reqs)
+	ctx, release, err := hold(ctx, y.dst.on(reqs...)...)
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(snapshotLabel(snap), "vanished snapshot not removed: "+err.Error(), "busy")
 		return nil
@@ -1413,7 +1383,7 @@ func (y *syncer) removeVanished(ctx context.Context, pairs []nsPair, groups []gr
 // removeGroup removes a vanished target group's snapshots (protected ones
 // stay, and with them the group).
 func (y *syncer) removeGroup(ctx context.Context, g name.Group) error {
-	ctx, release, err := y.dst.lockChain(ctx, []lock.Request{y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g)})
+	ctx, release, err := hold(ctx, y.dst.on(y.dst.nsRequest(g.NS, lock.Shared), y.dst.groupRequest(g))...)
 	if errors.Is(err, lock.ErrBusy) {
 		y.skip(groupLabel(g), "vanished group not removed: "+err.Error(), "busy")
 		return nil

@@ -878,9 +878,9 @@ func TestSyncBusy(t *testing.T) {
 		!strings.Contains(stJSON(res.Skipped), "busy") {
 		t.Fatalf("%v\n%s", res.Outcome(), stJSON(res))
 	}
-	// group and snapshot return (busy, err) as (lock error, nil) when a
-	// lock is refused: the intended pair, not a swapped one. Sync succeeds
-	// (stSync) and each skip names the lock that stayed held.
+	// A refused lock is busy, not a failure: sync succeeds (stSync) and
+	// each skip names the lock that stayed held (TestBusyNotMistaken: the
+	// other way round).
 	wantSkip := map[string]string{
 		":vm/100": `group "vm/100" (exclusive) on store "dst"`,
 		":ct/200": `snapshot "` + ct0.String() + `" (shared) on store "src"`,

@@ -227,11 +227,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 				v.res.Resumed++
 				return nil
 			}
-			busy, err := v.snapshot(ctx, sn)
-			if err != nil {
-				return err
-			}
-			return busy
+			return v.snapshot(ctx, sn)
 		},
 		aside: func(sn SnapshotInfo, busy error) {
 			s.obs.logf("%s busy, retried at the end: %v", snapRef(sn.Snapshot), busy)
@@ -318,23 +314,21 @@ func (v *verifier) wantVerify(m *format.Manifest) bool {
 	return maxAge == 0 || days > maxAge
 }
 
-// snapshot verifies one snapshot; a non-nil busy error means it was locked.
-func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, err error) {
+// snapshot verifies one snapshot; an error wrapping lock.ErrBusy means it
+// was locked (busyRetry sets it aside).
+func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) error {
 	label := sn.NS.String() + ":" + sn.Snapshot.String()
 	if !sn.Finished {
 		v.res.Unfinished = append(v.res.Unfinished, label)
 		v.s.obs.logf("skipped %s: unfinished (no manifest)", snapRef(sn.Snapshot))
-		return nil, nil
+		return nil
 	}
-	ctx, release, err := v.s.lockChain(ctx, []lock.Request{
+	ctx, release, err := hold(ctx, v.s.on(
 		v.s.nsRequest(sn.NS, lock.Shared),
 		v.s.snapshotRequest(sn.Snapshot, lock.Shared),
-	})
-	if errors.Is(err, lock.ErrBusy) {
-		return err, nil
-	}
+	)...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer release()
 
@@ -342,26 +336,26 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	if errors.Is(err, fs.ErrNotExist) {
 		// Removed (pruned, moved) since it was listed: nothing to verify.
 		v.s.obs.logf("skipped %s: removed since it was listed", snapRef(sn.Snapshot))
-		return nil, nil
+		return nil
 	}
 	if err != nil {
 		v.fail(sn.Snapshot, []string{err.Error()})
 		v.s.obs.logf("verify %s: FAILED: %v", snapRef(sn.Snapshot), err)
-		return nil, nil
+		return nil
 	}
 	if !v.wantVerify(m) {
 		v.res.AlreadyVerified++
 		v.s.obs.logf("skipped %s: already verified (%s)", snapRef(sn.Snapshot), m.VerifyState().State)
-		return nil, nil
+		return nil
 	}
 	v.res.Snapshots++
 	reasons, err := v.files(ctx, sn.Snapshot, m)
 	if errors.Is(err, errTimeBox) {
 		v.res.Snapshots-- // not finished: the next run checks it
-		return nil, err
+		return err
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	state := format.VerifyOK
 	if len(reasons) > 0 {
@@ -374,13 +368,13 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 	}
 	if v.req.ReadOnly {
 		v.plan.checked(sn.Snapshot, len(reasons) == 0)
-		return nil, nil
+		return nil
 	}
 	if len(reasons) == 0 && !v.plan.recordOK(sn.Snapshot) {
 		// Sampled: ok is recorded once the rotation has checked it all.
 		v.plan.unrecorded++
 		v.plan.checked(sn.Snapshot, true)
-		return nil, nil
+		return nil
 	}
 	upid := UPID("verify", v.s.name, v.req.TaskID, v.start)
 	err = v.s.UpdateManifest(ctx, sn.Snapshot, func(m *format.Manifest) error {
@@ -394,13 +388,13 @@ func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) (busy error, e
 		v.res.Skipped = append(v.res.Skipped, Skipped{Item: label, Reason: "verify state not recorded: " + err.Error()})
 		v.s.obs.skipped("verify", "busy")
 		v.s.obs.logf("skipped recording the verify state of %s: busy: %v", snapRef(sn.Snapshot), err)
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("record verify state of %s: %w", label, err)
+		return fmt.Errorf("record verify state of %s: %w", label, err)
 	}
 	v.plan.checked(sn.Snapshot, len(reasons) == 0)
-	return nil, nil
+	return nil
 }
 
 func (v *verifier) fail(sn name.Snapshot, reasons []string) {

@@ -65,6 +65,11 @@ type Features struct {
 	// ImplicitDirs: directories exist only while something is inside, so an
 	// empty namespace needs a marker object.
 	ImplicitDirs bool
+	// RoundTrips: every request pays a network round trip, so operations
+	// overlap many (more groups at once, batched deletes, waves) and save
+	// requests where they can (listings over per-file checks). A local
+	// filesystem answers from the page cache: none of that pays there.
+	RoundTrips bool
 }
 
 // Backend is the storage of one datastore.

@@ -76,7 +76,7 @@ func (f *FS) String() string { return f.base }
 
 // Features: rename(2) is atomic and directories exist on their own.
 func (f *FS) Features() backend.Features {
-	return backend.Features{Kind: "fs", InFlight: 16, AtomicRename: true}
+	return backend.Features{Kind: "fs", InFlight: 16, AtomicRename: true, RoundTrips: false}
 }
 
 // check validates name; "." passes ValidPath but would mean the base

@@ -286,7 +286,7 @@ func (s *S3) String() string {
 // rename, so directories cannot move atomically. An operation keeps half
 // the request slots busy, leaving room for listings and a second task.
 func (s *S3) Features() backend.Features {
-	return backend.Features{Kind: "s3", InFlight: max(1, cap(s.sem)/2), AtomicRename: false, ImplicitDirs: true}
+	return backend.Features{Kind: "s3", InFlight: max(1, cap(s.sem)/2), AtomicRename: false, ImplicitDirs: true, RoundTrips: true}
 }
 
 // Close drops idle connections.

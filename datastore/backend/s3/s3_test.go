@@ -93,7 +93,7 @@ func TestKeyLayout(t *testing.T) {
 		if got, want := b.String(), "s3://"+srv.Bucket()+"/"+prefix+" ("+srv.Endpoint()+")"; got != want {
 			t.Errorf("String() = %q, want %q", got, want)
 		}
-		if f := b.Features(); f.AtomicRename || !f.ImplicitDirs {
+		if f := b.Features(); f.AtomicRename || !f.ImplicitDirs || !f.RoundTrips {
 			t.Errorf("Features() = %+v", f)
 		}
 	})
