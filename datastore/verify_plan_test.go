@@ -57,7 +57,7 @@ func vpSetup(t testing.TB, s *Store, groups, perGroup, files int) *vpScene {
 				}
 				paths = append(paths, p)
 			}
-			res := ftBackup(t, s, "", "vm", fmt.Sprint(100+g), time.Unix(int64(1700000000+k*3600), 0), paths...)
+			res := TestBackup(t, s, "", fmt.Sprint("vm/", 100+g), time.Unix(int64(1700000000+k*3600), 0), paths...)
 			sc.snaps = append(sc.snaps, res.snapshotValue)
 		}
 	}
