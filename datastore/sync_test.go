@@ -670,20 +670,6 @@ func TestSyncRemoveVanished(t *testing.T) {
 	}
 }
 
-// stCorruptChunk flips one payload byte of a chunk on a filesystem store.
-func stCorruptChunk(t testing.TB, dir string, d Digest) {
-	t.Helper()
-	p := filepath.Join(dir, filepath.FromSlash(ChunkPath(d)))
-	raw, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw[len(raw)/2] ^= 0x40
-	if err := os.WriteFile(p, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestSyncCorruptSourceChunk: a source chunk with a bad CRC, and one that
 // decodes to data of another digest, each fail only their snapshot, which
 // stays unfinished in the target without the bad chunk; the rest syncs.
@@ -697,7 +683,7 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 	TestBackup(t, src, "", "ct/200", stAt(1), TestFiles(t, map[string][]byte{"root.pxar": stData("d", 300<<10, true)})...)
 
 	badCRC := vtDigests(t, src, s0, "drive-scsi0.img.fidx")[1]
-	stCorruptChunk(t, srcDir, badCRC)
+	TestCorruptChunk(t, src, badCRC)
 	// A well-formed blob under the wrong name.
 	wrong := vtDigests(t, src, c0, "root.pxar.didx")[0]
 	blob, err := format.EncodeBlob(stData("other", 1000, true))
@@ -751,14 +737,14 @@ func TestSyncResyncCorrupt(t *testing.T) {
 
 	// snaps[0]: verify finds the corrupt chunk and renames it .bad.
 	d0 := vtDigests(t, dst, snaps[0], "drive-scsi0.img.fidx")[0]
-	stCorruptChunk(t, dstDir, d0)
+	TestCorruptChunk(t, dst, d0)
 	vres, err := dst.Verify(ctx, VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
 	if err != nil || len(vres.Failed) != 1 {
 		t.Fatalf("verify: %v %s", err, stJSON(vres))
 	}
 	// snaps[1]: marked failed, its chunk corrupted afterwards (not renamed).
 	d1 := vtDigests(t, dst, snaps[1], "drive-scsi0.img.fidx")[1]
-	stCorruptChunk(t, dstDir, d1)
+	TestCorruptChunk(t, dst, d1)
 	if err := dst.UpdateManifest(ctx, snaps[1], func(m *format.Manifest) error { m.SetVerifyState(format.VerifyFailed, "UPID:test"); return nil }); err != nil {
 		t.Fatal(err)
 	}

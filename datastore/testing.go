@@ -381,3 +381,18 @@ func TestChunk(t TestingT, s *Store, data []byte) Digest {
 	}
 	return d
 }
+
+// TestCorruptChunk flips a bit of the last byte of chunk d of s (its
+// payload, so that the CRC no longer matches).
+func TestCorruptChunk(t TestingT, s *Store, d Digest) {
+	t.Helper()
+	ctx := context.Background()
+	data, err := s.b.ReadFile(ctx, ChunkPath(d))
+	if err == nil {
+		data[len(data)-1] ^= 0x40
+		err = s.b.WriteFile(ctx, ChunkPath(d), data)
+	}
+	if err != nil {
+		t.Fatalf("corrupt chunk %s: %v", d, err)
+	}
+}
