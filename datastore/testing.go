@@ -2,11 +2,12 @@ package datastore
 
 // Test fixtures, after restic's repository.TestRepository: exported from a
 // non-test file so that this package's tests, its external tests and other
-// packages' tests (worker, cmd) build stores, dump them and verify them
-// the same way. They take TestingT rather than testing.TB so that the
-// production binary does not link package testing, and they import no
-// test servers: object storage comes in as a backend (TestOn). The loop
-// over every backend kind is eachBackend in backends_test.go.
+// packages' tests (worker, cmd) build stores, write test data, dump them
+// and verify them the same way. They take TestingT rather than
+// testing.TB so that the production binary does not link package
+// testing, and they import no test servers: object storage comes in as a
+// backend (TestOn). The loop over every backend kind is eachBackend in
+// backends_test.go.
 
 import (
 	"context"
