@@ -2,7 +2,6 @@ package datastore_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
@@ -16,7 +15,6 @@ import (
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
-	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -327,21 +325,7 @@ func addGarbageChunks(t testing.TB, s *datastore.Store, src *sources, n int) []d
 	t.Helper()
 	var out []datastore.Digest
 	for i := 0; i < n; i++ {
-		d, blob := chunkOf(t, src.block()[:4096])
-		if _, err := s.InsertChunk(context.Background(), d, blob); err != nil {
-			t.Fatalf("insert garbage chunk: %v", err)
-		}
-		out = append(out, d)
+		out = append(out, datastore.TestChunk(t, s, src.block()[:4096]))
 	}
 	return out
-}
-
-// chunkOf encodes data as a chunk.
-func chunkOf(t testing.TB, data []byte) (datastore.Digest, []byte) {
-	t.Helper()
-	blob, err := format.EncodeBlob(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return datastore.Digest(sha256.Sum256(data)), blob
 }

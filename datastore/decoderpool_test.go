@@ -195,7 +195,7 @@ func TestVerifyReadErrors(t *testing.T) {
 	}
 
 	// The whole operation fails with the cause itself, not its text.
-	ftBackup(t, s, "a", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "disk", 64<<10, 0))
+	TestBackup(t, s, "a", "vm/1", time.Unix(1700000000, 0), TestFile(t, "disk", 64<<10, 0))
 	flaky.fails.Store(1 << 30)
 	res, err := s.Verify(context.Background(), VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
 	if !errors.Is(err, errCut) {

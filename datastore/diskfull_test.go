@@ -236,12 +236,8 @@ func testDiskFullSync(t *testing.T) {
 	src := datastore.TestStore(t, datastore.TestName("source"), datastore.TestAt(srcDir))
 	var snaps []name.Snapshot
 	for i := 0; i < 3; i++ {
-		g, _ := name.NewGroup(name.Root, "vm", fmt.Sprint(200+i%2))
-		res, err := src.Backup(ctx, datastore.BackupRequest{Group: g, Time: time.Date(2024, 3, 1, 10+i, 0, 0, 0, time.UTC), Owner: "root@pam",
-			Sources: newRandomSources(t, 1)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := datastore.TestBackupRequest(t, src, "", fmt.Sprint("vm/", 200+i%2), datastore.BackupRequest{
+			Time: time.Date(2024, 3, 1, 10+i, 0, 0, 0, time.UTC), Sources: newRandomSources(t, 1)})
 		snaps = append(snaps, res.SnapshotName())
 	}
 	ss := newSmallStore(t, "small", "6m")
@@ -285,16 +281,8 @@ func testDiskFullMove(t *testing.T) {
 	ss := newSmallStore(t, "small", "8m")
 	var snaps []name.Snapshot
 	for i, ns := range []string{"a", "a", "a/b", "a/b"} {
-		n := name.MustNamespace(ns)
-		if err := ss.s.CreateNamespace(ctx, n); err != nil {
-			t.Fatal(err)
-		}
-		g, _ := name.NewGroup(n, "ct", fmt.Sprint(300+len(ns)))
-		res, err := ss.s.Backup(ctx, datastore.BackupRequest{Group: g, Time: time.Date(2024, 3, 1, 10+i, 0, 0, 0, time.UTC), Owner: "root@pam",
-			Sources: newSmallSources(t)}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := datastore.TestBackupRequest(t, ss.s, ns, fmt.Sprint("ct/", 300+len(ns)), datastore.BackupRequest{
+			Time: time.Date(2024, 3, 1, 10+i, 0, 0, 0, time.UTC), Sources: newSmallSources(t)})
 		snaps = append(snaps, res.SnapshotName())
 	}
 	if err := ss.s.CreateNamespace(ctx, name.MustNamespace("target")); err != nil {

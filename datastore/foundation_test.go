@@ -3,7 +3,6 @@ package datastore
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"os"
@@ -18,40 +17,6 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 )
 
-// ftFile writes a temp file: n random bytes, then z zero bytes.
-func ftFile(t testing.TB, base string, n, z int) string {
-	t.Helper()
-	data := make([]byte, n+z)
-	_, _ = rand.Read(data[:n])
-	p := filepath.Join(t.TempDir(), base)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// ftBackup writes a snapshot of the given files.
-func ftBackup(t testing.TB, s *Store, ns, typ, id string, at time.Time, files ...string) *BackupResult {
-	t.Helper()
-	n := name.MustNamespace(ns)
-	if err := s.CreateNamespace(context.Background(), n); err != nil {
-		t.Fatal(err)
-	}
-	g, err := name.NewGroup(n, typ, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := BackupRequest{Group: g, Time: at, Owner: "root@pam"}
-	for _, f := range files {
-		req.Sources = append(req.Sources, BackupSource{Path: f})
-	}
-	res, err := s.Backup(context.Background(), req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
-}
-
 // allSnapshots lists every snapshot of the store (finished or not), through
 // the same scope listing the operations use.
 func allSnapshots(t testing.TB, s *Store) []SnapshotInfo {
@@ -63,14 +28,15 @@ func allSnapshots(t testing.TB, s *Store) []SnapshotInfo {
 	return snaps
 }
 
-// pbsfmt runs the independent Python writer/checker.
+// pbsfmt runs the independent Python writer/checker and returns its
+// standard output; it fails t if the script fails.
 func pbsfmt(t testing.TB, args ...string) string {
 	t.Helper()
 	cmd := exec.Command("python3", append([]string{"testdata/pbsfmt.py"}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("pbsfmt %v: %v\n%s%s", args, err, out.String(), errb.String())
+		t.Fatalf("pbsfmt.py %v: %v\n%s%s", args, err, out.String(), errb.String())
 	}
 	return out.String()
 }
@@ -133,7 +99,7 @@ func TestNamespaces(t *testing.T) {
 	if err := s.RemoveNamespace(ctx, name.MustNamespace("a/b")); !strings.Contains(fmtErr(err), "child") {
 		t.Fatalf("removed a namespace with children: %v", err)
 	}
-	ftBackup(t, s, "a/x", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "f.conf", 10, 0))
+	TestBackup(t, s, "a/x", "vm/1", time.Unix(1700000000, 0), TestFile(t, "f.conf", 10, 0))
 	before := TestDirTree(t, dir)
 	if err := s.RemoveNamespace(ctx, name.MustNamespace("a/x")); err == nil {
 		t.Fatal("removed a namespace with a group")
@@ -162,11 +128,11 @@ func fmtErr(err error) string {
 func TestBackupPassesIndependentChecker(t *testing.T) {
 	env := NewTestEnv(t, TestFlock(-1))
 	s, dir := env.Store, env.Dir
-	img := ftFile(t, "disk.img", 9<<20+123, 9<<20) // random, then zero chunks, short tail
-	tar := ftFile(t, "data.tar", 11<<20, 0)
+	img := TestFile(t, "disk.img", 9<<20+123, 9<<20) // random, then zero chunks, short tail
+	tar := TestFile(t, "data.tar", 11<<20, 0)
 	conf := filepath.Join(t.TempDir(), "vm.conf")
 	_ = os.WriteFile(conf, bytes.Repeat([]byte("memory: 2048\n"), 100), 0o644)
-	res := ftBackup(t, s, "a", "vm", "100", time.Unix(1700000000, 0), img, tar, conf)
+	res := TestBackup(t, s, "a", "vm/100", time.Unix(1700000000, 0), img, tar, conf)
 	if len(res.Files) != 3 || res.Files[0].Filename != "disk.img.fidx" || res.Files[1].Filename != "data.tar.didx" || res.Files[2].Filename != "vm.conf.blob" {
 		t.Fatalf("files = %+v", res.Files)
 	}
@@ -180,7 +146,7 @@ func TestBackupPassesIndependentChecker(t *testing.T) {
 		t.Fatal("zero chunk missing")
 	}
 	// A second backup of the same data stores no new chunk.
-	res2 := ftBackup(t, s, "a", "vm", "100", time.Unix(1700000100, 0), img, tar, conf)
+	res2 := TestBackup(t, s, "a", "vm/100", time.Unix(1700000100, 0), img, tar, conf)
 	if res2.NewChunks != 0 {
 		t.Fatalf("second backup stored %d new chunks", res2.NewChunks)
 	}
@@ -192,8 +158,8 @@ func TestBackupPassesIndependentChecker(t *testing.T) {
 func TestBackupRefusals(t *testing.T) {
 	env := NewTestEnv(t, TestFlock(-1))
 	s, dir := env.Store, env.Dir
-	f := ftFile(t, "x.bin", 1000, 0)
-	ftBackup(t, s, "", "vm", "1", time.Unix(1700000000, 0), f)
+	f := TestFile(t, "x.bin", 1000, 0)
+	TestBackup(t, s, "", "vm/1", time.Unix(1700000000, 0), f)
 	before := TestDirTree(t, dir)
 	ctx := context.Background()
 	g, _ := name.NewGroup(name.Root, "vm", "1")

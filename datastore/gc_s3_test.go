@@ -28,7 +28,7 @@ func gbSetup(t testing.TB, srv *s3test.Server) *gbScene {
 	ctx := context.Background()
 	prefix := srv.UniquePrefix("gcbatch")
 	s0 := TestStore(t, TestOn("s3", srv.New(t, prefix)))
-	ftBackup(t, s0, "", "vm", "1", gtT0, ftFile(t, "root.pxar", 2<<20, 0))
+	TestBackup(t, s0, "", "vm/1", gtT0, TestFile(t, "root.pxar", 2<<20, 0))
 	proxy, err := faultproxy.New(srv.Endpoint(), faultproxy.Rates{}, 1)
 	if err != nil {
 		t.Fatal(err)

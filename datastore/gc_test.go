@@ -3,7 +3,6 @@ package datastore
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io/fs"
@@ -41,20 +40,6 @@ func gtRandom(n int) []byte {
 	return b
 }
 
-// gtChunk stores data as a chunk.
-func gtChunk(t testing.TB, s *Store, data []byte) Digest {
-	t.Helper()
-	d := Digest(sha256.Sum256(data))
-	blob, err := format.EncodeBlob(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.InsertChunk(context.Background(), d, blob); err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
 // gtIndex writes a dynamic index referencing ds at the backend path p.
 func gtIndex(t testing.TB, s *Store, p string, ds ...Digest) {
 	t.Helper()
@@ -75,20 +60,6 @@ func gtPath(dir, rel string) string { return filepath.Join(dir, filepath.FromSla
 func gtAge(t testing.TB, dir, rel string, at time.Time) {
 	t.Helper()
 	if err := os.Chtimes(gtPath(dir, rel), at, at); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// gtAgeAll ages every chunk file.
-func gtAgeAll(t testing.TB, dir string, at time.Time) {
-	t.Helper()
-	err := filepath.WalkDir(filepath.Join(dir, ".chunks"), func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		return os.Chtimes(p, at, at)
-	})
-	if err != nil {
 		t.Fatal(err)
 	}
 }
@@ -239,14 +210,14 @@ func gtSetup(t *testing.T) *gtScene {
 	env := NewTestEnv(t, TestFlock(-1))
 	s, dir := env.Store, env.Dir
 	sc := &gtScene{s: s, dir: dir}
-	disk := ftFile(t, "disk.img", 200<<10, 1<<20)
-	ftBackup(t, s, "", "vm", "100", gtT0, disk, ftFile(t, "root.pxar", 1500<<10, 0))
-	ftBackup(t, s, "a/b", "ct", "200", gtT0, ftFile(t, "root.pxar", 300<<10, 0), ftFile(t, "pct.conf", 300, 0))
+	disk := TestFile(t, "disk.img", 200<<10, 1<<20)
+	TestBackup(t, s, "", "vm/100", gtT0, disk, TestFile(t, "root.pxar", 1500<<10, 0))
+	TestBackup(t, s, "a/b", "ct/200", gtT0, TestFile(t, "root.pxar", 300<<10, 0), TestFile(t, "pct.conf", 300, 0))
 	// A second snapshot of the same disk: deduplicated.
-	ftBackup(t, s, "", "vm", "100", gtT0.Add(24*time.Hour), disk)
+	TestBackup(t, s, "", "vm/100", gtT0.Add(24*time.Hour), disk)
 	sc.indexFiles = 4
 	// An unfinished snapshot (no manifest): its index protects its chunk.
-	sc.unfinishedRef = gtChunk(t, s, gtRandom(5000))
+	sc.unfinishedRef = TestChunk(t, s, gtRandom(5000))
 	unf := name.NewSnapshot(ptGroup(t, "a/b", "ct", "200"), gtT0.Add(48*time.Hour))
 	gtIndex(t, s, unf.File("root.pxar.didx"), sc.unfinishedRef)
 	sc.indexFiles++
@@ -254,9 +225,9 @@ func gtSetup(t *testing.T) *gtScene {
 		sc.refs = append(sc.refs, d)
 	}
 	sc.refs = append(sc.refs, sc.unfinishedRef)
-	sc.oldOrphan = gtChunk(t, s, gtRandom(7000))
-	sc.youngOrphan = gtChunk(t, s, gtRandom(3000))
-	gtAgeAll(t, dir, time.Now().Add(-72*time.Hour))
+	sc.oldOrphan = TestChunk(t, s, gtRandom(7000))
+	sc.youngOrphan = TestChunk(t, s, gtRandom(3000))
+	TestAgeChunks(t, dir, time.Now().Add(-72*time.Hour))
 	gtAge(t, dir, ChunkPath(sc.youngOrphan), time.Now().Add(-time.Hour))
 	for _, x := range []struct {
 		d  Digest
@@ -412,17 +383,17 @@ func gtWriterDuringGC(t *testing.T, hideWriter bool) (*GCResult, *Store, string,
 	env := NewTestEnv(t, TestFlock(-1))
 	s0, dir := env.Store, env.Dir
 	shared := gtRandom(2 * FixedChunkSize)
-	ftBackup(t, s0, "", "vm", "100", gtT0, ftFile(t, "keep.img", 300<<10, 0))
+	TestBackup(t, s0, "", "vm/100", gtT0, TestFile(t, "keep.img", 300<<10, 0))
 	oldImg := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(oldImg, append(slices.Clone(shared), gtRandom(100<<10)...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	old := ftBackup(t, s0, "", "vm", "200", gtT0, oldImg)
+	old := TestBackup(t, s0, "", "vm/200", gtT0, oldImg)
 	if err := os.RemoveAll(gtPath(dir, old.SnapshotName().Path())); err != nil { // pruned since
 		t.Fatal(err)
 	}
-	orphan := gtChunk(t, s0, gtRandom(4000))
-	gtAgeAll(t, dir, time.Now().Add(-72*time.Hour))
+	orphan := TestChunk(t, s0, gtRandom(4000))
+	TestAgeChunks(t, dir, time.Now().Add(-72*time.Hour))
 
 	newImg := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(newImg, append(slices.Clone(shared), gtRandom(4*FixedChunkSize)...), 0o644); err != nil {
@@ -535,8 +506,8 @@ func gtMoveScenario(t *testing.T, s *Store) (mv, dst name.Snapshot, moved []Dige
 	if err := s.CreateNamespace(context.Background(), name.MustNamespace("a")); err != nil {
 		t.Fatal(err)
 	}
-	ftBackup(t, s, "b", "vm", "200", gtT0, ftFile(t, "small.img", 1000, 0))
-	mv = ftBackup(t, s, "c", "vm", "300", gtT0, ftFile(t, "disk.img", 200<<10, 0), ftFile(t, "root.pxar", 200<<10, 0)).SnapshotName()
+	TestBackup(t, s, "b", "vm/200", gtT0, TestFile(t, "small.img", 1000, 0))
+	mv = TestBackup(t, s, "c", "vm/300", gtT0, TestFile(t, "disk.img", 200<<10, 0), TestFile(t, "root.pxar", 200<<10, 0)).SnapshotName()
 	for d, p := range gtFinishedChunks(t, s) {
 		if strings.HasPrefix(p, "ns/c/") {
 			moved = append(moved, d)
@@ -646,7 +617,7 @@ func TestGCBadChunks(t *testing.T) {
 	dig := map[string]Digest{}
 	for _, k := range []string{"A", "B", "C", "D", "E"} {
 		data[k] = gtRandom(2000)
-		dig[k] = gtChunk(t, s, data[k])
+		dig[k] = TestChunk(t, s, data[k])
 	}
 	rename := func(k string) string {
 		p, err := s.RenameCorruptChunk(ctx, dig[k])
@@ -655,16 +626,16 @@ func TestGCBadChunks(t *testing.T) {
 		}
 		return p
 	}
-	badA := rename("A")      // referenced, no good copy left
-	badB := rename("B")      // referenced, good copy uploaded again:
-	gtChunk(t, s, data["B"]) //
-	badC := rename("C")      // unreferenced
-	badD0 := rename("D")     // unreferenced, two copies,
-	gtChunk(t, s, data["D"]) //
-	badD1 := rename("D")     // the second young
+	badA := rename("A")        // referenced, no good copy left
+	badB := rename("B")        // referenced, good copy uploaded again:
+	TestChunk(t, s, data["B"]) //
+	badC := rename("C")        // unreferenced
+	badD0 := rename("D")       // unreferenced, two copies,
+	TestChunk(t, s, data["D"]) //
+	badD1 := rename("D")       // the second young
 	sn := name.NewSnapshot(ptGroup(t, "", "vm", "1"), gtT0)
 	gtIndex(t, s, sn.File("root.pxar.didx"), dig["A"], dig["B"], dig["E"])
-	gtAgeAll(t, dir, time.Now().Add(-72*time.Hour))
+	TestAgeChunks(t, dir, time.Now().Add(-72*time.Hour))
 	gtAge(t, dir, badD1, time.Now().Add(-time.Hour))
 	for _, p := range []string{badA, badB, badC, badD0, badD1} {
 		if !strings.HasSuffix(p, ".bad") || !gtExists(t, dir, p) {
@@ -952,11 +923,11 @@ func TestGCStrayIndexFiles(t *testing.T) {
 		"ns/ns/ct/2/2024-01-01T00:00:00Z/extra/root.pxar.didx",
 	}
 	for _, p := range strays {
-		d := gtChunk(t, s, gtRandom(1000))
+		d := TestChunk(t, s, gtRandom(1000))
 		ds = append(ds, d)
 		gtIndex(t, s, p, d)
 	}
-	orphan := gtChunk(t, s, gtRandom(1000))
+	orphan := TestChunk(t, s, gtRandom(1000))
 	res, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -983,8 +954,8 @@ func TestGCRelistsGroupWhenNewestVanishes(t *testing.T) {
 	env := NewTestEnv(t, TestFlock(-1))
 	s0, dir := env.Store, env.Dir
 	g := ptGroup(t, "", "vm", "1")
-	kept := gtChunk(t, s0, gtRandom(1000))
-	reused := gtChunk(t, s0, gtRandom(1000))
+	kept := TestChunk(t, s0, gtRandom(1000))
+	reused := TestChunk(t, s0, gtRandom(1000))
 	s1, s2, s3 := name.NewSnapshot(g, gtT0), name.NewSnapshot(g, gtT0.Add(time.Hour)), name.NewSnapshot(g, gtT0.Add(2*time.Hour))
 	gtIndex(t, s0, s1.File("a.didx"), kept)
 	gtIndex(t, s0, s2.File("a.didx"), kept)
@@ -1061,9 +1032,9 @@ func TestGCObjectStore(t *testing.T) {
 	ctx := context.Background()
 	srv := s3test.StartFake(t)
 	s0 := TestStore(t, TestOn("gofakes3", srv.New(t, srv.UniquePrefix("gc"))))
-	ftBackup(t, s0, "", "vm", "1", gtT0, ftFile(t, "disk.img", 100<<10, 0), ftFile(t, "root.pxar", 200<<10, 0))
-	ftBackup(t, s0, "x", "ct", "2", gtT0, ftFile(t, "root.pxar", 100<<10, 0))
-	orphan := gtChunk(t, s0, gtRandom(3000))
+	TestBackup(t, s0, "", "vm/1", gtT0, TestFile(t, "disk.img", 100<<10, 0), TestFile(t, "root.pxar", 200<<10, 0))
+	TestBackup(t, s0, "x", "ct/2", gtT0, TestFile(t, "root.pxar", 100<<10, 0))
+	orphan := TestChunk(t, s0, gtRandom(3000))
 	refs := gtFinishedChunks(t, s0)
 	s, gb := gtWrapped(t, s0)
 

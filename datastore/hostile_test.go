@@ -2,7 +2,6 @@ package datastore
 
 import (
 	"context"
-	"crypto/sha256"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,15 +133,7 @@ func TestGCSkipsNonCanonicalS3Key(t *testing.T) {
 	b := srv.New(t, prefix)
 	s := TestStore(t, TestName("noncanon"), TestOn("gofakes3", b))
 	ctx := context.Background()
-	data := []byte("an orphan chunk nobody references")
-	blob, err := format.EncodeBlob(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	orphan := Digest(sha256.Sum256(data))
-	if _, err := s.InsertChunk(ctx, orphan, blob); err != nil {
-		t.Fatal(err)
-	}
+	orphan := TestChunk(t, s, []byte("an orphan chunk nobody references"))
 	for _, k := range []string{".cnt/ns//x/vm/1/2024-03-01T10:00:00Z/a.fidx", ".cnt/ns/../y/vm/1/2024-03-01T10:00:00Z/b.didx"} {
 		_, err := srv.Client().PutObject(ctx, &awss3.PutObjectInput{Bucket: aws.String(srv.Bucket()), Key: aws.String(prefix + "/" + k), Body: strings.NewReader("junk")})
 		if err != nil {

@@ -2,7 +2,6 @@ package datastore
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,23 +67,9 @@ func mtGroup(t testing.TB, ns, g string) name.Group {
 // index) and a config (blob) of random content.
 func mtBackup(t testing.TB, s *Store, ns, g string, h int, owner string) {
 	t.Helper()
-	dir := t.TempDir()
-	img := make([]byte, 3000)
-	_, _ = rand.Read(img)
-	files := map[string][]byte{"disk.img": img, "vm.conf": []byte("memory: " + fmt.Sprint(h) + "\n")}
-	var srcs []BackupSource
-	for n, data := range files {
-		p := filepath.Join(dir, n)
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		srcs = append(srcs, BackupSource{Path: p})
-	}
-	sort.Slice(srcs, func(i, j int) bool { return srcs[i].Path < srcs[j].Path })
-	_, err := s.Backup(context.Background(), BackupRequest{Group: mtGroup(t, ns, g), Time: mtAt(h), Owner: owner, Sources: srcs}, nil)
-	if err != nil {
-		t.Fatalf("backup %s:%s at +%dh: %v", ns, g, h, err)
-	}
+	img := TestFile(t, "disk.img", 3000, 0)
+	conf := TestFiles(t, map[string][]byte{"vm.conf": fmt.Appendf(nil, "memory: %d\n", h)})[0]
+	TestBackupRequest(t, s, ns, g, BackupRequest{Time: mtAt(h), Owner: owner, Sources: []BackupSource{{Path: img}, {Path: conf}}})
 }
 
 // mtPutSnapshot writes a small valid snapshot straight to the backend,

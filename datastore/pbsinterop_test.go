@@ -123,7 +123,7 @@ func ptWantProcessBusy(t *testing.T, what string, err error, pid int) {
 func TestPBSWriterRefusesPbsqGC(t *testing.T) {
 	env := NewTestEnv(t, TestFlock(300*time.Millisecond), TestPBSLocks())
 	s, dir := env.Store, env.Dir
-	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
+	TestBackup(t, s, "", "vm/100", gtT0, TestFile(t, "a.img", 100<<10, 0))
 	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-read", filepath.Join(dir, ".lock"))
 	_, err := s.GC(context.Background(), GCRequest{Now: gtLater}, nil)
@@ -142,18 +142,18 @@ func TestPBSGCRefusesPbsqWriters(t *testing.T) {
 	ctx := context.Background()
 	env := NewTestEnv(t, TestFlock(200*time.Millisecond), TestPBSLocks())
 	s, dir := env.Store, env.Dir
-	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
+	TestBackup(t, s, "", "vm/100", gtT0, TestFile(t, "a.img", 100<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("other")); err != nil {
 		t.Fatal(err)
 	}
 	src := TestStore(t, TestName("src"), TestFlock(-1))
-	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 100<<10, 0))
+	TestBackup(t, src, "", "vm/200", gtT0, TestFile(t, "b.img", 100<<10, 0))
 	before := TestDirTree(t, dir)
 	_, pid, stop := ptChild(t, "hold-write", filepath.Join(dir, ".lock"))
 
 	g, _ := name.NewGroup(name.Root, "vm", "100")
 	_, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(time.Hour), Owner: "root@pam",
-		Sources: []BackupSource{{Path: ftFile(t, "c.img", 1000, 0)}}}, nil)
+		Sources: []BackupSource{{Path: TestFile(t, "c.img", 1000, 0)}}}, nil)
 	ptWantProcessBusy(t, "backup", err, pid)
 	_, err = Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)
 	ptWantProcessBusy(t, "sync", err, pid)
@@ -182,13 +182,13 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
 	s, dir := env.Store, env.Dir
 	lockPath := filepath.Join(dir, ".lock")
-	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
+	TestBackup(t, s, "", "vm/100", gtT0, TestFile(t, "a.img", 100<<10, 0))
 	g, _ := name.NewGroup(name.Root, "vm", "100")
 
 	var during, duringGC, gcInBackup string
 	var once, onceGC sync.Once
 	_, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(time.Hour), Owner: "root@pam",
-		Sources: []BackupSource{{Path: ftFile(t, "b.img", 3*FixedChunkSize, 0)}}}, func(Progress) {
+		Sources: []BackupSource{{Path: TestFile(t, "b.img", 3*FixedChunkSize, 0)}}}, func(Progress) {
 		once.Do(func() {
 			during, _, _ = ptChild(t, "try-write", lockPath)
 			if _, err := s.GC(ctx, GCRequest{}, func(Progress) {
@@ -232,7 +232,7 @@ func TestPbsqWriterRefusesPBSGC(t *testing.T) {
 
 	// The other writers: sync into the store, move-group, move-namespace.
 	src := TestStore(t, TestName("src"), TestFlock(-1))
-	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "c.img", 100<<10, 0))
+	TestBackup(t, src, "", "vm/200", gtT0, TestFile(t, "c.img", 100<<10, 0))
 	for _, ns := range []string{"x", "y"} {
 		if err := s.CreateNamespace(ctx, name.MustNamespace(ns)); err != nil {
 			t.Fatal(err)
@@ -378,7 +378,7 @@ func TestPbsqMoveWritesPBSJournal(t *testing.T) {
 	ctx := context.Background()
 	env := NewTestEnv(t, TestFlock(-1), TestPBSLocks())
 	s, dir, lockDir := env.Store, env.Dir, env.LockDir
-	res := ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0), ftFile(t, "b.pxar", 10<<10, 0))
+	res := TestBackup(t, s, "", "vm/100", gtT0, TestFile(t, "a.img", 100<<10, 0), TestFile(t, "b.pxar", 10<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("x")); err != nil {
 		t.Fatal(err)
 	}
@@ -487,7 +487,7 @@ func TestManifestLockSkips(t *testing.T) {
 	s, dir, lockDir := env.Store, env.Dir, env.LockDir
 	src := TestStore(t, TestName("src"), TestFlock(-1))
 	for h := 0; h < 2; h++ {
-		ftBackup(t, src, "", "vm", "100", gtT0.Add(time.Duration(h)*time.Hour), ftFile(t, "a.img", 50<<10, 0))
+		TestBackup(t, src, "", "vm/100", gtT0.Add(time.Duration(h)*time.Hour), TestFile(t, "a.img", 50<<10, 0))
 	}
 	if _, err := Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil); err != nil {
 		t.Fatal(err)
@@ -515,7 +515,7 @@ func TestManifestLockSkips(t *testing.T) {
 
 	// A snapshot new to the target whose manifest lock PBS holds: sync
 	// writes nothing of it either.
-	fresh := ftBackup(t, src, "", "vm", "101", gtT0, ftFile(t, "a.img", 50<<10, 0)).SnapshotName()
+	fresh := TestBackup(t, src, "", "vm/101", gtT0, TestFile(t, "a.img", 50<<10, 0)).SnapshotName()
 	stops = append(stops, ptFlockHolder(t, filepath.Join(lockDir, flock.ManifestRelPath("test", fresh))))
 
 	var logMu sync.Mutex
@@ -654,7 +654,7 @@ func TestProcessLockFileRefused(t *testing.T) {
 			before := TestDirTree(t, dir)
 			g, _ := name.NewGroup(name.Root, "vm", "100")
 			_, err = s.Backup(context.Background(), BackupRequest{Group: g, Time: gtT0, Owner: "root@pam",
-				Sources: []BackupSource{{Path: ftFile(t, "a.img", 1000, 0)}}}, nil)
+				Sources: []BackupSource{{Path: TestFile(t, "a.img", 1000, 0)}}}, nil)
 			if err == nil || !strings.Contains(err.Error(), ".lock") || errors.Is(err, lock.ErrBusy) {
 				t.Fatalf("backup with a %s .lock: %v; want a refusal naming .lock", kind, err)
 			}

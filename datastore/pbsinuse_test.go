@@ -94,7 +94,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 		return s
 	}
 	s := TestStore(t, TestOn("versitygw", srv.New(t, prefix)), TestFlockAt(lockDir, -1))
-	ftBackup(t, s, "", "vm", "100", gtT0, ftFile(t, "a.img", 100<<10, 0))
+	TestBackup(t, s, "", "vm/100", gtT0, TestFile(t, "a.img", 100<<10, 0))
 	if err := s.CreateNamespace(ctx, name.MustNamespace("other")); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +104,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 	}
 	before := piObjects(t, srv, prefix)
 	src := TestStore(t, TestName("src"), TestFlock(-1))
-	ftBackup(t, src, "", "vm", "200", gtT0, ftFile(t, "b.img", 10<<10, 0))
+	TestBackup(t, src, "", "vm/200", gtT0, TestFile(t, "b.img", 10<<10, 0))
 
 	g, _ := name.NewGroup(name.Root, "vm", "100")
 	refused := func(what string, err error) {
@@ -121,7 +121,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 	}
 	for _, override := range []string{"", "otherhost"} {
 		s := open(override)
-		_, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: ftFile(t, "c.img", 1000, 0)}}}, nil)
+		_, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: TestFile(t, "c.img", 1000, 0)}}}, nil)
 		refused("backup", err)
 		_, err = Sync(ctx, src, s, SyncRequest{MaxDepth: -1}, nil)
 		refused("sync", err)
@@ -158,7 +158,7 @@ func TestPBSInUseRefusesWrites(t *testing.T) {
 
 	// Taken out of PBS's hands, naming the PBS host: writes work.
 	s = open("pbs1")
-	if _, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: ftFile(t, "c.img", 1000, 0)}}}, nil); err != nil {
+	if _, err := s.Backup(ctx, BackupRequest{Group: g, Time: gtT0.Add(1e9), Owner: "root@pam", Sources: []BackupSource{{Path: TestFile(t, "c.img", 1000, 0)}}}, nil); err != nil {
 		t.Errorf("backup with the override: %v", err)
 	}
 }

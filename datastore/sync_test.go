@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,48 +126,14 @@ func stData(seed string, n int, text bool) []byte {
 	return out
 }
 
-// stBackup writes a snapshot with files (archive name → data); the
-// namespace is created when missing.
-func stBackup(t testing.TB, s *Store, ns, group string, at time.Time, files map[string][]byte) name.Snapshot {
-	t.Helper()
-	ctx := context.Background()
-	n := name.MustNamespace(ns)
-	if err := s.CreateNamespace(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	g, err := name.ParseGroup(n, group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	req := BackupRequest{Group: g, Time: at, Owner: "root@pam"}
-	keys := make([]string, 0, len(files))
-	for k := range files {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		p := filepath.Join(dir, k)
-		if err := os.WriteFile(p, files[k], 0o644); err != nil {
-			t.Fatal(err)
-		}
-		req.Sources = append(req.Sources, BackupSource{Path: p})
-	}
-	res, err := s.Backup(ctx, req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.SnapshotName()
-}
-
 // stSmall writes a small snapshot: an 8 KiB disk image and a config.
 func stSmall(t testing.TB, s *Store, ns, group string, h int) name.Snapshot {
 	t.Helper()
 	seed := fmt.Sprintf("%s/%s/%d", ns, group, h)
-	return stBackup(t, s, ns, group, stAt(h), map[string][]byte{
+	return TestBackup(t, s, ns, group, stAt(h), TestFiles(t, map[string][]byte{
 		"disk.img":         stData(seed, 8<<10, false),
 		"qemu-server.conf": []byte("memory: 2048\n# " + seed + "\n"),
-	})
+	})...).SnapshotName()
 }
 
 // stUnfinish removes a snapshot's manifest (as a crashed backup leaves
@@ -200,18 +165,18 @@ func stFill(t testing.TB, s *Store) stFixture {
 	base := stData("vm100", 8<<20, false)
 	for h := 0; h < 3; h++ {
 		disk := append(slices.Clone(base), stData(fmt.Sprintf("vm100-%d", h), 1<<20, false)...)
-		stBackup(t, s, "", "vm/100", stAt(h), map[string][]byte{
+		TestBackup(t, s, "", "vm/100", stAt(h), TestFiles(t, map[string][]byte{
 			"drive-scsi0.img":  disk,
 			"qemu-server.conf": []byte(fmt.Sprintf("memory: %d\n", 1024*(h+1))),
-		})
+		})...)
 	}
 	// ct/200: a dynamic archive, half text, two finished and one unfinished.
 	for h := 0; h < 3; h++ {
-		stBackup(t, s, "", "ct/200", stAt(h), map[string][]byte{
+		TestBackup(t, s, "", "ct/200", stAt(h), TestFiles(t, map[string][]byte{
 			"root.pxar":     append(stData("ct200", 1<<20, true), stData(fmt.Sprintf("ct200-%d", h), 1<<20, false)...),
 			"pct.conf":      []byte("arch: amd64\n"),
 			"catalog.pcat1": stData(fmt.Sprintf("cat-%d", h), 4<<10, true),
-		})
+		})...)
 	}
 	unfinished := name.NewSnapshot(name.Group{NS: name.Root, Type: name.TypeCT, ID: "200"}, stAt(2))
 	stUnfinish(t, s, unfinished)
@@ -277,25 +242,6 @@ func stSync(t testing.TB, src, dst *Store, req SyncRequest) *SyncResult {
 func stJSON(v any) string {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	return string(b)
-}
-
-// stPBSFmt runs the independent Python checker/writer.
-func stPBSFmt(t testing.TB, args ...string) (string, error) {
-	t.Helper()
-	for _, tool := range []string{"python3", "zstd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed: %v", tool, err)
-		}
-	}
-	out, err := exec.Command("python3", append([]string{"testdata/pbsfmt.py"}, args...)...).CombinedOutput()
-	return string(out), err
-}
-
-func stPBSCheck(t testing.TB, dir string) {
-	t.Helper()
-	if out, err := stPBSFmt(t, "check", dir); err != nil {
-		t.Fatalf("pbsfmt.py check %s: %v\n%s", dir, err, out)
-	}
 }
 
 func stFilters(t testing.TB, specs ...string) []name.GroupFilter {
@@ -378,7 +324,7 @@ func TestSyncBackends(t *testing.T) {
 
 			// Incremental: a new vm/100 snapshot shares two of three chunks.
 			disk := append(stData("vm100", 8<<20, false), stData("vm100-new", 1<<20, false)...)
-			stBackup(t, src, "", "vm/100", stAt(10), map[string][]byte{"drive-scsi0.img": disk, "qemu-server.conf": []byte("memory: 1\n")})
+			TestBackup(t, src, "", "vm/100", stAt(10), TestFiles(t, map[string][]byte{"drive-scsi0.img": disk, "qemu-server.conf": []byte("memory: 1\n")})...)
 			res = stSync(t, src, dst, SyncRequest{MaxDepth: -1})
 			if res.Outcome() != nil || res.Snapshots != 1 || res.Chunks != 1 || res.ChunksPresent != 2 || res.FilesWritten != 3 ||
 				res.SnapshotsPresent != fx.groups {
@@ -403,10 +349,7 @@ func TestSyncBackends(t *testing.T) {
 func TestSyncIndependentStore(t *testing.T) {
 	ctx := context.Background()
 	srcDir := t.TempDir()
-	out, err := stPBSFmt(t, "write", srcDir)
-	if err != nil {
-		t.Fatalf("pbsfmt write: %v\n%s", err, out)
-	}
+	out := pbsfmt(t, "write", srcDir)
 	var expected []struct {
 		NS          string  `json:"ns"`
 		Type        string  `json:"backup-type"`
@@ -420,7 +363,7 @@ func TestSyncIndependentStore(t *testing.T) {
 	}
 	src := TestStore(t, TestName("pbsfmt"), TestAt(srcDir))
 	check := func(t *testing.T, dst *Store, dir string) {
-		stPBSCheck(t, dir)
+		pbsfmt(t, "check", dir)
 		stSameListing(t, src, dst)
 		n := 0
 		for _, e := range expected {
@@ -727,20 +670,6 @@ func TestSyncRemoveVanished(t *testing.T) {
 	}
 }
 
-// stCorruptChunk flips one payload byte of a chunk on a filesystem store.
-func stCorruptChunk(t testing.TB, dir string, d Digest) {
-	t.Helper()
-	p := filepath.Join(dir, filepath.FromSlash(ChunkPath(d)))
-	raw, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw[len(raw)/2] ^= 0x40
-	if err := os.WriteFile(p, raw, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestSyncCorruptSourceChunk: a source chunk with a bad CRC, and one that
 // decodes to data of another digest, each fail only their snapshot, which
 // stays unfinished in the target without the bad chunk; the rest syncs.
@@ -748,13 +677,13 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 	ctx := context.Background()
 	srcDir := t.TempDir()
 	src := TestStore(t, TestName("src"), TestAt(srcDir))
-	s0 := stBackup(t, src, "", "vm/100", stAt(0), map[string][]byte{"drive-scsi0.img": stData("a", 5<<20, false)})
-	stBackup(t, src, "", "vm/100", stAt(1), map[string][]byte{"drive-scsi0.img": stData("b", 5<<20, false)})
-	c0 := stBackup(t, src, "", "ct/200", stAt(0), map[string][]byte{"root.pxar": stData("c", 300<<10, true)})
-	stBackup(t, src, "", "ct/200", stAt(1), map[string][]byte{"root.pxar": stData("d", 300<<10, true)})
+	s0 := TestBackup(t, src, "", "vm/100", stAt(0), TestFiles(t, map[string][]byte{"drive-scsi0.img": stData("a", 5<<20, false)})...).SnapshotName()
+	TestBackup(t, src, "", "vm/100", stAt(1), TestFiles(t, map[string][]byte{"drive-scsi0.img": stData("b", 5<<20, false)})...)
+	c0 := TestBackup(t, src, "", "ct/200", stAt(0), TestFiles(t, map[string][]byte{"root.pxar": stData("c", 300<<10, true)})...).SnapshotName()
+	TestBackup(t, src, "", "ct/200", stAt(1), TestFiles(t, map[string][]byte{"root.pxar": stData("d", 300<<10, true)})...)
 
 	badCRC := vtDigests(t, src, s0, "drive-scsi0.img.fidx")[1]
-	stCorruptChunk(t, srcDir, badCRC)
+	TestCorruptChunk(t, src, badCRC)
 	// A well-formed blob under the wrong name.
 	wrong := vtDigests(t, src, c0, "root.pxar.didx")[0]
 	blob, err := format.EncodeBlob(stData("other", 1000, true))
@@ -789,7 +718,7 @@ func TestSyncCorruptSourceChunk(t *testing.T) {
 		}
 	}
 	TestVerifyAll(t, dst, 2, 0)
-	stPBSCheck(t, dstDir)
+	pbsfmt(t, "check", dstDir)
 }
 
 // TestSyncResyncCorrupt: a target snapshot that failed verification is
@@ -800,7 +729,7 @@ func TestSyncResyncCorrupt(t *testing.T) {
 	src := TestStore(t, TestName("src"))
 	var snaps []name.Snapshot
 	for h := 0; h < 3; h++ {
-		snaps = append(snaps, stBackup(t, src, "", "vm/100", stAt(h), map[string][]byte{"drive-scsi0.img": stData(fmt.Sprint(h), 5<<20, false)}))
+		snaps = append(snaps, TestBackup(t, src, "", "vm/100", stAt(h), TestFiles(t, map[string][]byte{"drive-scsi0.img": stData(fmt.Sprint(h), 5<<20, false)})...).SnapshotName())
 	}
 	dstDir := t.TempDir()
 	dst := TestStore(t, TestName("dst"), TestAt(dstDir))
@@ -808,14 +737,14 @@ func TestSyncResyncCorrupt(t *testing.T) {
 
 	// snaps[0]: verify finds the corrupt chunk and renames it .bad.
 	d0 := vtDigests(t, dst, snaps[0], "drive-scsi0.img.fidx")[0]
-	stCorruptChunk(t, dstDir, d0)
+	TestCorruptChunk(t, dst, d0)
 	vres, err := dst.Verify(ctx, VerifyRequest{Scope: Scope{NS: name.Root, MaxDepth: -1}}, nil)
 	if err != nil || len(vres.Failed) != 1 {
 		t.Fatalf("verify: %v %s", err, stJSON(vres))
 	}
 	// snaps[1]: marked failed, its chunk corrupted afterwards (not renamed).
 	d1 := vtDigests(t, dst, snaps[1], "drive-scsi0.img.fidx")[1]
-	stCorruptChunk(t, dstDir, d1)
+	TestCorruptChunk(t, dst, d1)
 	if err := dst.UpdateManifest(ctx, snaps[1], func(m *format.Manifest) error { m.SetVerifyState(format.VerifyFailed, "UPID:test"); return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -835,7 +764,7 @@ func TestSyncResyncCorrupt(t *testing.T) {
 // (after a burst of one chunk).
 func TestSyncRate(t *testing.T) {
 	src := TestStore(t, TestName("src"))
-	stBackup(t, src, "", "vm/100", stAt(0), map[string][]byte{"drive-scsi0.img": stData("rate", 16<<20, false)})
+	TestBackup(t, src, "", "vm/100", stAt(0), TestFiles(t, map[string][]byte{"drive-scsi0.img": stData("rate", 16<<20, false)})...)
 	dst := TestStore(t, TestName("dst"))
 	const rate = 8 << 20
 	start := time.Now()
@@ -956,7 +885,7 @@ func TestSyncChangedNewestSnapshot(t *testing.T) {
 	stSmall(t, src, "", "vm/100", 0)
 	dst := TestStore(t, TestName("dst"))
 	// The target got a different backup at the same time.
-	stBackup(t, dst, "", "vm/100", stAt(0), map[string][]byte{"disk.img": stData("other", 9000, false), "qemu-server.conf": []byte("x\n")})
+	TestBackup(t, dst, "", "vm/100", stAt(0), TestFiles(t, map[string][]byte{"disk.img": stData("other", 9000, false), "qemu-server.conf": []byte("x\n")})...)
 	cnt := &stCounter{Backend: dst.b}
 	dstC, _ := Open("dst", cnt, Options{})
 	res := stSync(t, src, dstC, SyncRequest{MaxDepth: -1})
@@ -992,11 +921,11 @@ func stKillSource(t testing.TB) (*Store, string, int) {
 		base := stData(grp, 4<<20, false)
 		for h := 0; h < 3; h++ {
 			seed := fmt.Sprint(grp, h)
-			stBackup(t, src, "k", grp, stAt(h), map[string][]byte{
+			TestBackup(t, src, "k", grp, stAt(h), TestFiles(t, map[string][]byte{
 				"drive-scsi0.img":  append(slices.Clone(base), stData(seed, 2<<20, false)...),
 				"root.pxar":        append(stData(seed+"p", 1<<20, false), stData(seed+"t", 512<<10, true)...),
 				"qemu-server.conf": []byte(seed + "\n"),
-			})
+			})...)
 			n++
 		}
 	}
@@ -1162,7 +1091,7 @@ func TestSyncKill9(t *testing.T) {
 				t.Fatalf("trial %d (%s, %v): finished-looking snapshots are broken: %s", i, kind, delays, stJSON(vres.Failed))
 			}
 			if tg.dir != "" && vres != nil && vres.Snapshots > 0 {
-				stPBSCheck(t, tg.dir)
+				pbsfmt(t, "check", tg.dir)
 			}
 		}
 		res := stSync(t, src, tg.store, SyncRequest{MaxDepth: -1})
@@ -1172,7 +1101,7 @@ func TestSyncKill9(t *testing.T) {
 		stSameListing(t, src, tg.store)
 		TestVerifyAll(t, tg.store, nsnaps, 0)
 		if tg.dir != "" {
-			stPBSCheck(t, tg.dir)
+			pbsfmt(t, "check", tg.dir)
 		}
 		t.Logf("trial %d (%s): %s; rerun synced %d snapshots, %d chunks (%d present)", i, kind, strings.Join(delays, ", "), res.Snapshots, res.Chunks, res.ChunksPresent)
 	}

@@ -2,14 +2,17 @@ package datastore
 
 // Test fixtures, after restic's repository.TestRepository: exported from a
 // non-test file so that this package's tests, its external tests and other
-// packages' tests (worker, cmd) build stores, dump them and verify them
-// the same way. They take TestingT rather than testing.TB so that the
-// production binary does not link package testing, and they import no
-// test servers: object storage comes in as a backend (TestOn). The loop
-// over every backend kind is eachBackend in backends_test.go.
+// packages' tests (worker, cmd) build stores, write test data, dump them
+// and verify them the same way. They take TestingT rather than
+// testing.TB so that the production binary does not link package
+// testing, and they import no test servers: object storage comes in as a
+// backend (TestOn). The loop over every backend kind is eachBackend in
+// backends_test.go.
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
 	"io/fs"
 	"os"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/backend/local"
+	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
 	"github.com/pbsq/pbsq/datastore/name"
@@ -280,4 +284,116 @@ func TestVerifyAll(t TestingT, s *Store, snapshots, unfinished int) *VerifyResul
 			s, snapshots, unfinished, res.OK, res.Snapshots, res.Failed, res.Skipped, res.Unfinished)
 	}
 	return res
+}
+
+// TestFile writes a new temp file named base: n random bytes, then z zero
+// bytes (which compress and deduplicate).
+func TestFile(t TestingT, base string, n, z int) string {
+	t.Helper()
+	data := make([]byte, n+z)
+	_, _ = rand.Read(data[:n])
+	p := filepath.Join(t.TempDir(), base)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatalf("test file %s: %v", base, err)
+	}
+	return p
+}
+
+// TestFiles writes files (base name → content) into a new temp dir and
+// returns their paths, sorted.
+func TestFiles(t TestingT, files map[string][]byte) []string {
+	t.Helper()
+	dir := t.TempDir()
+	var paths []string
+	for base, data := range files {
+		p := filepath.Join(dir, base)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatalf("test file %s: %v", base, err)
+		}
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	return paths
+}
+
+// TestBackup writes a snapshot of group ("vm/100") in namespace ns ("" is
+// the root; created with its parents when missing) at time at, owned by
+// root@pam, with one archive per file of paths; it fails t on any error.
+func TestBackup(t TestingT, s *Store, ns, group string, at time.Time, paths ...string) *BackupResult {
+	t.Helper()
+	req := BackupRequest{Time: at}
+	for _, p := range paths {
+		req.Sources = append(req.Sources, BackupSource{Path: p})
+	}
+	return TestBackupRequest(t, s, ns, group, req)
+}
+
+// TestBackupRequest is TestBackup with a request of one's own (owner,
+// archive names): Group is set from ns and group, and Owner defaults to
+// root@pam.
+func TestBackupRequest(t TestingT, s *Store, ns, group string, req BackupRequest) *BackupResult {
+	t.Helper()
+	ctx := context.Background()
+	n, err := name.ParseNamespace(ns)
+	if err == nil {
+		req.Group, err = name.ParseGroup(n, group)
+	}
+	if err == nil {
+		err = s.CreateNamespace(ctx, n)
+	}
+	if err != nil {
+		t.Fatalf("test backup %s in %q: %v", group, ns, err)
+	}
+	if req.Owner == "" {
+		req.Owner = "root@pam"
+	}
+	res, err := s.Backup(ctx, req, nil)
+	if err != nil {
+		t.Fatalf("backup %s at %s into %q on %s: %v", group, req.Time.Format(time.RFC3339), ns, s.Name(), err)
+	}
+	return res
+}
+
+// TestAgeChunks sets the access and modification times of every chunk
+// file of the filesystem store at dir, as if written at at.
+func TestAgeChunks(t TestingT, dir string, at time.Time) {
+	t.Helper()
+	err := filepath.WalkDir(filepath.Join(dir, ".chunks"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		return os.Chtimes(p, at, at)
+	})
+	if err != nil {
+		t.Fatalf("age chunks of %s: %v", dir, err)
+	}
+}
+
+// TestChunk stores data as a chunk of s and returns its digest.
+func TestChunk(t TestingT, s *Store, data []byte) Digest {
+	t.Helper()
+	d := Digest(sha256.Sum256(data))
+	blob, err := format.EncodeBlob(data)
+	if err == nil {
+		_, err = s.InsertChunk(context.Background(), d, blob)
+	}
+	if err != nil {
+		t.Fatalf("test chunk %s: %v", d, err)
+	}
+	return d
+}
+
+// TestCorruptChunk flips a bit of the last byte of chunk d of s (its
+// payload, so that the CRC no longer matches).
+func TestCorruptChunk(t TestingT, s *Store, d Digest) {
+	t.Helper()
+	ctx := context.Background()
+	data, err := s.b.ReadFile(ctx, ChunkPath(d))
+	if err == nil {
+		data[len(data)-1] ^= 0x40
+		err = s.b.WriteFile(ctx, ChunkPath(d), data)
+	}
+	if err != nil {
+		t.Fatalf("corrupt chunk %s: %v", d, err)
+	}
 }

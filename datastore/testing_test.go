@@ -90,7 +90,7 @@ func TestFixtureStores(t *testing.T) {
 	}
 
 	s := env.Store
-	res := ftBackup(t, s, "", "vm", "1", time.Unix(1700000000, 0), ftFile(t, "a.img", 5000, 0))
+	res := TestBackup(t, s, "", "vm/1", time.Unix(1700000000, 0), TestFile(t, "a.img", 5000, 0))
 	TestVerifyAll(t, s, 1, 0)
 	for _, c := range []struct{ snapshots, unfinished int }{{2, 0}, {1, 1}} {
 		r := &recorder{T: t}

@@ -119,15 +119,8 @@ func BenchmarkVerify(b *testing.B) {
 	// the data twice.
 	img := benchData(b, mb/2, "disk.img")
 	tar := benchData(b, mb/2, "data.tar")
-	g, _ := name.NewGroup(name.Root, "vm", "1")
 	for i, files := range [][]string{{img}, {tar}, {img, tar}} {
-		req := BackupRequest{Group: g, Owner: "root@pam", Time: time.Unix(int64(1700000000+i*60), 0)}
-		for _, f := range files {
-			req.Sources = append(req.Sources, BackupSource{Path: f})
-		}
-		if _, err := s.Backup(context.Background(), req, nil); err != nil {
-			b.Fatal(err)
-		}
+		TestBackup(b, s, "", "vm/1", time.Unix(int64(1700000000+i*60), 0), files...)
 	}
 	_ = os.Remove(img)
 	_ = os.Remove(tar)

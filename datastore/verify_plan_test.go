@@ -57,7 +57,7 @@ func vpSetup(t testing.TB, s *Store, groups, perGroup, files int) *vpScene {
 				}
 				paths = append(paths, p)
 			}
-			res := ftBackup(t, s, "", "vm", fmt.Sprint(100+g), time.Unix(int64(1700000000+k*3600), 0), paths...)
+			res := TestBackup(t, s, "", fmt.Sprint("vm/", 100+g), time.Unix(int64(1700000000+k*3600), 0), paths...)
 			sc.snaps = append(sc.snaps, res.snapshotValue)
 		}
 	}
@@ -74,20 +74,6 @@ func vpSetup(t testing.TB, s *Store, groups, perGroup, files int) *vpScene {
 		}
 	}
 	return sc
-}
-
-// corrupt flips a byte of chunk d through the backend (fs or S3 alike).
-func (sc *vpScene) corrupt(t testing.TB, d Digest) {
-	t.Helper()
-	ctx := context.Background()
-	data, err := sc.s.Backend().ReadFile(ctx, ChunkPath(d))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)-1] ^= 0x40
-	if err := sc.s.Backend().WriteFile(ctx, ChunkPath(d), data); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // unshared returns, for each of the given snapshots, a chunk only it
@@ -130,7 +116,7 @@ func TestVerifySampleRotation(t *testing.T) {
 		s := sc.s
 		planted := sc.unshared(t, []int{0, 6, 12, 18})
 		for _, d := range planted {
-			sc.corrupt(t, d)
+			TestCorruptChunk(t, sc.s, d)
 		}
 		total := len(sc.all)
 		found := map[Digest]bool{}

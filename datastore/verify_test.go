@@ -20,11 +20,11 @@ import (
 func vtSetup(t *testing.T, n int, opts ...TestStoreOption) (*Store, string, []*BackupResult, string) {
 	env := NewTestEnv(t, append([]TestStoreOption{TestFlock(-1)}, opts...)...)
 	s, dir := env.Store, env.Dir
-	shared := ftFile(t, "shared.img", 1<<20, 0)
+	shared := TestFile(t, "shared.img", 1<<20, 0)
 	var res []*BackupResult
 	for i := 0; i < n; i++ {
-		own := ftFile(t, "own.tar", 300<<10, 0)
-		res = append(res, ftBackup(t, s, "a", "vm", "100", time.Unix(int64(1700000000+i*3600), 0), own, shared))
+		own := TestFile(t, "own.tar", 300<<10, 0)
+		res = append(res, TestBackup(t, s, "a", "vm/100", time.Unix(int64(1700000000+i*3600), 0), own, shared))
 	}
 	return s, dir, res, shared
 }

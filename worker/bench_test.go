@@ -33,8 +33,8 @@ import (
 func BenchmarkWorkerOverhead(b *testing.B) {
 	rs := redistest.Start(b)
 	f := newEmptyFixture(b)
-	f.snaps = append(f.snaps, f.backup(b, "", "vm", "100", time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC),
-		testFile(b, "disk.img", 64<<10, 64<<10)))
+	f.snaps = append(f.snaps, datastore.TestBackup(b, f.store, "", "vm/100", time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC),
+		datastore.TestFile(b, "disk.img", 64<<10, 64<<10)).SnapshotName())
 	ctx := context.Background()
 
 	// The bare side: asynq's server and a handler that opens the store and

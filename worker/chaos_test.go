@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	cryptorand "crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,7 +31,6 @@ import (
 	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
-	"github.com/pbsq/pbsq/datastore/format"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/lock/flock"
@@ -634,7 +632,7 @@ func (s *testSource) files(t testing.TB, withChunks bool) []datastore.BackupSour
 	}
 	out := []datastore.BackupSource{{Path: conf, Archive: "guest.conf"}}
 	if withChunks {
-		img := testFile(t, "disk.img", 64<<10, 64<<10)
+		img := datastore.TestFile(t, "disk.img", 64<<10, 64<<10)
 		out = append(out, datastore.BackupSource{Path: img, Archive: "disk.img"})
 	}
 	return out
@@ -669,24 +667,9 @@ func (w *stormWorkload) lockedBackup(ns, typ, id string) (name.Snapshot, bool) {
 
 func (w *stormWorkload) backup(store, ns, typ, id string, withChunks bool) name.Snapshot {
 	w.t.Helper()
-	ctx := context.Background()
-	s := w.stores[store]
-	n := name.MustNamespace(ns)
-	if !n.IsRoot() {
-		if err := s.CreateNamespace(ctx, n); err != nil {
-			w.t.Fatal(err)
-		}
-	}
-	g, err := name.NewGroup(n, typ, id)
-	if err != nil {
-		w.t.Fatal(err)
-	}
 	w.n++
-	res, err := s.Backup(ctx, datastore.BackupRequest{Group: g, Time: w.when.Add(time.Duration(w.n) * time.Hour), Owner: "root@pam", Sources: w.src.files(w.t, withChunks)}, nil)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	return res.SnapshotName()
+	return datastore.TestBackupRequest(w.t, w.stores[store], ns, typ+"/"+id, datastore.BackupRequest{
+		Time: w.when.Add(time.Duration(w.n) * time.Hour), Sources: w.src.files(w.t, withChunks)}).SnapshotName()
 }
 
 // newStormWorkload writes the data: store "main" with a namespace per
@@ -756,26 +739,9 @@ func newStormWorkload(t *testing.T, open func(store string) (*datastore.Store, c
 		for i := 0; i < 3; i++ {
 			data := make([]byte, 4096)
 			_, _ = cryptorand.Read(data)
-			blob, err := format.EncodeBlob(data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			d := datastore.Digest(sha256.Sum256(data))
-			if _, err := w.stores[st].InsertChunk(ctx, d, blob); err != nil {
-				t.Fatal(err)
-			}
-			w.garbage[st] = append(w.garbage[st], d)
+			w.garbage[st] = append(w.garbage[st], datastore.TestChunk(t, w.stores[st], data))
 		}
-		old := time.Now().Add(-48 * time.Hour)
-		err := filepath.WalkDir(filepath.Join(dir, ".chunks"), func(p string, d os.DirEntry, err error) error {
-			if err != nil || d.IsDir() {
-				return err
-			}
-			return os.Chtimes(p, old, old)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		datastore.TestAgeChunks(t, dir, time.Now().Add(-48*time.Hour))
 	}
 	return w
 }

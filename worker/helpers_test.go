@@ -2,11 +2,9 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -97,13 +95,13 @@ type fixture struct {
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := newEmptyFixture(t)
-	img := testFile(t, "disk.img", 96<<10, 160<<10)
-	conf := testFile(t, "vm.conf", 300, 0)
+	img := datastore.TestFile(t, "disk.img", 96<<10, 160<<10)
+	conf := datastore.TestFile(t, "vm.conf", 300, 0)
 	base := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
 	for i, g := range []struct{ ns, typ, id string }{
 		{"a", "vm", "100"}, {"a", "vm", "100"}, {"a/b", "ct", "200"}, {"", "host", "h1"},
 	} {
-		f.snaps = append(f.snaps, f.backup(t, g.ns, g.typ, g.id, base.Add(time.Duration(i)*time.Hour), img, conf))
+		f.snaps = append(f.snaps, datastore.TestBackup(t, f.store, g.ns, g.typ+"/"+g.id, base.Add(time.Duration(i)*time.Hour), img, conf).SnapshotName())
 	}
 	return f
 }
@@ -116,32 +114,6 @@ func newEmptyFixture(t testing.TB) *fixture {
 	f := &fixture{dir: dir, locksDir: filepath.Join(t.TempDir(), "locks"), store: s}
 	f.stores = &testStores{dirs: map[string]string{testStoreName: dir}, locksDir: f.locksDir}
 	return f
-}
-
-func (f *fixture) backup(t testing.TB, ns, typ, id string, at time.Time, files ...string) name.Snapshot {
-	t.Helper()
-	ctx := context.Background()
-	n := name.MustNamespace(ns)
-	for _, a := range append(n.Ancestors(), n) {
-		if !a.IsRoot() {
-			if err := f.store.CreateNamespace(ctx, a); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	g, err := name.NewGroup(n, typ, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := datastore.BackupRequest{Group: g, Time: at, Owner: "root@pam"}
-	for _, p := range files {
-		req.Sources = append(req.Sources, datastore.BackupSource{Path: p})
-	}
-	res, err := f.store.Backup(ctx, req, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.SnapshotName()
 }
 
 // holdNS takes a namespace lock as another process would: its own flock
@@ -161,18 +133,6 @@ func (f *fixture) holdNS(t testing.TB, ns string, mode lock.Mode) (release func(
 	release = func() { once.Do(func() { _ = g.Release(); _ = b.Close() }) }
 	t.Cleanup(release)
 	return release
-}
-
-// testFile writes n random bytes and z zero bytes.
-func testFile(t testing.TB, base string, n, z int) string {
-	t.Helper()
-	data := make([]byte, n+z)
-	_, _ = rand.Read(data[:n])
-	p := filepath.Join(t.TempDir(), base)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // testLogger logs into the test output at debug level when -v.

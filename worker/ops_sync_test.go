@@ -3,7 +3,6 @@ package worker
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,26 +11,6 @@ import (
 	"github.com/pbsq/pbsq/datastore/name"
 	"github.com/pbsq/pbsq/tasks"
 )
-
-func syncTestBackup(t *testing.T, s *datastore.Store, ns, group string, at time.Time) {
-	t.Helper()
-	ctx := context.Background()
-	n := name.MustNamespace(ns)
-	if err := s.CreateNamespace(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	g, err := name.ParseGroup(n, group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(p, []byte(group+at.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Backup(ctx, datastore.BackupRequest{Group: g, Time: at, Owner: "root@pam", Sources: []datastore.BackupSource{{Path: p}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // TestSyncTask runs a sync payload through Execute: namespaces, filters,
 // transfer-last and the owner default reach the operation.
@@ -43,9 +22,9 @@ func TestSyncTask(t *testing.T) {
 	t0 := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
 	for h := 0; h < 3; h++ {
 		at := t0.Add(time.Duration(h) * time.Hour)
-		syncTestBackup(t, src, "a", "vm/100", at)
-		syncTestBackup(t, src, "a", "ct/200", at)
-		syncTestBackup(t, src, "a/b", "ct/201", at)
+		datastore.TestBackup(t, src, "a", "vm/100", at, datastore.TestFile(t, "disk.img", 100, 0))
+		datastore.TestBackup(t, src, "a", "ct/200", at, datastore.TestFile(t, "disk.img", 100, 0))
+		datastore.TestBackup(t, src, "a/b", "ct/201", at, datastore.TestFile(t, "disk.img", 100, 0))
 	}
 	one, depth := 1, 0
 	p := &tasks.Sync{

@@ -125,7 +125,7 @@ func TestPruneDryRunThroughQueue(t *testing.T) {
 	rs := redistest.Start(t)
 	f := newFixture(t)
 	// A third snapshot in a/vm/100, so keep-last 2 removes one.
-	f.backup(t, "a", "vm", "100", time.Date(2024, 3, 2, 10, 0, 0, 0, time.UTC), testFile(t, "x.conf", 100, 0))
+	datastore.TestBackup(t, f.store, "a", "vm/100", time.Date(2024, 3, 2, 10, 0, 0, 0, time.UTC), datastore.TestFile(t, "x.conf", 100, 0))
 	reg := prometheus.NewRegistry()
 	w := startWorker(t, fastOptions(t, rs.Addr(), f.stores, reg))
 	e := newEnqueuer(t, rs.Addr())

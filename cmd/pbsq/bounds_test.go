@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io/fs"
@@ -36,14 +35,7 @@ func (e *env) rssRun(args ...string) (string, int, int64) {
 	c := e.cmd(args...)
 	var out bytes.Buffer
 	c.Stdout, c.Stderr = &out, &out
-	err := c.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatal(err)
-	}
+	code := runExit(e.t, c.Run())
 	ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage)
 	if !ok {
 		e.t.Fatal("no rusage")

@@ -10,38 +10,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/pbsq/pbsq/datastore"
 )
-
-var (
-	ftBinOnce sync.Once
-	ftBinPath string
-	ftBinErr  error
-)
-
-// ftBinary builds the pbsq binary once per test run.
-func ftBinary(t *testing.T) string {
-	t.Helper()
-	ftBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "pbsq-bin")
-		if err != nil {
-			ftBinErr = err
-			return
-		}
-		ftBinPath = filepath.Join(dir, "pbsq")
-		out, err := exec.Command("go", "build", "-o", ftBinPath, ".").CombinedOutput()
-		if err != nil {
-			ftBinErr = errors.New(string(out))
-		}
-	})
-	if ftBinErr != nil {
-		t.Fatal(ftBinErr)
-	}
-	return ftBinPath
-}
 
 type ftEnv struct {
 	t      *testing.T
@@ -56,18 +28,11 @@ func newFTEnv(t *testing.T) *ftEnv {
 
 // run executes pbsq and returns stdout, stderr and the exit code.
 func (e *ftEnv) run(args ...string) (string, string, int) {
-	cmd := exec.Command(ftBinary(e.t), args...)
+	cmd := exec.Command(pbsqBin, args...)
 	cmd.Env = append(os.Environ(), "PBSQ_CONFIG="+e.config, "PBSQ_LOCKS_DIR="+e.locks)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatal(err)
-	}
+	code := runExit(e.t, cmd.Run())
 	return out.String(), errb.String(), code
 }
 

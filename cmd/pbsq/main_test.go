@@ -99,16 +99,22 @@ func (e *env) run(args ...string) (string, string, int) {
 	c := e.cmd(args...)
 	var out, errb bytes.Buffer
 	c.Stdout, c.Stderr = &out, &errb
-	err := c.Run()
+	code := runExit(e.t, c.Run())
+	return out.String(), errb.String(), code
+}
+
+// runExit is the exit code of a pbsq run that ended with err (from Run
+// or Wait); an error other than an exit (no binary) fails t.
+func runExit(t testing.TB, err error) int {
+	t.Helper()
 	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return out.String(), errb.String(), 0
-	case errors.As(err, &ee):
-		return out.String(), errb.String(), ee.ExitCode()
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("run pbsq: %v", err)
 	}
-	e.t.Fatalf("pbsq %v: %v", args, err)
-	return "", "", -1
+	if ee != nil {
+		return ee.ExitCode()
+	}
+	return 0
 }
 
 func (e *env) mustRun(args ...string) string {

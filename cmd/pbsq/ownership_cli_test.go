@@ -119,7 +119,7 @@ func TestNonOwnerRefusedAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "pbsq")
-	data, err := os.ReadFile(ftBinary(t))
+	data, err := os.ReadFile(pbsqBin)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,14 +77,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		c.Env = append(c.Env, env...)
 		var out, errb bytes.Buffer
 		c.Stdout, c.Stderr = &out, &errb
-		err := c.Run()
-		code := 0
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
+		code := runExit(t, c.Run())
 		label := "pbsq " + strings.Join(args, " ")
 		outputs = append(outputs, named{label + " (stdout)", out.String()}, named{label + " (stderr)", errb.String()})
 		if code != want {

@@ -2,7 +2,6 @@ package invariant_test
 
 import (
 	"context"
-	"crypto/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,27 +13,6 @@ import (
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
-
-func backup(t *testing.T, s *datastore.Store, ns, id string, at time.Time) name.Snapshot {
-	t.Helper()
-	ctx := context.Background()
-	n := name.MustNamespace(ns)
-	if err := s.CreateNamespace(ctx, n); err != nil && !n.IsRoot() {
-		t.Fatal(err)
-	}
-	data := make([]byte, 200<<10)
-	_, _ = rand.Read(data)
-	p := filepath.Join(t.TempDir(), "disk.img")
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	g, _ := name.NewGroup(n, "vm", id)
-	res, err := s.Backup(ctx, datastore.BackupRequest{Group: g, Time: at, Owner: "root@pam", Sources: []datastore.BackupSource{{Path: p}}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.SnapshotName()
-}
 
 func check(t *testing.T, s *datastore.Store, exp *invariant.Expect) *invariant.Report {
 	t.Helper()
@@ -59,9 +37,9 @@ func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	s := datastore.TestStore(t, datastore.TestName("inv"), datastore.TestAt(dir))
 	at := time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC)
-	a := backup(t, s, "a", "1", at)
-	b := backup(t, s, "b", "2", at)
-	c := backup(t, s, "", "3", at)
+	a := datastore.TestBackup(t, s, "a", "vm/1", at, datastore.TestFile(t, "disk.img", 200<<10, 0)).SnapshotName()
+	b := datastore.TestBackup(t, s, "b", "vm/2", at, datastore.TestFile(t, "disk.img", 200<<10, 0)).SnapshotName()
+	c := datastore.TestBackup(t, s, "", "vm/3", at, datastore.TestFile(t, "disk.img", 200<<10, 0)).SnapshotName()
 	exp := invariant.NewExpect()
 	exp.Strict = true
 	exp.Want(a, name.MustNamespace("a"), name.MustNamespace("x"))
@@ -120,7 +98,7 @@ func TestCheck(t *testing.T) {
 func TestCheckFiles(t *testing.T) {
 	dir := t.TempDir()
 	s := datastore.TestStore(t, datastore.TestName("inv"), datastore.TestAt(dir))
-	sn := backup(t, s, "a", "1", time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC))
+	sn := datastore.TestBackup(t, s, "a", "vm/1", time.Date(2024, 3, 1, 10, 0, 0, 0, time.UTC), datastore.TestFile(t, "disk.img", 200<<10, 0)).SnapshotName()
 	ctx := context.Background()
 	rep, err := invariant.CheckFiles(ctx, s.Backend())
 	if err != nil || rep.Err() != nil || rep.Files < 4 {
