@@ -23,7 +23,7 @@ lint: test-deps
 	$(GOBIN)/staticcheck $(PKGS)
 
 unit:
-	PATH="$(GOBIN):$$PATH" $(GO) test -race -timeout 15m $(PKGS)
+	PATH="$(GOBIN):$$PATH" $(GO) test -race -timeout 30m $(PKGS)
 
 # Bounded fuzzing of every parser and decoder; `make fuzz` runs longer.
 fuzz-short:
