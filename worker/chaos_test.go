@@ -964,6 +964,9 @@ type stormOptions struct {
 }
 
 func TestKill9Storm(t *testing.T) {
+	// Beside TestKill9MidTask, which mostly waits (own Redis, stores and
+	// worker processes).
+	t.Parallel()
 	storm := 20 * time.Second
 	if stressMode() {
 		storm = stressDuration(t, 60*time.Second)

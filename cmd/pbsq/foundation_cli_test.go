@@ -74,6 +74,7 @@ func (e *ftEnv) run(args ...string) (string, string, int) {
 // TestLsIndependentStore: a store written from the spec by another program
 // is registered unchanged and listed exactly by `pbsq ls -r --json`.
 func TestLsIndependentStore(t *testing.T) {
+	t.Parallel() // mostly file system work on its own directories
 	e := newFTEnv(t)
 	dir := t.TempDir()
 	cmd := exec.Command("python3", "../../datastore/testdata/pbsfmt.py", "write", dir)
