@@ -113,6 +113,7 @@ func TestLsIndependentStore(t *testing.T) {
 // TestBadInputChangesNothing: every invalid name exits 2, names the value,
 // and leaves the datastore and the locks dir untouched.
 func TestBadInputChangesNothing(t *testing.T) {
+	t.Parallel() // waits on the disk (65536 chunk dirs), beside waiting tests
 	e := newFTEnv(t)
 	root := t.TempDir()
 	store := filepath.Join(root, "ds")
