@@ -42,6 +42,9 @@ func pbsfmt(t testing.TB, args ...string) string {
 }
 
 func TestCreateMakesChunkDirs(t *testing.T) {
+	// 65536 mkdirs and their removal wait on the disk: beside the
+	// CPU-bound TestMoveCrashPoints.
+	t.Parallel()
 	dir := t.TempDir()
 	b, _ := local.New(dir)
 	ctx := context.Background()

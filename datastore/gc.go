@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pbsq/pbsq/datastore/backend"
 )
 
@@ -184,8 +186,10 @@ type gcRun struct {
 	// after the touch workers are done.
 	marked *digestSet
 
-	touchq  chan Digest
-	touchWG sync.WaitGroup
+	// touchers touch newly marked chunks (nil in a dry run), handed over
+	// in batches (touchBatch, of the marking goroutine).
+	touchers   *errgroup.Group
+	touchBatch []Digest
 
 	mu         sync.Mutex // guards the fields below and res during the sweep
 	missing    map[Digest]struct{}

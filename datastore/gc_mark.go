@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -22,7 +24,7 @@ func (g *gcRun) mark(ctx context.Context) error {
 	}
 	g.rep.phase("mark", int64(total))
 	if !g.req.DryRun {
-		g.startTouchers(ctx)
+		g.startTouchers()
 	}
 	err = g.markTree(ctx)
 	if err == nil {
@@ -31,9 +33,9 @@ func (g *gcRun) mark(ctx context.Context) error {
 	if err == nil {
 		err = g.markJournal(ctx)
 	}
-	if !g.req.DryRun {
-		close(g.touchq)
-		g.touchWG.Wait()
+	if g.touchers != nil {
+		g.flushTouches(ctx)
+		_ = g.touchers.Wait() // errors cancel ctx, reported below
 	}
 	if err != nil {
 		return err
@@ -222,15 +224,17 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 	// Streamed in bounded pieces: a huge (or sparse) index costs GC time,
 	// not memory.
 	info, err := scanIndexFile(ctx, g.s.b, p, func(_ int, d [32]byte, _, _ uint64) error {
-		if !g.marked.add(d) || g.touchq == nil {
+		if !g.marked.add(d) || g.touchers == nil {
 			return nil
 		}
-		select {
-		case g.touchq <- d:
-			return nil
-		case <-ctx.Done():
+		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
+		g.touchBatch = append(g.touchBatch, d)
+		if len(g.touchBatch) == cap(g.touchBatch) {
+			g.flushTouches(ctx)
+		}
+		return nil
 	})
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -250,27 +254,41 @@ func (g *gcRun) markIndex(ctx context.Context, p string, count bool) error {
 	return nil
 }
 
-// startTouchers starts the goroutines that touch newly marked chunks.
-func (g *gcRun) startTouchers(ctx context.Context) {
-	n := runtime.GOMAXPROCS(0)
+// startTouchers bounds the touches of newly marked chunks, which run
+// beside the marking: as many at a time as the backend keeps in flight
+// (object stores) or as there are CPUs. On a filesystem a touch is one
+// quick system call, cheaper than a goroutine and a hand-over of its own:
+// touches go in batches there.
+func (g *gcRun) startTouchers() {
+	n, batch := runtime.GOMAXPROCS(0), 256
 	if g.roundTrips {
-		n = g.s.b.Features().InFlight
+		n, batch = g.s.b.Features().InFlight, 1
 	}
-	g.touchq = make(chan Digest, 4096)
-	for range n {
-		g.touchWG.Add(1)
-		go func() {
-			defer g.touchWG.Done()
-			for d := range g.touchq {
-				if ctx.Err() != nil {
-					continue // drain, so the sender never blocks
-				}
-				if err := g.touch(ctx, d); err != nil {
-					g.cancel(fmt.Errorf("gc: touch chunk %s: %w", d, err))
-				}
+	g.touchers = new(errgroup.Group)
+	g.touchers.SetLimit(n)
+	g.touchBatch = make([]Digest, 0, batch)
+}
+
+// flushTouches hands the batch of marked chunks to a toucher (waiting for
+// a free one).
+func (g *gcRun) flushTouches(ctx context.Context) {
+	batch := g.touchBatch
+	if len(batch) == 0 {
+		return
+	}
+	g.touchBatch = make([]Digest, 0, cap(batch))
+	g.touchers.Go(func() error {
+		for _, d := range batch {
+			if ctx.Err() != nil {
+				return nil
 			}
-		}()
-	}
+			if err := g.touch(ctx, d); err != nil {
+				g.cancel(fmt.Errorf("gc: touch chunk %s: %w", d, err))
+				return nil
+			}
+		}
+		return nil
+	})
 }
 
 // touch refreshes a referenced chunk's access time; a missing chunk's .bad

@@ -134,6 +134,7 @@ type gtBackend struct {
 	walk       func(dir string)
 	walkEach   func(fi backend.FileInfo)
 	readFile   func(name string)
+	touchErr   error // returned by every touch of a chunk after the first
 	touches    atomic.Int64
 }
 
@@ -173,7 +174,9 @@ func (b *gtBackend) ReadFile(ctx context.Context, name string) ([]byte, error) {
 
 func (b *gtBackend) Touch(ctx context.Context, name string) error {
 	if strings.HasPrefix(name, ".chunks/") {
-		b.touches.Add(1)
+		if b.touches.Add(1) > 1 && b.touchErr != nil {
+			return b.touchErr
+		}
 	}
 	return b.Backend.Touch(ctx, name)
 }
@@ -332,6 +335,21 @@ func gtListing(t testing.TB, dir string) map[string]string {
 
 // TestGCDryRun: a dry run changes nothing (not even atimes or the move
 // journal) and reports what the real run then removes.
+// TestGCTouchFailureStops: a chunk that cannot be touched would look
+// unused to the sweep; GC stops with the error and removes nothing.
+func TestGCTouchFailureStops(t *testing.T) {
+	sc := gtSetup(t)
+	s, gb := gtWrapped(t, sc.s)
+	gb.touchErr = errors.New("disk gone")
+	_, err := s.GC(context.Background(), GCRequest{}, nil)
+	if err == nil || !strings.Contains(err.Error(), "touch chunk") || !strings.Contains(err.Error(), "disk gone") {
+		t.Fatalf("GC = %v, want the touch error", err)
+	}
+	if !gtExists(t, sc.dir, ChunkPath(sc.oldOrphan)) {
+		t.Error("GC removed a chunk after a touch failed")
+	}
+}
+
 func TestGCDryRun(t *testing.T) {
 	sc := gtSetup(t)
 	ctx := context.Background()

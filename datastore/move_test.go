@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -1000,13 +999,7 @@ func mtBenchMoveS3(b *testing.B, srv *s3test.Server, rclone string, snapshots, p
 		}
 		return d
 	}
-	selfCPU := func() time.Duration {
-		var ru syscall.Rusage
-		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-			b.Fatal(err)
-		}
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	selfCPU := func() time.Duration { return btCPU(b) }
 	moved := 0
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()

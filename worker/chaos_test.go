@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -30,6 +31,7 @@ import (
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/backend/local"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
+	"github.com/pbsq/pbsq/datastore/backend/s3/faultproxy"
 	"github.com/pbsq/pbsq/datastore/backend/s3/s3test"
 	"github.com/pbsq/pbsq/datastore/invariant"
 	"github.com/pbsq/pbsq/datastore/lock"
@@ -57,10 +59,14 @@ import (
 // which tasks a killed worker was running (each worker logs task starts
 // and ends) and ages exactly those leases in Redis by a minute, which is
 // what waiting a minute would do, before it starts the replacement worker,
-// whose recoverer then re-queues them at once. Tasks that are retrying
-// after a real failure are likewise brought forward (asynq.Inspector
-// RunTask) once the storm is over. With PBSQ_STRESS=1 the storm lasts
-// longer.
+// whose recoverer then re-queues them at once. On S3 each worker talks to
+// versitygw through its own faultproxy, and the supervisor first waits
+// until every request the dead worker had sent has completed on the
+// server (fleet.bury): a minute later, in reality, none is left, while a
+// re-run a second later could meet e.g. its DeleteObjects. Tasks that
+// are retrying after a real failure are likewise brought forward
+// (asynq.Inspector RunTask) once the storm is over. With PBSQ_STRESS=1
+// the storm lasts longer.
 
 // ---- the worker child process
 
@@ -339,6 +345,11 @@ type fleet struct {
 	hits  map[string]int
 	kills int
 	aged  int
+	// gone holds the pids of killed children that can no longer touch a
+	// store: reaped, and every S3 request they sent completed.
+	gone map[int]bool
+	// quietMax is the longest bury waited for a dead child's requests.
+	quietMax time.Duration
 }
 
 type kid struct {
@@ -347,14 +358,15 @@ type kid struct {
 	log      string
 	errLog   string
 	done     chan struct{}
+	// proxy carries the child's S3 requests (nil without S3 stores):
+	// a request that reached it completes on the server even when the
+	// child dies, and WaitQuiet tells when all have (see bury).
+	proxy *faultproxy.Proxy
 }
 
 func newFleet(t *testing.T, base chaosChildConfig, n int, rdb redis.UniversalClient, ins *asynq.Inspector) *fleet {
-	f := &fleet{t: t, dir: t.TempDir(), base: base, rdb: rdb, ins: ins, hits: map[string]int{}}
+	f := &fleet{t: t, dir: t.TempDir(), base: base, rdb: rdb, ins: ins, hits: map[string]int{}, gone: map[int]bool{}}
 	f.kids = make([]*kid, n)
-	for i := range f.kids {
-		f.start(i)
-	}
 	t.Cleanup(func() {
 		f.mu.Lock()
 		defer f.mu.Unlock()
@@ -362,10 +374,46 @@ func newFleet(t *testing.T, base chaosChildConfig, n int, rdb redis.UniversalCli
 			if k != nil {
 				_ = k.cmd.Process.Kill()
 				<-k.done
+				if k.proxy != nil {
+					k.proxy.Close()
+				}
 			}
 		}
 	})
+	for i := range f.kids {
+		f.start(i)
+	}
 	return f
+}
+
+// bury waits until killed child k can no longer touch a store: its
+// process reaped (Wait returned) and, on S3, its connections closed and
+// every request it had sent completed on the server, as they would long
+// before asynq re-ran its tasks in reality. Closing the proxy then drops
+// a request still queued unaccepted. Only then is k's pid gone, and its
+// tasks may be brought forward.
+func (f *fleet) bury(k *kid) {
+	f.t.Helper()
+	<-k.done
+	if k.proxy != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		t0 := time.Now()
+		err := k.proxy.WaitQuiet(ctx)
+		cancel()
+		f.quietMax = max(f.quietMax, time.Since(t0))
+		if err != nil {
+			f.t.Fatalf("worker child %d.%d killed: %v", k.idx, k.gen, err)
+		}
+		k.proxy.Close()
+	}
+	f.gone[k.cmd.Process.Pid] = true
+}
+
+// isGone reports whether pid is a killed child that bury saw through.
+func (f *fleet) isGone(pid int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gone[pid]
 }
 
 // start runs worker child i (a new generation of it).
@@ -380,6 +428,22 @@ func (f *fleet) start(i int) {
 		errLog: filepath.Join(f.dir, fmt.Sprintf("worker%d.%d.err", i, gen))}
 	cfg := f.base
 	cfg.Log = k.log
+	cfg.Stores = map[string]chaosStoreSpec{}
+	for st, spec := range f.base.Stores {
+		if spec.S3 != nil {
+			if k.proxy == nil {
+				p, err := faultproxy.New(spec.S3.Endpoint, faultproxy.Rates{}, 0)
+				if err != nil {
+					f.t.Fatal(err)
+				}
+				k.proxy = p
+			}
+			c := *spec.S3
+			c.Endpoint = k.proxy.URL()
+			spec.S3 = &c
+		}
+		cfg.Stores[st] = spec
+	}
 	raw, _ := json.Marshal(cfg)
 	k.cmd = exec.Command(os.Args[0], "-test.run=^TestChaosWorkerChild$")
 	k.cmd.Env = append(os.Environ(), envChaosChild+"="+string(raw))
@@ -394,8 +458,13 @@ func (f *fleet) start(i int) {
 		f.t.Fatal(err)
 	}
 	if err := k.cmd.Start(); err != nil {
+		if k.proxy != nil {
+			k.proxy.Close()
+		}
 		f.t.Fatal(err)
 	}
+	// From here on the cleanup kills and waits for k.
+	f.kids[i] = k
 	go func() { _ = k.cmd.Wait(); errf.Close(); close(k.done) }()
 	ready := make(chan string, 1)
 	go func() {
@@ -413,7 +482,6 @@ func (f *fleet) start(i int) {
 	case <-time.After(60 * time.Second):
 		f.t.Fatalf("worker child %d.%d not ready after 60s", i, gen)
 	}
-	f.kids[i] = k
 }
 
 // inflight reads a child's log: the tasks it started and did not end, by
@@ -445,15 +513,16 @@ type inflightTask struct {
 	since time.Time
 }
 
-// kill kills child i with SIGKILL, ages the leases of the tasks it was
-// running (see the comment at the top) and starts a new one.
+// kill kills child i with SIGKILL, waits until it is gone (bury), ages
+// the leases of the tasks it was running (see the comment at the top) and
+// starts a new one.
 func (f *fleet) kill(i int) (hit []string) {
 	f.t.Helper()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	k := f.kids[i]
 	_ = k.cmd.Process.Signal(syscall.SIGKILL)
-	<-k.done
+	f.bury(k)
 	f.kills++
 	var ids []string
 	for id, it := range inflight(k.log) {
@@ -861,6 +930,9 @@ type stormOptions struct {
 }
 
 func TestKill9Storm(t *testing.T) {
+	// Beside TestKill9MidTask, which mostly waits (own Redis, stores and
+	// worker processes).
+	t.Parallel()
 	storm := 20 * time.Second
 	if stressMode() {
 		storm = stressDuration(t, 60*time.Second)
@@ -957,7 +1029,7 @@ func runStorm(t *testing.T, opts stormOptions, open func(store string) (*datasto
 					continue
 				}
 				if info, err := ins.GetTaskInfo(tasks.Queue, ct.id); err == nil && info.State != asynq.TaskStateCompleted {
-					if gcLeaseWorkaround(t, w, ct, info, clearedLeases) {
+					if gcLeaseWorkaround(t, f, w, ct, info, clearedLeases) {
 						leasesCleared++
 					}
 				}
@@ -1043,8 +1115,8 @@ func runStorm(t *testing.T, opts stormOptions, open func(store string) (*datasto
 			t.Errorf("no kill caught a %s task running", typ)
 		}
 	}
-	t.Logf("result: %d tasks %v (retried %d times in all; %d finished moves re-run and refused), %d kills mid-task by type [%s], %d leases aged, settled in %s",
-		len(q.tasks()), byState, retried, knownRerun, f.kills, strings.Join(hits, ", "), f.aged, settled.Round(time.Millisecond))
+	t.Logf("result: %d tasks %v (retried %d times in all; %d finished moves re-run and refused), %d kills mid-task by type [%s], %d leases aged, settled in %s; a dead worker's S3 requests took up to %s to complete",
+		len(q.tasks()), byState, retried, knownRerun, f.kills, strings.Join(hits, ", "), f.aged, settled.Round(time.Millisecond), f.quietMax.Round(time.Millisecond))
 
 	if cfg.LocksDir != "" {
 		// The storm ran with PBS's files in place: moves appended to PBS's
@@ -1159,7 +1231,7 @@ func settle(t *testing.T, f *fleet, q *queue, w *stormWorkload, limit time.Durat
 			done = false
 			switch info.State {
 			case asynq.TaskStateRetry, asynq.TaskStateScheduled:
-				if ct.typ == tasks.TypeGC && gcLeaseWorkaround(t, w, ct, info, cleared) {
+				if ct.typ == tasks.TypeGC && gcLeaseWorkaround(t, f, w, ct, info, cleared) {
 					leases++
 				}
 				if time.Until(info.NextProcessAt) > time.Second {
@@ -1228,7 +1300,15 @@ func (f *fleet) restartIdle() {
 // minutes, longer than a storm): an administrator does the same,
 // following the busy message. cleared is keyed by pid and store: one
 // killed worker may have run GCs of both stores.
-func gcLeaseWorkaround(t *testing.T, w *stormWorkload, ct chaosTask, info *asynq.TaskInfo, cleared map[string]bool) bool {
+//
+// The holder must be gone (fleet.bury), not merely fail kill(pid, 0): a
+// killed GC's last heartbeat (an S3 PUT of the lease) can still be on its
+// way to the server after the process died, and landing after the
+// removal it brought the dead holder's lease back, for good (cleared), so
+// that every later GC of the store was refused until the settle gave up.
+// And the file removed must still name that pid: a live GC may hold the
+// lease by now.
+func gcLeaseWorkaround(t *testing.T, f *fleet, w *stormWorkload, ct chaosTask, info *asynq.TaskInfo, cleared map[string]bool) bool {
 	const marker = "is already running on "
 	i := strings.Index(info.LastErr, marker)
 	if i < 0 {
@@ -1246,11 +1326,23 @@ func gcLeaseWorkaround(t *testing.T, w *stormWorkload, ct chaosTask, info *asynq
 	pid, err := strconv.Atoi(strings.TrimRight(fields[0], ")"))
 	store := ct.p.Stores()[0]
 	key := fmt.Sprintf("%d %s", pid, store)
-	if err != nil || cleared[key] || syscall.Kill(pid, 0) == nil {
+	if err != nil || cleared[key] || !f.isGone(pid) {
 		return false // a live GC: wait for it
 	}
+	ctx := context.Background()
+	b := w.stores[store].Backend()
+	var lease struct{ PID int }
+	data, err := b.ReadFile(ctx, ".pbsq/gc-running")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Logf("read gc lease of %s: %v", store, err)
+		return false // try again at the next round
+	}
+	if err != nil || json.Unmarshal(data, &lease) != nil || lease.PID != pid {
+		cleared[key] = true // released, or taken since by a live GC
+		return false
+	}
 	cleared[key] = true
-	if err := w.stores[store].Backend().Remove(context.Background(), ".pbsq/gc-running"); err != nil {
+	if err := b.Remove(ctx, ".pbsq/gc-running"); err != nil {
 		t.Logf("remove stale gc lease of %s: %v", store, err)
 		return false
 	}

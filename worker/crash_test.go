@@ -61,6 +61,9 @@ func TestKill9MidTask(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes ~65 s (asynq's lease and recoverer timings)")
 	}
+	// Mostly waiting for asynq's recoverer: it waits beside the kill
+	// storm (its own Redis, store and worker processes).
+	t.Parallel()
 	rs := redistest.Start(t)
 	f := newFixture(t)
 	e := newEnqueuer(t, rs.Addr())

@@ -342,6 +342,7 @@ func TestWorkersServeTheirStores(t *testing.T) {
 // before giving it back), the ones that waited were shown waiting in their
 // record and their task log, and none spent a retry.
 func TestMaxJobsAcrossWorkers(t *testing.T) {
+	t.Parallel() // mostly lock waits; its own Redis, store and workers
 	e := newEnv(t, true)
 	e.backups()
 	cfg, _ := os.ReadFile(e.config)
@@ -357,7 +358,7 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 	// SIGTERM reaches sleep through lock; a kill would leave sleep holding
 	// the output pipe.
 	defer func() { _ = holder.stop(t, 10*time.Second) }()
-	waitFor(t, 5*time.Second, func() bool {
+	waitFor(t, 30*time.Second, func() bool {
 		out, _, _ := e.run("locks", "ls")
 		return strings.Contains(out, "exclusive")
 	})
@@ -438,6 +439,8 @@ func TestMaxJobsAcrossWorkers(t *testing.T) {
 // once on two workers stay within the one shared budget: on average at
 // most 44 requests/s, and no 2-second window above 120.
 func TestS3BudgetSharedAcrossWorkers(t *testing.T) {
+	// Paced by the budget: load beside it can only lower the rates.
+	t.Parallel()
 	e, proxy := budgetScene(t, true, 40, "a", "b")
 	w1 := e.start("worker", "--concurrency", "1")
 	w2 := e.start("worker", "--concurrency", "1")
@@ -587,6 +590,7 @@ func requestRate(t *testing.T, proxy *faultproxy.Proxy, least int) (float64, int
 // keeps to the store's budget on its own (20 requests/s here, counted at
 // the proxy: at most 22/s on average, 60 in a 2-second window).
 func TestS3BudgetPerProcessWithoutRedis(t *testing.T) {
+	t.Parallel() // paced, like TestS3BudgetSharedAcrossWorkers
 	e, proxy := budgetScene(t, false, 20, "a")
 	proxy.ResetLog()
 	e.mustRun("run", "sync", "--source-store", "demo", "--source-ns", "a", "--store", "offsite", "--ns", "a")

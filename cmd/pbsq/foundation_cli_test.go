@@ -39,6 +39,7 @@ func (e *ftEnv) run(args ...string) (string, string, int) {
 // TestLsIndependentStore: a store written from the spec by another program
 // is registered unchanged and listed exactly by `pbsq ls -r --json`.
 func TestLsIndependentStore(t *testing.T) {
+	t.Parallel() // mostly file system work on its own directories
 	e := newFTEnv(t)
 	dir := t.TempDir()
 	cmd := exec.Command("python3", "../../datastore/testdata/pbsfmt.py", "write", dir)
@@ -77,6 +78,7 @@ func TestLsIndependentStore(t *testing.T) {
 // TestBadInputChangesNothing: every invalid name exits 2, names the value,
 // and leaves the datastore and the locks dir untouched.
 func TestBadInputChangesNothing(t *testing.T) {
+	t.Parallel() // waits on the disk (65536 chunk dirs), beside waiting tests
 	e := newFTEnv(t)
 	root := t.TempDir()
 	store := filepath.Join(root, "ds")

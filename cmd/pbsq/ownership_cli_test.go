@@ -35,6 +35,7 @@ func needRootAndBackup(t *testing.T) {
 // root (backup, namespace create, sync into it, move, verify, prune, gc)
 // stays backup's.
 func TestCreateGivesStoreToBackup(t *testing.T) {
+	t.Parallel() // waits on the disk (65536 chunk dirs), beside waiting tests
 	needRootAndBackup(t)
 	e := newFTEnv(t)
 	store := filepath.Join(t.TempDir(), "ds")

@@ -279,6 +279,7 @@ func TestShardedJobOneSlot(t *testing.T) {
 // right after its first chunk verdicts reached the ledger); another
 // worker completes the job, and no chunk is read twice.
 func TestShardedJobWorkerKilled(t *testing.T) {
+	t.Parallel() // mostly waits for asynq's recoverer; its own Redis and store
 	e := newEnv(t, true)
 	e.shardedStore()
 	distinct := chunkFiles(t, filepath.Join(e.dir, "store"))
