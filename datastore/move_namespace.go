@@ -357,11 +357,7 @@ func (m *mover) createNamespace(ctx context.Context, ns name.Namespace) (bool, e
 	}
 	if m.newTarget {
 		// Its parent is created or checked already: only its marker.
-		created, err := m.s.b.CreateFile(ctx, backend.Join(ns.Path(), namespaceMarker), nil)
-		if err != nil {
-			return false, fmt.Errorf("create namespace %q: %w", ns, err)
-		}
-		return created, nil
+		return m.s.createNamespaceMarker(ctx, ns)
 	}
 	ok, err := m.s.NamespaceExists(ctx, ns)
 	if err != nil || ok {

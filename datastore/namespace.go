@@ -53,12 +53,22 @@ func (s *Store) CreateNamespace(ctx context.Context, ns name.Namespace) error {
 			return fmt.Errorf("create namespace %q: %w", n, err)
 		}
 		if s.b.Features().ImplicitDirs {
-			if _, err := s.b.CreateFile(ctx, backend.Join(n.Path(), namespaceMarker), nil); err != nil {
-				return fmt.Errorf("create namespace %q: %w", n, err)
+			if _, err := s.createNamespaceMarker(ctx, n); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
+}
+
+// createNamespaceMarker writes ns's marker (object storage) unless it is
+// there, and reports whether it wrote it.
+func (s *Store) createNamespaceMarker(ctx context.Context, ns name.Namespace) (bool, error) {
+	created, err := s.b.CreateFile(ctx, backend.Join(ns.Path(), namespaceMarker), nil)
+	if err != nil {
+		return false, fmt.Errorf("create namespace %q: %w", ns, err)
+	}
+	return created, nil
 }
 
 // childNamespaces lists the direct children of ns.

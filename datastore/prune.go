@@ -93,7 +93,7 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 			s.obs.logf("group %s busy, retried at the end: %v", groupRef(g), busy)
 		},
 		skip: func(g name.Group, busy error) {
-			res.Skipped = append(res.Skipped, Skipped{Item: g.NS.String() + ":" + g.String(), Reason: busy.Error()})
+			res.Skipped = append(res.Skipped, Skipped{Item: groupLabel(g), Reason: busy.Error()})
 			s.obs.skipped("prune", "busy")
 			s.obs.logf("skipped group %s: busy: %v", groupRef(g), busy)
 		},
@@ -107,7 +107,7 @@ func (s *Store) Prune(ctx context.Context, req PruneRequest, progress ProgressFu
 			if !errors.Is(err, lock.ErrBusy) {
 				return res, err
 			}
-			res.Skipped = append(res.Skipped, Skipped{Item: p.snap.NS.String() + ":" + p.snap.String(), Reason: err.Error()})
+			res.Skipped = append(res.Skipped, Skipped{Item: snapshotLabel(p.snap), Reason: err.Error()})
 			s.obs.skipped("prune", "busy")
 			s.obs.logf("skipped %s: busy: %v", snapRef(p.snap), err)
 		}

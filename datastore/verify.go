@@ -233,7 +233,7 @@ func (s *Store) Verify(ctx context.Context, req VerifyRequest, progress Progress
 			s.obs.logf("%s busy, retried at the end: %v", snapRef(sn.Snapshot), busy)
 		},
 		skip: func(sn SnapshotInfo, busy error) {
-			v.res.Skipped = append(v.res.Skipped, Skipped{Item: sn.NS.String() + ":" + sn.Snapshot.String(), Reason: busy.Error()})
+			v.res.Skipped = append(v.res.Skipped, Skipped{Item: snapshotLabel(sn.Snapshot), Reason: busy.Error()})
 			s.obs.skipped("verify", "busy")
 			s.obs.logf("skipped %s: busy: %v", snapRef(sn.Snapshot), busy)
 		},
@@ -317,7 +317,7 @@ func (v *verifier) wantVerify(m *format.Manifest) bool {
 // snapshot verifies one snapshot; an error wrapping lock.ErrBusy means it
 // was locked (busyRetry sets it aside).
 func (v *verifier) snapshot(ctx context.Context, sn SnapshotInfo) error {
-	label := sn.NS.String() + ":" + sn.Snapshot.String()
+	label := snapshotLabel(sn.Snapshot)
 	if !sn.Finished {
 		v.res.Unfinished = append(v.res.Unfinished, label)
 		v.s.obs.logf("skipped %s: unfinished (no manifest)", snapRef(sn.Snapshot))
