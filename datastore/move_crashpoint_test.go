@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/backend/s3"
@@ -119,8 +120,60 @@ func (c *crashAfter) Touch(ctx context.Context, n string) error {
 // valid, every moved index journalled, no source left.
 func TestMoveCrashPoints(t *testing.T) {
 	t.Parallel() // beside TestCreateMakesChunkDirs, which waits on the disk
-	ctx := context.Background()
 	req := MoveNamespaceRequest{NS: name.MustNamespace("src"), TargetNS: name.MustNamespace("dst/moved"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}
+	cpEachStop(t, cpBuild, func(ctx context.Context, s *Store) (*MoveResult, error) {
+		return s.MoveNamespace(ctx, req, nil)
+	}, cpCheck)
+}
+
+// TestMoveGroupCrashPoints stops a move-group of a group too big for a
+// wave (its batch copies and deletes at once, newer snapshots copying
+// while older ones are deleted) after each change in turn, as
+// TestMoveCrashPoints does for move-namespace.
+func TestMoveGroupCrashPoints(t *testing.T) {
+	t.Parallel()
+	const snaps = waveGroupSnaps + 1
+	req := MoveGroupRequest{Group: mtGroup(t, "src", "vm/7"), TargetNS: name.MustNamespace("dst"), MergeGroup: true}
+	build := func(t *testing.T, s *Store) map[string]string {
+		ctx := context.Background()
+		mtNS(t, s, "src", "dst")
+		want := map[string]string{}
+		// An older snapshot at the target: the move merges.
+		for h := 0; h <= snaps; h++ {
+			ns := "src"
+			if h == 0 {
+				ns = "dst"
+			}
+			sn := name.NewSnapshot(mtGroup(t, ns, "vm/7"), mtAt(h))
+			if err := mtPutSnapshot(ctx, s.b, sn, "alice@pbs", 0); err != nil {
+				t.Fatal(err)
+			}
+			want[sn.String()] = "dst"
+		}
+		return want
+	}
+	check := func(t *testing.T, k int, s *Store, want map[string]string) {
+		t.Helper()
+		cpPlaced(t, k, s, want, "ns/src/vm", "ns/dst/vm", mtAt(0))
+		ctx := context.Background()
+		if o, err := s.GroupOwner(ctx, mtGroup(t, "dst", "vm/7")); err != nil || o != "alice@pbs" {
+			t.Errorf("k=%d: owner: %q %v", k, o, err)
+		}
+		TestVerifyAll(t, s, -1, 0)
+	}
+	cpEachStop(t, build, func(ctx context.Context, s *Store) (*MoveResult, error) {
+		return s.MoveGroup(ctx, req, nil)
+	}, check)
+}
+
+// cpEachStop runs move on a store that build filled, on a fake S3 that
+// fails every change after the first k (k = 0, 1, 2, …) until a run
+// completes. After each stop every snapshot must be finished somewhere
+// and whole; a rerun must complete, and check then sees the end state.
+func cpEachStop(t *testing.T, build func(*testing.T, *Store) map[string]string,
+	move func(context.Context, *Store) (*MoveResult, error),
+	check func(t *testing.T, k int, s *Store, want map[string]string)) {
+	ctx := context.Background()
 	for k := 0; ; k++ {
 		if k > 2000 {
 			t.Fatal("the move never completed")
@@ -134,14 +187,14 @@ func TestMoveCrashPoints(t *testing.T) {
 			locks := filepath.Join(t.TempDir(), "locks")
 			real := srv.New(t, srv.UniquePrefix("crashpoint"))
 			s := TestStore(t, TestOn("gofakes3", real), TestFlockAt(locks, 0))
-			want := cpBuild(t, s)
+			want := build(t, s)
 			crash := &crashAfter{S3: real}
 			crash.left.Store(int64(k))
 			cs, err := Open("test", crash, Options{Locker: TestFlockLocker(t, locks, 0)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = cs.MoveNamespace(ctx, req, nil)
+			_, err = move(ctx, cs)
 			done = err == nil
 			if err != nil && !errors.Is(err, errCrashed) {
 				t.Fatalf("k=%d: %v", k, err)
@@ -158,10 +211,10 @@ func TestMoveCrashPoints(t *testing.T) {
 				t.Fatalf("k=%d: a finished snapshot is not whole: %v %+v", k, err, vr)
 			}
 			if !done {
-				res, err := s.MoveNamespace(ctx, req, nil)
+				res, err := move(ctx, s)
 				mtMustComplete(t, res, err)
 			}
-			cpCheck(t, k, s, want)
+			check(t, k, s, want)
 		})
 		if !ok || done {
 			t.Logf("stopped after 0..%d changes: every stop left each snapshot finished somewhere, every rerun finished", k)
@@ -229,6 +282,25 @@ func cpFinished(t *testing.T, s *Store) map[string][]string {
 func cpCheck(t *testing.T, k int, s *Store, want map[string]string) {
 	t.Helper()
 	ctx := context.Background()
+	cpPlaced(t, k, s, want, "ns/src", "ns/dst/ns/moved", mtAt(1))
+	if mtExistsQuiet(s, "src") {
+		t.Errorf("k=%d: source namespace left", k)
+	}
+	for _, g := range []struct{ ns, group, owner string }{{"dst/moved", "vm/1", "alice@pbs"}, {"dst/moved", "vm/3", "bob@pbs"}, {"dst/moved/c", "ct/5", "carol@pbs"}} {
+		if o, err := s.GroupOwner(ctx, mtGroup(t, g.ns, g.group)); err != nil || o != g.owner {
+			t.Errorf("k=%d: owner of %s:%s: %q %v", k, g.ns, g.group, o, err)
+		}
+	}
+	TestVerifyAll(t, s, -1, 0)
+}
+
+// cpPlaced checks that every snapshot of want is exactly once where want
+// says, that nothing is left below srcDir, and that every index below
+// dstDir but those of the snapshot that was there before (at before) is
+// journalled as moved from the source.
+func cpPlaced(t *testing.T, k int, s *Store, want map[string]string, srcDir, dstDir string, before time.Time) {
+	t.Helper()
+	ctx := context.Background()
 	where := mtWhereWalk(t, s)
 	for sn, ns := range want {
 		if got := where[sn]; len(got) != 1 || got[0] != ns {
@@ -238,17 +310,14 @@ func cpCheck(t *testing.T, k int, s *Store, want map[string]string) {
 	if len(where) != len(want) {
 		t.Errorf("k=%d: %d snapshots, want %d", k, len(where), len(want))
 	}
-	if mtExistsQuiet(s, "src") {
-		t.Errorf("k=%d: source namespace left", k)
-	}
-	if err := s.b.Walk(ctx, "ns/src", func(fi backend.FileInfo) error {
+	if err := s.b.Walk(ctx, srcDir, func(fi backend.FileInfo) error {
 		return fmt.Errorf("source leftover %s", fi.Name)
 	}); err != nil {
 		t.Errorf("k=%d: %v", k, err)
 	}
 	journal := mtJournal(t, s)
-	err := s.b.Walk(ctx, "ns/dst/ns/moved", func(fi backend.FileInfo) error {
-		if !strings.HasSuffix(fi.Name, ".fidx") || strings.Contains(fi.Name, mtAt(1).Format(name.TimeLayout)) {
+	err := s.b.Walk(ctx, dstDir, func(fi backend.FileInfo) error {
+		if !strings.HasSuffix(fi.Name, ".fidx") || strings.Contains(fi.Name, before.Format(name.TimeLayout)) {
 			return nil
 		}
 		if from := journal[fi.Name]; !strings.HasPrefix(from, "ns/src/") {
@@ -259,10 +328,4 @@ func cpCheck(t *testing.T, k int, s *Store, want map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, g := range []struct{ ns, group, owner string }{{"dst/moved", "vm/1", "alice@pbs"}, {"dst/moved", "vm/3", "bob@pbs"}, {"dst/moved/c", "ct/5", "carol@pbs"}} {
-		if o, err := s.GroupOwner(ctx, mtGroup(t, g.ns, g.group)); err != nil || o != g.owner {
-			t.Errorf("k=%d: owner of %s:%s: %q %v", k, g.ns, g.group, o, err)
-		}
-	}
-	TestVerifyAll(t, s, -1, 0)
 }

@@ -183,14 +183,24 @@ func (m *mover) renameBatch(ctx context.Context, p *groupPlan, batch []moveSnap)
 	return nil
 }
 
-// copyBatch moves snapshots on object storage: copy every data file of the
-// batch, then the manifests, then delete the source manifests, then the
-// rest. At each step a crash leaves states planGroup accepts: a partial
-// copy (target unfinished: copied again), two finished copies (copied
-// again, then deleted), or a finished target next to an unfinished source
-// leftover (only deleted). On the group's last batch without batch
-// deletes, the leftovers go with the group in one RemoveAll.
+// copyBatch moves snapshots on object storage. With batch deletes (S3) it
+// is a wave's copyThenDelete on one group that stays for execGroup to
+// remove: each snapshot's data files, then its manifest, and its source
+// deleted (manifest first) once it and the older ones are copied, while
+// the newer ones still copy. Without, it copies every data file of the
+// batch, then the manifests, then deletes the source manifests, then the
+// rest; on the group's last batch the leftovers go with the group in one
+// RemoveAll. At each step a crash leaves states planGroup accepts: a
+// partial copy (target unfinished: copied again), two finished copies
+// (copied again, then deleted), or a finished target next to an unfinished
+// source leftover (only deleted).
 func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap, lastOfGroup bool) error {
+	if m.batchRm != nil {
+		bp := *p // the batch as a plan of its own: copyThenDelete moves p.snaps[:n]
+		bp.snaps = batch
+		w := &waveGroup{batchMember: batchMember{p: &bp, n: len(batch)}, keep: true}
+		return m.copyThenDelete(ctx, []*waveGroup{w})
+	}
 	var c copyPlan
 	c.add(p, batch)
 	if err := m.copyAll(ctx, &c); err != nil {

@@ -235,6 +235,9 @@ type waveGroup struct {
 	copied []bool      // per snapshot of moves
 	next   int         // moves[:next] are copied, their sources may go
 	left   int         // snapshots still at the source
+	// keep: the group stays when its snapshots are gone (a batch of
+	// execGroup, which removes the group after its last batch).
+	keep bool
 }
 
 // runWaves is move-namespace's first pass on object storage: small
@@ -508,11 +511,29 @@ func (m *mover) execWave(ctx context.Context, ws []*waveGroup) error {
 		return err
 	}
 
-	// 6–7. Each snapshot's data files, then its manifest; once a snapshot
-	// and every older one of its group are copied, its source manifest
-	// goes, then its other files, in DeleteObjects requests shared by
-	// all groups; once a whole group's snapshots are gone, its record,
-	// then its other objects.
+	// 6–7. Copies and source deletes.
+	if err := m.copyThenDelete(ctx, ws); err != nil {
+		return err // the entry stays open: GC keeps honouring it
+	}
+
+	// 8. Done.
+	if entry != nil {
+		return s.journalClose(ctx, entry)
+	}
+	return nil
+}
+
+// copyThenDelete copies the locked snapshots of ws (each w.p.snaps[:w.n])
+// and deletes them at the source, steps 6 and 7 of the section comment:
+// each snapshot's data files, then its manifest, in the operation's copy
+// slots; once a snapshot and every older one of its group are copied,
+// its source manifest goes, then its other files, in DeleteObjects
+// requests shared by all groups; once a whole group's snapshots are gone
+// (and the group is not kept), its record, then its other objects.
+// Deleting while copying keeps the server's cores busy: a batch's deletes
+// left to the end ran as one request on one core.
+func (m *mover) copyThenDelete(ctx context.Context, ws []*waveGroup) error {
+	s := m.s
 	ctx, fail := context.WithCancelCause(ctx)
 	defer fail(nil)
 	d := &deleter{m: m, ctx: ctx, fail: fail}
@@ -530,7 +551,7 @@ func (m *mover) execWave(ctx context.Context, ws []*waveGroup) error {
 			d.finishGroup(w)
 		}
 	}
-	err = m.each(ctx, len(moving), func(ctx context.Context, i int) error {
+	err := m.each(ctx, len(moving), func(ctx context.Context, i int) error {
 		sm := moving[i]
 		for _, set := range [][]xfer{sm.c.data, sm.c.manifests} {
 			for _, x := range set {
@@ -549,17 +570,9 @@ func (m *mover) execWave(ctx context.Context, ws []*waveGroup) error {
 	d.flush()
 	d.wg.Wait()
 	if err != nil {
-		return err // the entry stays open: GC keeps honouring it
+		return err
 	}
-	if d.err != nil {
-		return d.err
-	}
-
-	// 8. Done.
-	if entry != nil {
-		return s.journalClose(ctx, entry)
-	}
-	return nil
+	return d.err
 }
 
 // snapMove is one snapshot of a wave.
@@ -739,8 +752,8 @@ func (d *deleter) snapshotGone(sm *snapMove) {
 // sees nothing left to add, see addsNothing), then every other object the
 // listing showed (owner, notes, stray objects).
 func (d *deleter) finishGroup(w *waveGroup) {
-	if w.busy != nil {
-		return // its newer snapshots stay
+	if w.busy != nil || w.keep {
+		return // its newer snapshots stay, or execGroup removes it
 	}
 	rest := func() {
 		moved := map[string]bool{}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"path"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,16 +66,7 @@ func TestMoveResumeDeletesOutOfOrder(t *testing.T) {
 				}
 				res, err := s.MoveGroup(ctx, MoveGroupRequest{Group: src, TargetNS: dst.NS, MergeGroup: merge}, nil)
 				mtMustComplete(t, res, err)
-				if snaps, err := s.ListSnapshots(ctx, dst); err != nil || len(snaps) != 3 {
-					t.Errorf("target: %d snapshots, %v", len(snaps), err)
-				}
-				if ok, _ := s.GroupExists(ctx, src); ok {
-					t.Error("source group left")
-				}
-				if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
-					t.Errorf("move records left: %v", recs)
-				}
-				TestVerifyAll(t, s, -1, 0)
+				mtGroupMoved(t, s, src, dst, 3)
 			})
 		}
 	})
@@ -208,4 +201,128 @@ func TestMoveNamespaceS3Requests(t *testing.T) {
 	if err != nil || moved != objects {
 		t.Errorf("%d of %d objects at the target: %v", moved, objects, err)
 	}
+}
+
+// copyGate holds the copies of one snapshot until every other copy is
+// done, and records each DeleteObjects.
+type copyGate struct {
+	*s3.S3
+	held    string // path prefix of the held snapshot
+	others  int    // copies to wait for
+	done    atomic.Int64
+	release chan struct{}
+
+	mu       sync.Mutex
+	released bool
+	deletes  [][]string
+}
+
+func (g *copyGate) Copy(ctx context.Context, from, to string) error {
+	if strings.HasPrefix(from, g.held) {
+		select {
+		case <-g.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := g.S3.Copy(ctx, from, to); err != nil {
+		return err
+	}
+	if !strings.HasPrefix(from, g.held) && g.done.Add(1) == int64(g.others) {
+		g.mu.Lock()
+		g.released = true
+		g.mu.Unlock()
+		close(g.release)
+	}
+	return nil
+}
+
+func (g *copyGate) RemoveFiles(ctx context.Context, names []string) error {
+	g.mu.Lock()
+	if !g.released {
+		g.deletes = append(g.deletes, names)
+	}
+	g.mu.Unlock()
+	return g.S3.RemoveFiles(ctx, names)
+}
+
+// TestMoveDeletesOnlyCopiedPrefix moves a group whose oldest snapshot
+// copies last: while it is held, enough newer snapshots are copied to
+// fill DeleteObjects requests, yet none of them may be deleted at the
+// source (a crash would leave them at the target only, newer than a
+// snapshot still at the source).
+func TestMoveDeletesOnlyCopiedPrefix(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := s3test.StartFake(t)
+	real := srv.New(t, srv.UniquePrefix("prefix"))
+	locks := filepath.Join(t.TempDir(), "locks")
+	s := TestStore(t, TestOn("gofakes3", real), TestFlockAt(locks, 0))
+	mtNS(t, s, "a", "b")
+	snaps := deleteMinBatch + 20 // more manifests than a request waits for
+	g := mtGroup(t, "a", "vm/1")
+	for h := 0; h < snaps; h++ {
+		if err := mtPutSnapshot(ctx, s.b, name.NewSnapshot(g, mtAt(h)), "alice@pbs", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	oldest := name.NewSnapshot(g, mtAt(0))
+	files, err := s.b.List(ctx, oldest.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &copyGate{S3: real, held: oldest.Path() + "/", others: (snaps - 1) * len(files), release: make(chan struct{})}
+	gs, err := Open("test", gate, Options{Locker: TestFlockLocker(t, locks, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := gs.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("b")}, nil)
+	mtMustComplete(t, res, err)
+	for _, names := range gate.deletes {
+		t.Errorf("deleted %d source files (%s, …) before the oldest snapshot was copied", len(names), names[0])
+	}
+	mtGroupMoved(t, s, g, g.InNS(name.MustNamespace("b")), snaps)
+}
+
+// TestMoveGroupManyBatches moves a group of more snapshots than a batch
+// locks at once, into a new target group with merging off (a move record
+// from first to last): every batch moves, the record and the source group
+// go after the last one.
+func TestMoveGroupManyBatches(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, newEnv func(t testing.TB, opts ...TestStoreOption) *TestEnv) {
+		env := newEnv(t, TestFlock(-1))
+		s, ctx := env.Store, context.Background()
+		mtNS(t, s, "a", "b")
+		g := mtGroup(t, "a", "vm/1")
+		const snaps = moveBatch + 3
+		for h := 0; h < snaps; h++ {
+			if err := mtPutSnapshot(ctx, s.b, name.NewSnapshot(g, mtAt(h)), "alice@pbs", 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := s.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("b")}, nil)
+		mtMustComplete(t, res, err)
+		if res.Snapshots != snaps {
+			t.Errorf("moved %d snapshots, want %d", res.Snapshots, snaps)
+		}
+		mtGroupMoved(t, s, g, g.InNS(name.MustNamespace("b")), snaps)
+	})
+}
+
+// mtGroupMoved checks a finished group move: n snapshots at dst, src gone,
+// no move record left, the store verifies.
+func mtGroupMoved(t *testing.T, s *Store, src, dst name.Group, n int) {
+	t.Helper()
+	ctx := context.Background()
+	if snaps, err := s.ListSnapshots(ctx, dst); err != nil || len(snaps) != n {
+		t.Errorf("target: %d snapshots, want %d, %v", len(snaps), n, err)
+	}
+	if ok, _ := s.GroupExists(ctx, src); ok {
+		t.Error("source group left")
+	}
+	if recs, _ := s.b.List(ctx, moveStateDir); len(recs) != 0 {
+		t.Errorf("move records left: %v", recs)
+	}
+	TestVerifyAll(t, s, -1, 0)
 }

@@ -231,17 +231,45 @@ func FindVersity() (string, error) {
 // a temp directory, with one bucket, and stops it in Cleanup.
 func StartVersity(t testing.TB) *Server {
 	t.Helper()
+	return startVersity(t, t.TempDir)
+}
+
+// StartVersityInMemory is StartVersity over a directory in /dev/shm
+// (tmpfs); it skips the test where /dev/shm is not a tmpfs. Benchmarks
+// that compare clients use it: on a disk the server's own file work
+// (journal, directory blocks) costs several times the clients' and
+// varies from run to run with the disk.
+func StartVersityInMemory(t testing.TB) *Server {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		t.Skip("/dev/shm is not a tmpfs")
+	}
+	return startVersity(t, func() string {
+		dir, err := os.MkdirTemp("/dev/shm", "pbsq-versitygw")
+		if err != nil {
+			t.Fatalf("versitygw: %v", err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(dir) })
+		return dir
+	})
+}
+
+// startVersity runs versitygw over dir(), which also gives the sidecar
+// directory where the root lacks user xattrs.
+func startVersity(t testing.TB, dir func() string) *Server {
+	t.Helper()
 	bin, err := FindVersity()
 	if err != nil {
 		t.Fatal("versitygw not found: run `make test-deps`")
 	}
-	root := t.TempDir()
+	root := dir()
 	args := []string{"--access", AccessKey, "--secret", SecretKey, "--region", Region, "--quiet", "--keep-alive"}
 	var backendArgs []string
 	// The posix backend keeps metadata (etag, …) in user xattrs; on a
 	// filesystem without them, use a sidecar directory instead.
 	if err := unix.Setxattr(root, "user.pbsqtest", []byte("1"), 0); err != nil {
-		backendArgs = append(backendArgs, "--sidecar", t.TempDir())
+		backendArgs = append(backendArgs, "--sidecar", dir())
 	} else {
 		_ = unix.Removexattr(root, "user.pbsqtest")
 	}
