@@ -1165,8 +1165,10 @@ func runStorm(t *testing.T, opts stormOptions, open func(store string) (*datasto
 // a failure are brought forward, tasks orphaned by a worker killed between
 // dequeuing and logging them are recovered, and a GC lease left by a killed
 // GC is removed as an administrator would (see gcLeaseWorkaround).
-// rerunSkipped re-queues the last prune of p and each group's last move if
-// they completed as skipped, and reports whether it queued any. Skipping is
+// rerunSkipped re-queues the last prune of p, each group's last move and
+// each sync's last run if they completed as skipped, and reports whether
+// it queued any. (The sync of v into copy:v2 runs once: a snapshot it
+// skipped under a killed sync's lease was missing at the end.) Skipping is
 // by design (exit 4): a group stayed busy past the lock wait, e.g. under the
 // lease of a killed worker's lock. The final expectations assume those jobs
 // took effect, so they run once more now that nothing else runs, with a lock
@@ -1182,6 +1184,8 @@ func rerunSkipped(t *testing.T, f *fleet, q *queue, w *stormWorkload) bool {
 			}
 		case *tasks.MoveGroup:
 			last["move "+p.BackupType+"/"+p.BackupID] = ct
+		case *tasks.Sync:
+			last["sync "+p.SourceNS+" to "+p.NS] = ct
 		}
 	}
 	wait := &tasks.Duration{Duration: 10 * time.Second}
@@ -1205,8 +1209,12 @@ func rerunSkipped(t *testing.T, f *fleet, q *queue, w *stormWorkload) bool {
 			c := *p
 			c.LockWait = wait
 			again = &c
+		case *tasks.Sync:
+			c := *p
+			c.LockWait = wait
+			again = &c
 		}
-		t.Logf("task %s (%s) skipped a busy group (%s); running it once more", ct.id, ct.typ, rec.Error)
+		t.Logf("task %s (%s) skipped a busy group or snapshot (%s); running it once more", ct.id, ct.typ, rec.Error)
 		q.add(again)
 		queued = true
 	}
