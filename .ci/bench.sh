@@ -2,10 +2,11 @@
 # Runs every Go benchmark once (-benchtime 1x): each reports its own figures
 # and its ratio against a baseline measured in the same run (raw SHA-256 +
 # zstd, rclone, bare asynq). Scale with PBSQ_BENCH_MB / PBSQ_BENCH_OBJECTS /
-# PBSQ_BENCH_CHUNKS; BENCH=regex selects benchmarks. Moves on S3 run in three
-# shapes against `rclone move` (BenchmarkMoveNamespaceS3/150x1, /40x7 and
-# /100x50, the last sized by PBSQ_BENCH_OBJECTS), moves on a filesystem in
-# two (BenchmarkMoveNamespaceFS/200x50, /1000x1).
+# PBSQ_BENCH_CHUNKS; BENCH=regex selects benchmarks. Moves on S3 run in four
+# shapes against `rclone move`, on versitygw over tmpfs and over the disk
+# (BenchmarkMoveNamespaceS3/{mem,disk}/150x1, /40x7, /100x50 sized by
+# PBSQ_BENCH_OBJECTS, and the move-group /group-500), moves on a filesystem
+# in two (BenchmarkMoveNamespaceFS/200x50, /1000x1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=${BENCH:-.}
