@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pbsq/pbsq/datastore/backend"
 	"github.com/pbsq/pbsq/datastore/lock"
 	"github.com/pbsq/pbsq/datastore/name"
 )
@@ -25,7 +26,7 @@ import (
 // manifest last) and then deleted at the source (manifest first), so a crash
 // leaves at worst a complete copy at the target next to an unfinished-looking
 // leftover, or a partial copy next to the intact source; a rerun recognises
-// both (see planGroup and copyBatch).
+// both (see planGroup and copyThenDelete).
 
 const (
 	// moveBatch bounds the snapshot locks (file descriptors, Redis keys)
@@ -109,20 +110,14 @@ func (r *MoveResult) Outcome() error {
 	return nil
 }
 
-// batchRemover is implemented by backends that delete many files in a few
-// requests (S3 DeleteObjects); without it files are removed one by one.
-type batchRemover interface {
-	RemoveFiles(ctx context.Context, names []string) error
-}
-
 // mover is the state of one move operation.
 type mover struct {
 	s       *Store
-	op      string // move-group or move-namespace
-	kind    string // fs or s3
-	atomic  bool   // rename(2) per snapshot
-	batchRm batchRemover
-	sem     chan struct{} // copy/delete requests in flight (object storage)
+	op      string               // move-group or move-namespace
+	kind    string               // fs or s3
+	atomic  bool                 // rename(2) per snapshot
+	batchRm backend.BatchRemover // nil: files are removed one by one
+	sem     chan struct{}        // copy/delete requests in flight (object storage)
 	rep     *reporter
 	// groupParallel is how many groups move (or are checked) at once.
 	groupParallel int
@@ -159,7 +154,7 @@ func (s *Store) newMover(op string, progress ProgressFunc) *mover {
 	}
 	m.kind = s.b.Features().Kind
 	m.res.Backend = m.kind
-	m.batchRm, _ = s.b.(batchRemover)
+	m.batchRm, _ = s.b.(backend.BatchRemover)
 	m.groupParallel = moveGroupParallelS3
 	if m.atomic {
 		m.groupParallel = moveGroupParallelFS

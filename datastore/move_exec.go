@@ -70,7 +70,6 @@ func (m *mover) execGroup(ctx context.Context, p *groupPlan) error {
 	moved := 0
 	for start := 0; start < len(p.snaps); start += moveBatch {
 		batch := p.snaps[start:min(start+moveBatch, len(p.snaps))]
-		last := start+len(batch) == len(p.snaps)
 		guards, lockErr := s.lockSnapshots(ctx, batch)
 		n := len(guards)
 		if s.locks == nil {
@@ -79,7 +78,7 @@ func (m *mover) execGroup(ctx context.Context, p *groupPlan) error {
 		var err error
 		if n > 0 {
 			bctx, cancel := lock.Watch(ctx, guards...)
-			err = m.moveBatch(bctx, p, batch[:n], last && lockErr == nil, prelude)
+			err = m.moveBatch(bctx, p, batch[:n], prelude)
 			prelude = nil
 			cancel()
 		}
@@ -130,7 +129,7 @@ func (s *Store) lockSnapshots(ctx context.Context, snaps []moveSnap) ([]*lock.Gu
 // move journal first so a concurrent GC cannot miss them.
 // prelude, when set, runs alongside the journal write: both must be done
 // before anything moves.
-func (m *mover) moveBatch(ctx context.Context, p *groupPlan, batch []moveSnap, lastOfGroup bool, prelude func(context.Context) error) error {
+func (m *mover) moveBatch(ctx context.Context, p *groupPlan, batch []moveSnap, prelude func(context.Context) error) error {
 	s := m.s
 	var moves []JournalMove
 	for _, sn := range batch {
@@ -156,7 +155,7 @@ func (m *mover) moveBatch(ctx context.Context, p *groupPlan, batch []moveSnap, l
 	if m.atomic {
 		err = m.renameBatch(ctx, p, batch)
 	} else {
-		err = m.copyBatch(ctx, p, batch, lastOfGroup)
+		err = m.copyBatch(ctx, p, batch)
 	}
 	if err != nil {
 		return err // the entry stays open: GC keeps honouring it
@@ -183,41 +182,19 @@ func (m *mover) renameBatch(ctx context.Context, p *groupPlan, batch []moveSnap)
 	return nil
 }
 
-// copyBatch moves snapshots on object storage. With batch deletes (S3) it
-// is a wave's copyThenDelete on one group that stays for execGroup to
-// remove: each snapshot's data files, then its manifest, and its source
-// deleted (manifest first) once it and the older ones are copied, while
-// the newer ones still copy. Without, it copies every data file of the
-// batch, then the manifests, then deletes the source manifests, then the
-// rest; on the group's last batch the leftovers go with the group in one
-// RemoveAll. At each step a crash leaves states planGroup accepts: a
-// partial copy (target unfinished: copied again), two finished copies
-// (copied again, then deleted), or a finished target next to an unfinished
-// source leftover (only deleted).
-func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap, lastOfGroup bool) error {
-	if m.batchRm != nil {
-		bp := *p // the batch as a plan of its own: copyThenDelete moves p.snaps[:n]
-		bp.snaps = batch
-		w := &waveGroup{batchMember: batchMember{p: &bp, n: len(batch)}, keep: true}
-		return m.copyThenDelete(ctx, []*waveGroup{w})
-	}
-	var c copyPlan
-	c.add(p, batch)
-	if err := m.copyAll(ctx, &c); err != nil {
-		return err
-	}
-	if err := m.removeFiles(ctx, c.delManifests); err != nil {
-		return err
-	}
-	if lastOfGroup && m.batchRm == nil {
-		m.deleted.Add(int64(len(c.delRest))) // removeSourceGroup takes them
-	} else if err := m.removeFiles(ctx, c.delRest); err != nil {
-		return err
-	}
-	for _, sn := range batch {
-		m.snapshotMoved(sn.Snapshot, p.dst.NS, c.copies[sn.Snapshot])
-	}
-	return nil
+// copyBatch moves snapshots on object storage: a wave's copyThenDelete on
+// one group that stays for execGroup to remove. Each snapshot's data
+// files, then its manifest, are copied; its source is deleted (manifest
+// first) once it and the older ones are copied, while the newer ones still
+// copy. At each step a crash leaves states planGroup accepts: a partial
+// copy (target unfinished: copied again), two finished copies (copied
+// again, then deleted), or a finished target next to an unfinished source
+// leftover (only deleted).
+func (m *mover) copyBatch(ctx context.Context, p *groupPlan, batch []moveSnap) error {
+	bp := *p // the batch as a plan of its own: copyThenDelete moves p.snaps[:n]
+	bp.snaps = batch
+	w := &waveGroup{batchMember: batchMember{p: &bp, n: len(batch)}, keep: true}
+	return m.copyThenDelete(ctx, []*waveGroup{w})
 }
 
 type xfer struct{ from, to string }
@@ -258,44 +235,6 @@ func (c *copyPlan) add(p *groupPlan, batch []moveSnap) {
 			}
 		}
 	}
-}
-
-// copyAll copies the data files, then the manifests.
-func (m *mover) copyAll(ctx context.Context, c *copyPlan) error {
-	for _, set := range [][]xfer{c.data, c.manifests} {
-		err := m.each(ctx, len(set), func(ctx context.Context, i int) error {
-			if err := m.s.b.Copy(ctx, set[i].from, set[i].to); err != nil {
-				return fmt.Errorf("copy %s to %s: %w", set[i].from, set[i].to, err)
-			}
-			m.copied.Add(1)
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// removeFiles deletes files in batches where the backend can, else in
-// parallel one by one.
-func (m *mover) removeFiles(ctx context.Context, names []string) error {
-	if len(names) == 0 {
-		return nil
-	}
-	var err error
-	if m.batchRm != nil {
-		err = m.batchRm.RemoveFiles(ctx, names)
-	} else {
-		err = m.each(ctx, len(names), func(ctx context.Context, i int) error {
-			return m.s.b.Remove(ctx, names[i])
-		})
-	}
-	if err != nil {
-		return fmt.Errorf("delete moved source files: %w", err)
-	}
-	m.deleted.Add(int64(len(names)))
-	return nil
 }
 
 // each runs fn for 0..n-1 with the operation's copy slots (shared by

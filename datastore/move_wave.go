@@ -657,7 +657,7 @@ func (d *deleter) send(batch []delItem) {
 		for i, it := range batch {
 			paths[i] = it.path
 		}
-		if err = d.m.batchRm.RemoveFiles(d.ctx, paths); err != nil {
+		if err = d.remove(paths); err != nil {
 			err = fmt.Errorf("delete moved source files: %w", err)
 		}
 	}
@@ -689,6 +689,17 @@ func (d *deleter) send(batch []delItem) {
 	d.kick()
 	d.mu.Unlock()
 	d.wg.Add(-len(batch))
+}
+
+// remove deletes paths in one request where the backend can, else one by
+// one, several at once.
+func (d *deleter) remove(paths []string) error {
+	if d.m.batchRm != nil {
+		return d.m.batchRm.RemoveFiles(d.ctx, paths)
+	}
+	return parallel(d.ctx, moveCopyParallel, len(paths), func(ctx context.Context, i int) error {
+		return d.m.s.b.Remove(ctx, paths[i])
+	})
 }
 
 // copied notes sm copied and releases the source deletes that are now

@@ -326,3 +326,29 @@ func mtGroupMoved(t *testing.T, s *Store, src, dst name.Group, n int) {
 	}
 	TestVerifyAll(t, s, -1, 0)
 }
+
+// TestMoveWithoutBatchDeletes moves on object storage that deletes only
+// one file per request (no backend.BatchRemover): the deleter removes
+// one by one, and a move-group and a move-namespace finish as on S3.
+func TestMoveWithoutBatchDeletes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	srv := s3test.StartFake(t)
+	one := struct{ backend.Backend }{srv.New(t, srv.UniquePrefix("single"))}
+	if _, ok := backend.Backend(one).(backend.BatchRemover); ok {
+		t.Fatal("the wrapper still deletes in batches")
+	}
+	s := TestStore(t, TestOn("gofakes3", one), TestFlock(-1))
+	mtNS(t, s, "a", "b")
+	g := mtGroup(t, "a", "vm/1")
+	for h := 0; h < waveGroupSnaps+2; h++ {
+		mtBackup(t, s, "a", "vm/1", h, "alice@pbs")
+		mtBackup(t, s, "a", "ct/2", h, "bob@pbs")
+	}
+	res, err := s.MoveGroup(ctx, MoveGroupRequest{Group: g, TargetNS: name.MustNamespace("b")}, nil)
+	mtMustComplete(t, res, err)
+	mtGroupMoved(t, s, g, g.InNS(name.MustNamespace("b")), waveGroupSnaps+2)
+	res, err = s.MoveNamespace(ctx, MoveNamespaceRequest{NS: name.MustNamespace("b"), TargetNS: name.MustNamespace("c"), MaxDepth: -1, DeleteSource: true, MergeGroups: true}, nil)
+	mtMustComplete(t, res, err)
+	mtGroupMoved(t, s, g.InNS(name.MustNamespace("b")), g.InNS(name.MustNamespace("c")), waveGroupSnaps+2)
+}
